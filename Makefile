@@ -1,0 +1,32 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python
+TORCH_VERSION ?= 2.13.0
+ROUNDS ?= 3
+RUN_DIR ?= runs/demo
+STAMP := .make/installed
+
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install demo test iterate clean
+
+# torch first, on its own: installing it through another package's requirements would pull the
+# newest CUDA build (several GB) even where a matching CPU build is already available.
+install: $(STAMP)
+$(STAMP): setup.cfg pyproject.toml
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
+	$(PYTHON) -m pip install -q -e .
+	@mkdir -p $(dir $@) && touch $@
+
+demo: install
+	$(PYTHON) -m oreo.train run_dir=$(RUN_DIR)
+
+iterate: install
+	$(PYTHON) -m oreo.iterate iterate.rounds=$(ROUNDS) run_dir=runs/iterate
+
+test: install
+	WANDB_MODE=disabled $(PYTHON) -m pytest -q
+
+clean:
+	rm -rf .make runs outputs

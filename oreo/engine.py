@@ -1,0 +1,140 @@
+"""One small interface over plain torch and DeepSpeed ZeRO: backward, step, state save/load.
+
+The trainer calls ``backward(loss)`` and ``step()`` once per micro-batch; the engine divides the loss
+by the accumulation count and updates the parameters only at an accumulation boundary, where ``step``
+returns the gradient norm and learning rate (``None`` otherwise).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    warmup_ratio: float = 0.03
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.0
+
+
+def cosine_with_warmup(optimizer, total_steps: int, warmup_ratio: float, min_lr_ratio: float = 0.0):
+    """Linear warmup over ceil(warmup_ratio·total) steps, then cosine decay to min_lr_ratio·lr."""
+    warmup = math.ceil(warmup_ratio * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / (warmup + 1)
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def build_optimizer(params, cfg: OptimConfig):
+    params = [p for p in params if p.requires_grad]
+    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+
+
+class TorchEngine:
+    """Plain PyTorch: gradient accumulation, clipping, AdamW, cosine schedule."""
+
+    def __init__(self, module: nn.Module, cfg: OptimConfig, total_steps: int, accumulation: int):
+        self.module = module
+        self.cfg = cfg
+        self.accumulation = accumulation
+        self.optimizer = build_optimizer(module.parameters(), cfg)
+        self.scheduler = cosine_with_warmup(self.optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+        self.micro_step = 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        (loss / self.accumulation).backward()
+
+    def step(self) -> dict | None:
+        self.micro_step += 1
+        if self.micro_step % self.accumulation:
+            return None
+        params = [p for p in self.module.parameters() if p.requires_grad]
+        norm = torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip if self.cfg.grad_clip else float("inf"))
+        lr = self.scheduler.get_last_lr()[0]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return {"grad_norm": float(norm), "lr": lr}
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "micro_step": self.micro_step}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.micro_step = state["micro_step"]
+
+    def save_state(self, path: Path) -> None:
+        torch.save(self.state_dict(), Path(path) / "engine.pt")
+
+    def load_state(self, path: Path) -> None:
+        self.load_state_dict(torch.load(Path(path) / "engine.pt", weights_only=False))
+
+
+class DeepSpeedEngine:
+    """DeepSpeed ZeRO (stage 0-3) around a torch AdamW (no fused-op compilation) and our scheduler."""
+
+    def __init__(self, module: nn.Module, cfg: OptimConfig, total_steps: int, accumulation: int,
+                 micro_batch_size: int, zero_stage: int = 2, bf16: bool = False, offload_optimizer: bool = False):
+        import deepspeed
+
+        ds_config = {
+            "train_micro_batch_size_per_gpu": micro_batch_size,
+            "gradient_accumulation_steps": accumulation,
+            "gradient_clipping": cfg.grad_clip or 0.0,
+            "zero_optimization": {"stage": zero_stage},
+            "bf16": {"enabled": bf16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        if offload_optimizer:
+            ds_config["zero_optimization"]["offload_optimizer"] = {"device": "cpu"}
+            ds_config["zero_force_ds_cpu_optimizer"] = False
+        self.cfg = cfg
+        self.accumulation = accumulation
+        optimizer = build_optimizer(module.parameters(), cfg)
+        scheduler = cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
+        self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=module, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config)
+        self.module = self.ds.module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> dict | None:
+        boundary = self.ds.is_gradient_accumulation_boundary()
+        lr = self.scheduler.get_last_lr()[0] if boundary else None
+        self.ds.step()
+        if not boundary:
+            return None
+        norm = self.ds.get_global_grad_norm()
+        return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
+
+    def save_state(self, path: Path) -> None:
+        self.ds.save_checkpoint(str(path), tag="engine")
+
+    def load_state(self, path: Path) -> None:
+        self.ds.load_checkpoint(str(path), tag="engine", load_module_strict=True)
+
+
+def make_engine(module: nn.Module, cfg: OptimConfig, *, backend: str, total_steps: int, accumulation: int,
+                micro_batch_size: int, zero_stage: int = 2, bf16: bool = False, offload_optimizer: bool = False):
+    if backend == "torch":
+        return TorchEngine(module, cfg, total_steps, accumulation)
+    if backend == "deepspeed":
+        return DeepSpeedEngine(module, cfg, total_steps, accumulation, micro_batch_size, zero_stage, bf16,
+                               offload_optimizer)
+    raise ValueError(f"engine backend must be 'torch' or 'deepspeed', got {backend!r}")

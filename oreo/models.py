@@ -1,0 +1,149 @@
+"""Models: the policy (any Hugging Face causal LM, or a tiny one built in-process), the value model.
+
+The value model is a language-model backbone with a float32 linear head initialised to zero, so
+V ≡ 0 at step 0 (spec §3). By default its backbone is a separate copy of the SFT policy; with
+``shared_backbone`` the value head reads the policy's own hidden states (one forward for both).
+"""
+from __future__ import annotations
+
+import copy
+import os
+import string
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+TINY_SPECIALS = ("<pad>", "<eos>", "<bos>")
+VALUE_HEAD_FILE = "value_head.safetensors"
+
+
+def char_tokenizer(alphabet: str = string.printable):
+    """A character-level Hugging Face tokenizer (no download): one token per character.
+
+    It saves and loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any other.
+    """
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    chars = sorted(set(alphabet))
+    vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIALS) + chars)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.decoder = decoders.Fuse()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
+                   intermediate_size: int = 256, max_position_embeddings: int = 256, seed: int = 0,
+                   pad_token_id: int = 0, eos_token_id: int = 1, bos_token_id: int = 2):
+    """A small Llama-architecture causal LM with random weights, built in-process."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=num_heads, num_key_value_heads=num_heads,
+        intermediate_size=intermediate_size, max_position_embeddings=max_position_embeddings,
+        pad_token_id=pad_token_id, eos_token_id=eos_token_id, bos_token_id=bos_token_id,
+        tie_word_embeddings=True,
+    )
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None = None,
+                trust_remote_code: bool = False, attn_implementation: str | None = "sdpa", seed: int = 0):
+    """Return ``(model, tokenizer)``.
+
+    ``name_or_path == "tiny"`` builds a random tiny model with a character tokenizer (``tiny`` holds its
+    sizes); anything else is a local folder or hub id loaded with ``from_pretrained``.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if name_or_path == "tiny":
+        tokenizer = char_tokenizer()
+        model = tiny_causal_lm(len(tokenizer), seed=seed, pad_token_id=tokenizer.pad_token_id,
+                               eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+                               **(tiny or {}))
+        return model.to(getattr(torch, dtype)), tokenizer
+    if not Path(name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
+        raise FileNotFoundError(f"model '{name_or_path}' is not a local folder and HF_HUB_OFFLINE=1")
+    tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
+    return model, tokenizer
+
+
+def position_ids(attention_mask: Tensor) -> Tensor:
+    """Positions counted over real tokens only, so left and right padding give the same numbers."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """Final hidden states [B, L, H] of a causal LM (or of a bare backbone), without its LM head."""
+    out = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                   position_ids=position_ids(attention_mask), use_cache=False)
+    return out.last_hidden_state
+
+
+class ValueModel(nn.Module):
+    """V(x_≤t) for every prefix: a backbone's hidden state at t through a float32 linear head.
+
+    ``forward`` returns values [B, L] (float32); the trainer uses positions 0..L-2 (spec §3).
+    """
+
+    def __init__(self, backbone: nn.Module):
+        super().__init__()
+        self.backbone = backbone
+        hidden = backbone.config.hidden_size
+        self.head = nn.Linear(hidden, 1, bias=True, dtype=torch.float32)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_policy(cls, policy: nn.Module) -> "ValueModel":
+        """A separate backbone copied from the policy (the SFT model), and a zero head."""
+        return cls(copy.deepcopy(policy.get_decoder()))
+
+    def values_from_hidden(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden.float()).squeeze(-1)
+
+    def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
+        return self.values_from_hidden(hidden_states(self.backbone, input_ids, attention_mask))
+
+    def save_pretrained(self, path: str | Path) -> None:
+        path = Path(path)
+        self.backbone.save_pretrained(path)
+        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
+                  str(path / VALUE_HEAD_FILE))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, *, dtype: str = "float32") -> "ValueModel":
+        from transformers import AutoModel
+
+        backbone = AutoModel.from_pretrained(str(path), dtype=getattr(torch, dtype))
+        model = cls(backbone)
+        model.head.load_state_dict(load_file(str(Path(path) / VALUE_HEAD_FILE)))
+        return model
+
+
+class ValueHead(nn.Module):
+    """The value head alone, for the shared-backbone option: it reads the policy's hidden states."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.head = nn.Linear(hidden_size, 1, bias=True, dtype=torch.float32)
+        nn.init.zeros_(self.head.weight)
+        nn.init.zeros_(self.head.bias)
+
+    def values_from_hidden(self, hidden: Tensor) -> Tensor:
+        return self.head(hidden.float()).squeeze(-1)

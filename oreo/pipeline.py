@@ -1,0 +1,191 @@
+"""The stages of a run — SFT, collect, RFT, OREO — and the evaluation after each, from one config.
+
+Every stage writes its output into the run directory and is skipped when that output is already
+there (``resume=true``), so an interrupted run continues where it stopped.
+"""
+from __future__ import annotations
+
+import json
+import os
+import random
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from oreo.buffer import Buffer
+from oreo.encode import Encoder
+from oreo.evaluate import evaluate_greedy
+from oreo.metrics import MetricsLogger
+from oreo.models import load_policy
+from oreo.rollout.collector import collect
+from oreo.rollout.sampler import HFSampler
+from oreo.tasks import make_task
+from oreo.trainers.common import TrainConfig
+from oreo.trainers.oreo import OREOConfig, OREOTrainer
+from oreo.trainers.sft import train_sft
+
+METHODS = ("sft", "rft", "oreo")
+
+
+def train_config(section) -> TrainConfig:
+    try:
+        return TrainConfig(**OmegaConf.to_container(section, resolve=True))
+    except TypeError as e:
+        raise ValueError(f"training config: {e}; known keys: {list(TrainConfig.__dataclass_fields__)}") from None
+
+
+def oreo_config(section) -> OREOConfig:
+    values = OmegaConf.to_container(section, resolve=True)
+    values.pop("train", None)
+    try:
+        return OREOConfig(**values)
+    except TypeError as e:
+        raise ValueError(f"oreo config: {e}; known keys: {list(OREOConfig.__dataclass_fields__)}") from None
+
+
+class Run:
+    """One run directory: config, metrics, buffer, checkpoints."""
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        self.dir = Path(cfg.run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
+                                   ("cpu" if cfg.device == "auto" else cfg.device))
+        self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+        self.buffer = Buffer(self.dir / "buffer")
+        self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
+                                    config=OmegaConf.to_container(cfg, resolve=True))
+        self.results = self._read_results()
+
+    # ------------------------------------------------------------------ helpers
+    def checkpoint(self, name: str) -> Path:
+        return self.dir / "checkpoints" / name
+
+    def seed(self, offset: int = 0) -> None:
+        seed = int(self.cfg.seed) + offset
+        random.seed(seed)
+        torch.manual_seed(seed)
+
+    def load(self, path_or_name: str | Path):
+        m = self.cfg.model
+        model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
+                                       if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
+                                       attn_implementation=m.attn_implementation, seed=int(self.cfg.seed))
+        return model.to(self.device), tokenizer
+
+    def sampler(self, model, tokenizer, section) -> HFSampler:
+        encoder = Encoder(tokenizer, max_len=10**9)
+        return HFSampler(model, tokenizer, encoder, batch_size=int(section.batch_size),
+                         max_new_tokens=int(section.max_new_tokens))
+
+    def _read_results(self) -> dict:
+        path = self.dir / "metrics.json"
+        if self.cfg.resume and path.exists():
+            return json.loads(path.read_text())
+        return {}
+
+    def _write_results(self) -> None:
+        tmp = self.dir / "metrics.json.tmp"
+        tmp.write_text(json.dumps(self.results, indent=2))
+        os.replace(tmp, self.dir / "metrics.json")
+
+    def done(self, path: Path) -> bool:
+        return bool(self.cfg.resume) and path.exists()
+
+    # ------------------------------------------------------------------ stages
+    def sft(self) -> Path:
+        out = self.checkpoint("sft")
+        if not self.done(out):
+            self.seed(1)
+            model, tokenizer = self.load(self.cfg.model.name_or_path)
+            records = self.task.sft_records(int(self.cfg.seed), int(self.cfg.sft.n_per_problem))
+            info = train_sft(model, tokenizer, records, train_config(self.cfg.sft.train), max_len=int(self.cfg.sft.max_len),
+                             logger=self.logger, stage="sft", out_dir=out)
+            self.results.setdefault("stages", {})["sft"] = info
+        return out
+
+    def collect(self, policy_dir: Path) -> dict:
+        if self.cfg.resume and self.buffer.rounds():
+            return self.buffer.stats()
+        self.seed(2)
+        model, tokenizer = self.load(policy_dir)
+        c = self.cfg.collect
+        info = collect(self.task, self.task.problems("train"), self.sampler(model, tokenizer, c), self.buffer,
+                       n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed),
+                       meta={"policy": str(policy_dir)})
+        self.logger.log("collect", info["round"], info)
+        self.results.setdefault("stages", {})["collect"] = info
+        return self.buffer.stats()
+
+    def rft(self, sft_dir: Path) -> Path:
+        out = self.checkpoint("rft")
+        if not self.done(out):
+            self.seed(3)
+            model, tokenizer = self.load(sft_dir)
+            records = self.buffer.filter(lambda r: r["correct"])
+            info = train_sft(model, tokenizer, records, train_config(self.cfg.rft.train),
+                             max_len=int(self.cfg.rft.max_len), logger=self.logger, stage="rft", out_dir=out)
+            self.results.setdefault("stages", {})["rft"] = info
+        return out
+
+    def oreo(self, sft_dir: Path) -> Path:
+        out = self.checkpoint("oreo")
+        if not self.done(out):
+            self.seed(4)
+            policy, tokenizer = self.load(sft_dir)
+            reference, _ = self.load(sft_dir)
+            trainer = OREOTrainer(policy, tokenizer, oreo_config(self.cfg.oreo), train_config(self.cfg.oreo.train),
+                                  reference=reference)
+            info = trainer.fit(self.buffer.load(), logger=self.logger, cache_dir=self.dir / "cache",
+                               ref_name=str(sft_dir), out_dir=out)
+            self.results.setdefault("stages", {})["oreo"] = info
+        return out / "policy"
+
+    def evaluate(self, method: str, policy_dir: Path) -> dict:
+        have = self.results.get("accuracy", {}).get(method, {})
+        splits = list(self.cfg.evaluate.splits)
+        if all(s in have for s in splits):
+            return have
+        model, tokenizer = self.load(policy_dir)
+        sampler = self.sampler(model, tokenizer, self.cfg.evaluate)
+        for split in splits:
+            r = evaluate_greedy(self.task, self.task.problems(split), sampler,
+                                out_path=self.dir / "eval" / f"{method}-{split}.jsonl", desc=f"evaluate {method}/{split}")
+            have[split] = r["accuracy"]
+            self.logger.log("evaluate", 0, {f"{method}/{split}": r["accuracy"]})
+        self.results.setdefault("accuracy", {})[method] = have
+        self._write_results()
+        return have
+
+    def run(self) -> dict:
+        stages = list(self.cfg.stages)
+        unknown = set(stages) - {"sft", "collect", "rft", "oreo"}
+        if unknown:
+            raise ValueError(f"unknown stages {sorted(unknown)}; known: sft, collect, rft, oreo")
+        sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
+        self.evaluate("sft", sft_dir)
+        if "collect" in stages:
+            self.results["buffer"] = self.collect(sft_dir)
+            self._write_results()
+        if "rft" in stages:
+            self.evaluate("rft", self.rft(sft_dir))
+        if "oreo" in stages:
+            self.evaluate("oreo", self.oreo(sft_dir))
+        self._write_results()
+        self.logger.close()
+        print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
+        print(f"results: {self.dir / 'metrics.json'}")
+        return self.results
+
+
+def format_table(accuracy: dict, splits: list[str]) -> str:
+    """Method × split greedy accuracy (%) as a text table."""
+    lines = [f"{'method':<8}" + "".join(f"{s:>10}" for s in splits)]
+    for method, row in accuracy.items():
+        lines.append(f"{method:<8}" + "".join(f"{100 * row.get(s, float('nan')):>9.1f}%" for s in splits))
+    return "\n".join(lines)

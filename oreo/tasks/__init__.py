@@ -1,0 +1,17 @@
+"""Problem sources with graders. A task has ``name``, ``problems(split)``, ``grade(problem, text)``,
+``split_steps(text)`` and ``sft_records(seed, n_per_problem)``."""
+from __future__ import annotations
+
+
+def make_task(cfg: dict):
+    """Build the task named by ``cfg["name"]``; the other keys are its settings."""
+    cfg = dict(cfg)
+    name = cfg.pop("name")
+    if name == "arithmetic":
+        from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+
+        try:
+            return ArithmeticTask(ArithmeticConfig(**cfg))
+        except TypeError as e:
+            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
+    raise ValueError(f"unknown task {name!r}; known: arithmetic")

@@ -1,0 +1,343 @@
+"""Procedurally generated multi-step arithmetic reasoning with exact grading.
+
+A problem is a start value and a chain of operations applied strictly left to
+right (no precedence), e.g. the prompt ``"7 +5 *3 -4\\n"``. Its gold solution
+is one step per line followed by a final-answer line::
+
+    7+5=12
+    12*3=36
+    36-4=32
+    #### 32
+
+Each step string keeps its trailing ``"\\n"``; the final line has none (the
+model's EOS token follows it), so ``"".join(solution)`` is the full response.
+Every intermediate value of a gold chain lies in ``[0, max_value]``.
+
+The texts are short on purpose: the default experiment trains a tiny
+character-level transformer, where every character is a token.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+__all__ = [
+    "ANSWER_PREFIX",
+    "ArithmeticConfig",
+    "ArithmeticTask",
+    "Problem",
+    "apply_op",
+    "extract_answer",
+    "format_prompt",
+    "format_step",
+    "grade",
+    "make_splits",
+    "parse_prompt",
+    "parse_step",
+    "split_steps",
+    "teacher_steps",
+]
+
+ANSWER_PREFIX = "#### "
+SPLITS = ("train", "test", "heldout")
+MAX_MULTIPLIER = 9
+
+_STEP_RE = re.compile(r"(-?\d+)([+\-*])(-?\d+)=(-?\d+)\n?")
+_OP_RE = re.compile(r"([+\-*])(\d+)")
+# Bounded digit count: answers are small, and this keeps int() cheap on junk.
+_ANSWER_RE = re.compile(r"-?\d{1,9}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One arithmetic chain with its gold solution."""
+
+    id: str
+    prompt: str
+    answer: int
+    # Excluded from the hash (lists are unhashable) so Problems can be dict keys.
+    solution: list[str] = field(hash=False)
+    n_ops: int
+
+
+@dataclass
+class ArithmeticConfig:
+    """Sizes, chain lengths and value ranges of the generated splits."""
+
+    seed: int = 0
+    n_train: int = 1000
+    n_test: int = 200
+    n_heldout: int = 200
+    min_ops: int = 2
+    max_ops: int = 4
+    heldout_min_ops: int = 5
+    heldout_max_ops: int = 6
+    max_value: int = 99
+    teacher_error_rate: float = 0.15
+    max_operand: int = 9  # largest operand of + and -
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.min_ops <= self.max_ops:
+            raise ValueError("need 1 <= min_ops <= max_ops")
+        if not 1 <= self.heldout_min_ops <= self.heldout_max_ops:
+            raise ValueError("need 1 <= heldout_min_ops <= heldout_max_ops")
+        if self.max_value < 2 or self.max_operand < 1:
+            raise ValueError("need max_value >= 2 and max_operand >= 1")
+        if not 0.0 <= self.teacher_error_rate <= 1.0:
+            raise ValueError("teacher_error_rate must be in [0, 1]")
+
+
+# --------------------------------------------------------------------- format
+
+
+def apply_op(a: int, op: str, b: int) -> int:
+    """Exact result of ``a op b`` for op in ``+ - *``."""
+    if op == "+":
+        return a + b
+    if op == "-":
+        return a - b
+    if op == "*":
+        return a * b
+    raise ValueError(f"unknown operator {op!r}")
+
+
+def format_prompt(start: int, ops: list[tuple[str, int]]) -> str:
+    """``(7, [("+", 5), ("*", 3)])`` -> ``"7 +5 *3\\n"``."""
+    return " ".join([str(start)] + [f"{op}{b}" for op, b in ops]) + "\n"
+
+
+def parse_prompt(prompt: str) -> tuple[int, list[tuple[str, int]]]:
+    """Inverse of :func:`format_prompt`; raises ValueError on malformed text."""
+    tokens = prompt.strip().split(" ")
+    try:
+        start = int(tokens[0])
+    except ValueError:
+        raise ValueError(f"malformed prompt {prompt!r}") from None
+    ops = []
+    for tok in tokens[1:]:
+        m = _OP_RE.fullmatch(tok)
+        if m is None:
+            raise ValueError(f"malformed prompt {prompt!r}")
+        ops.append((m.group(1), int(m.group(2))))
+    return start, ops
+
+
+def format_step(a: int, op: str, b: int, result: int) -> str:
+    """One solution line, including its trailing newline: ``"7+5=12\\n"``."""
+    return f"{a}{op}{b}={result}\n"
+
+
+def parse_step(step: str) -> tuple[int, str, int, int] | None:
+    """``"7+5=12\\n"`` -> ``(7, "+", 5, 12)``; None if the line is not a step."""
+    m = _STEP_RE.fullmatch(step)
+    if m is None:
+        return None
+    return int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))
+
+
+def split_steps(response: str) -> list[str]:
+    """Split a response into lines, each keeping its ``"\\n"``; lossless.
+
+    Only ``"\\n"`` separates lines (unlike ``str.splitlines``), and
+    ``"".join(split_steps(r)) == r`` always holds. ``""`` gives ``[]``.
+    """
+    parts = response.split("\n")
+    lines = [p + "\n" for p in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def extract_answer(response: str) -> int | None:
+    """The integer after the last ``"#### "``; None if absent or malformed.
+
+    The answer runs to the end of its line and must be a plain integer
+    (surrounding whitespace allowed), so ``"#### 32"`` -> 32 but
+    ``"#### 3x"`` -> None.
+    """
+    i = response.rfind(ANSWER_PREFIX)
+    if i < 0:
+        return None
+    text = response[i + len(ANSWER_PREFIX):].split("\n", 1)[0].strip()
+    if _ANSWER_RE.fullmatch(text) is None:
+        return None
+    return int(text)
+
+
+def grade(problem: Problem, response: str) -> tuple[int | None, bool]:
+    """``(extracted answer, whether it equals the gold answer)``."""
+    answer = extract_answer(response)
+    return answer, answer is not None and answer == problem.answer
+
+
+# ----------------------------------------------------------------- generation
+
+
+def _render_solution(start: int, ops: list[tuple[str, int]]) -> tuple[list[str], int]:
+    steps, v = [], start
+    for op, b in ops:
+        r = apply_op(v, op, b)
+        steps.append(format_step(v, op, b, r))
+        v = r
+    return steps + [f"{ANSWER_PREFIX}{v}"], v
+
+
+def _random_chain(
+    rng: random.Random, n_ops: int, max_value: int, max_operand: int
+) -> tuple[int, list[tuple[str, int]]]:
+    """A start value and ops whose every intermediate value is in range."""
+    v = rng.randint(1, max_value)
+    start, ops = v, []
+    for _ in range(n_ops):
+        choices = []
+        if v < max_value:
+            choices.append("+")
+        if v > 0:
+            choices.append("-")
+        if v >= 1 and 2 * v <= max_value:
+            choices.append("*")
+        op = rng.choice(choices)
+        if op == "+":
+            b = rng.randint(1, min(max_operand, max_value - v))
+        elif op == "-":
+            b = rng.randint(1, min(max_operand, v))
+        else:
+            b = rng.randint(2, min(MAX_MULTIPLIER, max_value // v))
+        ops.append((op, b))
+        v = apply_op(v, op, b)
+    return start, ops
+
+
+def make_splits(cfg: ArithmeticConfig) -> dict[str, list[Problem]]:
+    """Generate ``train``/``test``/``heldout``, deterministic given ``cfg.seed``.
+
+    ``train`` and ``test`` draw chain lengths uniformly from
+    ``[min_ops, max_ops]``; ``heldout`` from ``[heldout_min_ops,
+    heldout_max_ops]``. No prompt (i.e. no (start, ops) tuple) occurs twice,
+    within or across splits.
+    """
+    rng = random.Random(cfg.seed)
+    seen: set[str] = set()
+    plan = {
+        "train": (cfg.n_train, cfg.min_ops, cfg.max_ops),
+        "test": (cfg.n_test, cfg.min_ops, cfg.max_ops),
+        "heldout": (cfg.n_heldout, cfg.heldout_min_ops, cfg.heldout_max_ops),
+    }
+    splits: dict[str, list[Problem]] = {}
+    for name, (n, lo, hi) in plan.items():
+        problems: list[Problem] = []
+        attempts = 0
+        while len(problems) < n:
+            attempts += 1
+            if attempts > 100 * n + 1000:
+                raise ValueError(f"cannot draw {n} distinct {name} problems; widen the config")
+            n_ops = rng.randint(lo, hi)
+            start, ops = _random_chain(rng, n_ops, cfg.max_value, cfg.max_operand)
+            prompt = format_prompt(start, ops)
+            if prompt in seen:
+                continue
+            seen.add(prompt)
+            solution, answer = _render_solution(start, ops)
+            problems.append(Problem(f"{name}-{len(problems):05d}", prompt, answer, solution, n_ops))
+        splits[name] = problems
+    return splits
+
+
+# -------------------------------------------------------------------- teacher
+
+
+def _stays_in_range(v: int, ops: list[tuple[str, int]], max_value: int) -> bool:
+    for op, b in ops:
+        v = apply_op(v, op, b)
+        if not 0 <= v <= max_value:
+            return False
+    return True
+
+
+def _slips(op: str, b: int) -> list[int]:
+    # Plausible human slips: off by one or two, a dropped/extra carry or
+    # borrow (+-10), and for products a neighbouring times-table entry.
+    deltas = [-2, -1, 1, 2, -10, 10]
+    if op == "*":
+        deltas += [-b, b]
+    return deltas
+
+
+def teacher_steps(
+    problem: Problem, rng: random.Random, error_rate: float, *, max_value: int = 99
+) -> list[str]:
+    """An imperfect teacher's solution, in the gold format.
+
+    At each arithmetic step, with probability ``error_rate``, the teacher
+    writes a plausible wrong result (see :func:`_slips`) and then continues
+    the chain from that wrong value. A wrong value never equals the gold
+    value at that step, and ``+``, ``-`` and ``* k`` (k >= 1) are injective,
+    so once the chain is off it stays off: any error makes the final answer
+    wrong. Wrong values are chosen, when possible, so that the rest of the
+    chain stays in ``[0, max_value]``.
+
+    With ``error_rate == 0`` this returns exactly ``problem.solution``.
+    """
+    start, ops = parse_prompt(problem.prompt)
+    steps, v, gold = [], start, start
+    for i, (op, b) in enumerate(ops):
+        right = apply_op(v, op, b)
+        gold = apply_op(gold, op, b)
+        result = right
+        if rng.random() < error_rate:
+            wrong = [right + d for d in _slips(op, b)]
+            wrong = [w for w in wrong if w >= 0 and w != right and w != gold]
+            in_range = [w for w in wrong if w <= max_value and _stays_in_range(w, ops[i + 1:], max_value)]
+            result = rng.choice(in_range or wrong)
+        steps.append(format_step(v, op, b, result))
+        v = result
+    return steps + [f"{ANSWER_PREFIX}{v}"]
+
+
+# ----------------------------------------------------------------------- task
+
+
+class ArithmeticTask:
+    """The generated splits of one config, with teacher data and grading."""
+
+    name = "arithmetic"
+
+    def __init__(self, cfg: ArithmeticConfig | None = None) -> None:
+        self.cfg = cfg if cfg is not None else ArithmeticConfig()
+        self.splits = make_splits(self.cfg)
+
+    def problems(self, split: str) -> list[Problem]:
+        """The problems of ``split`` (``train``, ``test`` or ``heldout``)."""
+        if split not in self.splits:
+            raise KeyError(f"unknown split {split!r}; expected one of {SPLITS}")
+        return self.splits[split]
+
+    def teacher_dataset(self, rng_seed: int, n_per_problem: int = 1) -> list[tuple[Problem, list[str]]]:
+        """``n_per_problem`` teacher solutions per train problem, seeded."""
+        rng = random.Random(rng_seed)
+        return [
+            (p, teacher_steps(p, rng, self.cfg.teacher_error_rate, max_value=self.cfg.max_value))
+            for p in self.splits["train"]
+            for _ in range(n_per_problem)
+        ]
+
+    def grade(self, problem: Problem, response: str) -> tuple[int | None, bool]:
+        """See :func:`grade`."""
+        return grade(problem, response)
+
+    def split_steps(self, response: str) -> list[str]:
+        """See :func:`split_steps`."""
+        return split_steps(response)
+
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+        """The teacher's solutions as trajectory records (reward: whether the teacher got it right)."""
+        records = []
+        for k, (problem, steps) in enumerate(self.teacher_dataset(rng_seed, n_per_problem)):
+            answer, correct = grade(problem, "".join(steps))
+            records.append({"id": f"teacher-{k}", "task": self.name, "problem_id": problem.id,
+                            "prompt": problem.prompt, "steps": steps, "reward": float(correct),
+                            "correct": correct, "answer": None if answer is None else str(answer),
+                            "meta": {"source": "teacher"}})
+        return records

@@ -1,0 +1,116 @@
+"""What every trainer shares: the training config, seeded batching across ranks, atomic checkpoints."""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from oreo.engine import OptimConfig, make_engine
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 1.0
+    batch_size: int = 32          # global: micro_batch_size × accumulation × world size
+    micro_batch_size: int = 8
+    lr: float = 1e-4
+    value_lr: float = 1e-4        # OREO only
+    warmup_ratio: float = 0.03
+    min_lr_ratio: float = 0.0
+    grad_clip: float = 1.0
+    weight_decay: float = 0.0
+    betas: tuple = (0.9, 0.95)
+    seed: int = 0
+    padding_side: str = "right"
+    log_every: int = 10
+    engine: str = "torch"         # torch | deepspeed
+    zero_stage: int = 2
+    bf16: bool = False
+    offload_optimizer: bool = False
+    extra: dict = field(default_factory=dict)
+
+    def optim(self, lr: float) -> OptimConfig:
+        return OptimConfig(lr=lr, weight_decay=self.weight_decay, betas=tuple(self.betas),
+                           warmup_ratio=self.warmup_ratio, grad_clip=self.grad_clip, min_lr_ratio=self.min_lr_ratio)
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size); (0, 1) without torch.distributed."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def accumulation_steps(cfg: TrainConfig) -> int:
+    _, size = world()
+    per_step = cfg.micro_batch_size * size
+    if cfg.batch_size % per_step:
+        raise ValueError(f"batch_size {cfg.batch_size} must be a multiple of micro_batch_size × world size "
+                         f"= {cfg.micro_batch_size} × {size}")
+    return cfg.batch_size // per_step
+
+
+def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
+    """Optimizer steps for the run: incomplete global batches are dropped (every step sees batch_size)."""
+    per_epoch = n_examples // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"only {n_examples} training examples: fewer than one batch of {cfg.batch_size}")
+    return max(1, math.floor(cfg.epochs * per_epoch))
+
+
+def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int):
+    """Yield ``(step, micro_index, indices)`` for this rank: seeded per-epoch shuffles, global batches
+    split into equal micro-batches, rank r taking its contiguous share of each global batch."""
+    rank, size = world()
+    per_epoch = n_examples // cfg.batch_size
+    accumulation = cfg.batch_size // (cfg.micro_batch_size * size)
+    step = 0
+    epoch = 0
+    while step < total_steps:
+        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        for b in range(per_epoch):
+            if step >= total_steps:
+                return
+            batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            mine = batch[rank * accumulation * cfg.micro_batch_size:(rank + 1) * accumulation * cfg.micro_batch_size]
+            for m in range(accumulation):
+                yield step, m, mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]
+            step += 1
+        epoch += 1
+
+
+def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int):
+    return make_engine(module, cfg.optim(lr), backend=cfg.engine, total_steps=total_steps,
+                       accumulation=accumulation_steps(cfg), micro_batch_size=cfg.micro_batch_size,
+                       zero_stage=cfg.zero_stage, bf16=cfg.bf16, offload_optimizer=cfg.offload_optimizer)
+
+
+def save_atomically(path: str | Path, write) -> Path:
+    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``path``: a kill never leaves half a checkpoint."""
+    path = Path(path)
+    rank, _ = world()
+    tmp = path.with_name(path.name + ".tmp")
+    if rank == 0:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    write(tmp)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    if rank == 0:
+        old = path.with_name(path.name + ".old")
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    return path
+
+
+def unwrap(module):
+    return getattr(module, "module", module)

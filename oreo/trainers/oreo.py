@@ -1,0 +1,225 @@
+"""OREO: joint policy and value training by soft Bellman consistency on offline trajectories.
+
+One micro-batch costs one policy forward/backward and one value forward/backward (spec §9.1 without
+its redundant passes): the reference's per-token log-probs are computed once per buffer and cached,
+and the critic's target uses this step's policy log-probs, detached (identical to a separate no-grad
+pass because the policy has not been updated yet). The exact reverse KL over the vocabulary needs the
+reference *distribution* at every action position, so with ``kl.type=exact`` the frozen reference
+also runs one no-grad forward per micro-batch; ``k3`` (data tokens) or ``none`` avoid it.
+"""
+from __future__ import annotations
+
+import copy
+import hashlib
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from oreo.progress import progress
+
+from oreo import losses
+from oreo.encode import Encoder, collate
+from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
+from oreo.models import ValueHead, ValueModel, hidden_states
+from oreo.trainers.common import (TrainConfig, build_engine, micro_batches, optimizer_steps, save_atomically,
+                                  unwrap, world)
+
+POLICY_LOSSES = {
+    "oreo": losses.oreo_policy_loss,
+    "response": losses.response_policy_loss,
+    "single_step": losses.single_step_policy_loss,
+}
+
+
+@dataclass
+class OREOConfig:
+    beta: float = 0.03
+    granularity: str = "token"        # token | step | turn: which prefixes are MDP states
+    policy_loss: str = "oreo"         # oreo (Eq. 9, next-state form) | response (Eq. 10) | single_step
+    kl_type: str = "exact"            # exact (reverse KL over the vocabulary) | k3 (data tokens) | none
+    kl_coef: float = 0.01
+    reward_mul: float = 1.0           # R = reward·mul + add, the same for every task
+    reward_add: float = 0.0
+    clip_logratio: float | None = None
+    importance_sampling: bool = False
+    importance_log_clip: float = 1.0
+    shared_backbone: bool = False
+    max_len: int = 512
+    chunk_size: int = 1024
+
+    def __post_init__(self):
+        if self.policy_loss not in POLICY_LOSSES:
+            raise ValueError(f"oreo.policy_loss must be one of {sorted(POLICY_LOSSES)}, got {self.policy_loss!r}")
+        if self.kl_type not in ("exact", "k3", "none"):
+            raise ValueError(f"oreo.kl_type must be exact, k3 or none, got {self.kl_type!r}")
+
+
+@torch.no_grad()
+def reference_logprobs(ref_model, data, pad_token_id: int, *, batch_size: int = 32, chunk_size: int = 1024,
+                       cache_dir: str | Path | None = None, ref_name: str = "") -> list[torch.Tensor]:
+    """ℓ^ref_t for every encoded trajectory ([L-1] float32 each), computed once and cached on disk.
+
+    The cache key hashes the token ids, the masks' length and ``ref_name`` (the reference checkpoint).
+    """
+    key = hashlib.sha256(ref_name.encode())
+    for e in data:
+        key.update(bytes(str(e.input_ids), "utf8"))
+    path = Path(cache_dir) / f"ref_logprobs-{key.hexdigest()[:16]}.safetensors" if cache_dir else None
+    if path is not None and path.exists():
+        stored = load_file(str(path))
+        return [stored[str(i)] for i in range(len(data))]
+    was_training = ref_model.training
+    ref_model.eval()
+    device = next(ref_model.parameters()).device
+    out = []
+    for start in progress(iterable=range(0, len(data), batch_size), desc="reference log-probs", leave=False,
+                      disable=world()[0] != 0):
+        chunk = data[start:start + batch_size]
+        batch = collate(chunk, pad_token_id, "right")
+        ids, mask = batch["input_ids"].to(device), batch["attention_mask"].to(device)
+        hidden = hidden_states(ref_model, ids, mask)
+        logp = token_logprobs(hidden[:, :-1], ref_model.get_output_embeddings(), ids[:, 1:], chunk_size=chunk_size)
+        out += [logp[i, :len(e.input_ids) - 1].float().cpu() for i, e in enumerate(chunk)]
+    ref_model.train(was_training)
+    if path is not None and world()[0] == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({str(i): t.contiguous() for i, t in enumerate(out)}, str(tmp))
+        tmp.replace(path)
+    return out
+
+
+class OREOTrainer:
+    """Owns the policy, the value model (or head), the frozen reference and their engines."""
+
+    def __init__(self, policy, tokenizer, cfg: OREOConfig, train: TrainConfig, *, reference=None):
+        self.cfg, self.train_cfg, self.tokenizer = cfg, train, tokenizer
+        self.reference = reference if reference is not None else copy.deepcopy(policy)
+        self.reference.requires_grad_(False).eval()
+        self.policy = policy
+        if cfg.shared_backbone:
+            self.value = ValueHead(policy.config.hidden_size).to(next(policy.parameters()).device)
+        else:
+            self.value = ValueModel.from_policy(policy)
+        self.engines = {}
+
+    def _forward(self, batch):
+        policy = self.engines["policy"].module
+        value = self.engines["value"].module
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        hidden = hidden_states(policy, ids, mask)[:, :-1]
+        logp = token_logprobs(hidden, unwrap(policy).get_output_embeddings(), ids[:, 1:],
+                              chunk_size=self.cfg.chunk_size)
+        am, sm = batch["action_mask"], batch["state_mask"]
+        logratio = (logp - batch["ref_logprobs"]) * am
+        if self.cfg.shared_backbone:
+            values = value.values_from_hidden(hidden)
+        else:
+            values = value(ids, mask)[:, :-1]
+        return hidden, logp, logratio, values
+
+    def _kl(self, batch, hidden, logratio):
+        am = batch["action_mask"]
+        if self.cfg.kl_type == "k3":
+            return losses.k3_kl(logratio, am)
+        if self.cfg.kl_type == "none":
+            return logratio.new_zeros(())
+        with torch.no_grad():
+            ref_hidden = hidden_states(self.reference, batch["input_ids"], batch["attention_mask"])[:, :-1]
+        kl = reverse_kl(gather_rows(hidden, am), unwrap(self.engines["policy"].module).get_output_embeddings(),
+                        gather_rows(ref_hidden, am), self.reference.get_output_embeddings(),
+                        chunk_size=self.cfg.chunk_size)
+        return losses.masked_kl_mean(scatter_rows(kl, am), am)
+
+    def losses(self, batch) -> dict[str, torch.Tensor]:
+        """Value loss, policy loss (+KL) and logging statistics for one micro-batch."""
+        cfg = self.cfg
+        hidden, logp, logratio, values = self._forward(batch)
+        am, sm = batch["action_mask"], batch["state_mask"]
+        rewards = losses.scale_reward(batch["rewards"], mul=cfg.reward_mul, add=cfg.reward_add)
+        weights = (losses.importance_weights(logratio.detach(), am, log_clip=cfg.importance_log_clip)
+                   if cfg.importance_sampling else None)
+        value_loss = losses.value_loss(values, logratio.detach(), am, sm, rewards, beta=cfg.beta,
+                                       clip_logratio=cfg.clip_logratio, weights=weights)
+        kwargs = {"weights": weights} if cfg.policy_loss == "oreo" else {}
+        policy_loss = POLICY_LOSSES[cfg.policy_loss](logratio, values.detach(), am, sm, rewards, beta=cfg.beta,
+                                                     **kwargs)
+        kl = self._kl(batch, hidden, logratio)
+        state_values, _ = losses.sequence_mean(values.detach(), sm)
+        first = sm.float().argmax(-1)
+        return {
+            "value_loss": value_loss, "policy_loss": policy_loss, "kl": kl,
+            "k3_kl": losses.k3_kl(logratio.detach(), am),
+            "value_mean": state_values.mean(),
+            "value_first_state": values.detach().gather(1, first[:, None]).mean(),
+            "reward_mean": rewards.mean(),
+        }
+
+    def fit(self, records: list[dict], *, logger=None, cache_dir=None, ref_name: str = "", stage: str = "oreo",
+            out_dir: str | Path | None = None) -> dict:
+        cfg, tcfg = self.cfg, self.train_cfg
+        encoder = Encoder(self.tokenizer, granularity=cfg.granularity, max_len=cfg.max_len)
+        data = encoder.encode_all(records)
+        ref_logps = reference_logprobs(self.reference, data, self.tokenizer.pad_token_id, chunk_size=cfg.chunk_size,
+                                       cache_dir=cache_dir, ref_name=ref_name)
+        total = optimizer_steps(len(data), tcfg)
+        self.engines = {"policy": build_engine(self.policy, tcfg, tcfg.lr, total),
+                        "value": build_engine(self.value, tcfg, tcfg.value_lr, total)}
+        device = next(unwrap(self.engines["policy"].module).parameters()).device
+        self.reference.to(device)
+        self.policy.train()
+        self.value.train()
+        rank, _ = world()
+        bar = progress(total=total, desc=stage, unit="step", leave=False, disable=rank != 0)
+        tokens, t0, running = 0, time.perf_counter(), {}
+        for step, _, idx in micro_batches(len(data), tcfg, total):
+            batch = collate([data[i] for i in idx], self.tokenizer.pad_token_id, tcfg.padding_side,
+                            ref_logprobs=[ref_logps[i] for i in idx])
+            batch = {k: v.to(device) for k, v in batch.items()}
+            out = self.losses(batch)
+            # The two losses touch disjoint parameters (values are detached in the policy loss and
+            # log-ratios in the value loss), so with a shared backbone one backward serves both.
+            if cfg.shared_backbone:
+                self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"] + out["value_loss"])
+            else:
+                self.engines["value"].backward(out["value_loss"])
+                self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"])
+            for k, v in out.items():
+                running.setdefault(k, []).append(float(v))
+            tokens += int(batch["attention_mask"].sum())
+            infos = {name: engine.step() for name, engine in self.engines.items()}
+            if infos["policy"] is None:
+                continue
+            bar.update(1)
+            bar.set_postfix(v_loss=f"{running['value_loss'][-1]:.4f}", p_loss=f"{running['policy_loss'][-1]:.4f}", refresh=False)
+            if logger is not None and ((step + 1) % tcfg.log_every == 0 or step + 1 == total):
+                row = {k: sum(v) / len(v) for k, v in running.items()}
+                for name, info in infos.items():
+                    row.update({f"{name}_{k}": v for k, v in info.items()})
+                row["tokens_per_s"] = tokens / (time.perf_counter() - t0)
+                logger.log(stage, step + 1, row)
+                running = {}
+        bar.close()
+        if out_dir is not None:
+            self.save(out_dir)
+        return {"steps": total, "encode": encoder.stats.as_dict()}
+
+    def save(self, out_dir: str | Path) -> Path:
+        policy = unwrap(self.engines["policy"].module) if self.engines else self.policy
+        value = unwrap(self.engines["value"].module) if self.engines else self.value
+
+        def write(tmp):
+            if world()[0] != 0:
+                return
+            policy.save_pretrained(tmp / "policy")
+            self.tokenizer.save_pretrained(tmp / "policy")
+            if isinstance(value, ValueModel):
+                value.save_pretrained(tmp / "value")
+                self.tokenizer.save_pretrained(tmp / "value")
+            else:
+                (tmp / "value").mkdir()
+                save_file({k: v.detach().cpu().contiguous() for k, v in value.state_dict().items()},
+                          str(tmp / "value" / "value_head.safetensors"))
+        return save_atomically(out_dir, write)

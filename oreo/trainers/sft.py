@@ -1,0 +1,63 @@
+"""Supervised fine-tuning on trajectory records: next-token loss on action tokens only.
+
+Used for the SFT stage (teacher data) and for RFT, the paper's rejection-sampling baseline (SFT on the
+correct samples of the offline buffer). Prompt tokens never get loss, whatever the padding side.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from oreo.progress import progress
+
+from oreo.encode import Encoder, collate
+from oreo.logprobs import token_logprobs
+from oreo.losses import sft_loss
+from oreo.models import hidden_states
+from oreo.trainers.common import (TrainConfig, build_engine, micro_batches, optimizer_steps, save_atomically,
+                                  unwrap, world)
+
+
+def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_len: int, logger=None,
+              stage: str = "sft", out_dir: str | Path | None = None, chunk_size: int = 1024) -> dict:
+    """Train ``model`` in place on ``records``; save it to ``out_dir`` (HF format) if given."""
+    encoder = Encoder(tokenizer, granularity="token", max_len=max_len)
+    data = encoder.encode_all(records)
+    total = optimizer_steps(len(data), cfg)
+    engine = build_engine(model, cfg, cfg.lr, total)
+    device = next(unwrap(engine.module).parameters()).device
+    model.train()
+    rank, _ = world()
+    bar = progress(total=total, desc=stage, unit="step", leave=False, disable=rank != 0)
+    tokens, t0, running = 0, time.perf_counter(), []
+    for step, _, idx in micro_batches(len(data), cfg, total):
+        batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], tokenizer.pad_token_id,
+                                                     cfg.padding_side).items()}
+        hidden = hidden_states(engine.module, batch["input_ids"], batch["attention_mask"])
+        logp = token_logprobs(hidden[:, :-1], unwrap(engine.module).get_output_embeddings(),
+                              batch["input_ids"][:, 1:], chunk_size=chunk_size)
+        loss = sft_loss(logp, batch["action_mask"])
+        engine.backward(loss)
+        running.append(loss.item())
+        tokens += int(batch["attention_mask"].sum())
+        info = engine.step()
+        if info is None:
+            continue
+        bar.update(1)
+        bar.set_postfix(loss=f"{running[-1]:.3f}", refresh=False)
+        if logger is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
+            logger.log(stage, step + 1, {"loss": sum(running) / len(running), **info,
+                                         "tokens_per_s": tokens / (time.perf_counter() - t0)})
+            running = []
+    bar.close()
+    if out_dir is not None:
+        save_policy(unwrap(engine.module), tokenizer, out_dir)
+    return {"steps": total, "encode": encoder.stats.as_dict()}
+
+
+def save_policy(model, tokenizer, out_dir: str | Path) -> Path:
+    def write(tmp):
+        if world()[0] == 0:
+            model.save_pretrained(tmp)
+            tokenizer.save_pretrained(tmp)
+    return save_atomically(out_dir, write)

@@ -1,0 +1,200 @@
+"""Tests for the offline buffer (oreo/buffer.py)."""
+
+import json
+
+import pytest
+
+from oreo.buffer import Buffer, RecordError, import_jsonl, validate_record
+
+CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2? ünï"}]
+
+
+def rec(id, problem_id="p1", reward=1.0, steps=None, **kw):
+    return {"id": id, "task": "arith", "problem_id": problem_id, "prompt": "What is 2+2?",
+            "steps": ["4"] if steps is None else steps, "reward": reward, **kw}
+
+
+def test_validate_fills_defaults_without_mutating():
+    raw = rec("a", reward=0.0)
+    out = validate_record(raw)
+    assert out == {**raw, "round": None, "observations": [], "correct": False,
+                   "answer": None, "meta": {}}
+    assert "meta" not in raw
+    assert validate_record(rec("b", reward=1))["correct"] is True
+    assert isinstance(validate_record(rec("b", reward=1))["reward"], float)
+
+
+def test_append_and_load_round_trip(tmp_path):
+    buf = Buffer(tmp_path / "buffer")
+    r0 = [rec("a", answer="4", meta={"seed": 1, "temperature": 0.7, "finished": True}),
+          rec("b", reward=0.0, steps=["Let x", " = 5.", ""], correct=False, answer=None)]
+    r1 = [rec("c", prompt=CHAT, steps=["go north", "take key"], observations=["You see a key."],
+              meta={"model": "tiny", "nested": {"k": [1, 2]}})]
+    assert buf.append(r0) == 0
+    assert buf.append(r1) == 1
+    assert buf.rounds() == [0, 1]
+    assert len(buf) == 3
+
+    expected = [{**validate_record(r), "round": 0} for r in r0] + \
+               [{**validate_record(r), "round": 1} for r in r1]
+    loaded = Buffer(tmp_path / "buffer").load()
+    assert loaded == expected
+    assert loaded[0]["prompt"] == "What is 2+2?" and loaded[2]["prompt"] == CHAT
+    assert buf.load([1]) == expected[2:]
+    assert buf.load([1, 0]) == expected  # round order regardless of the order asked
+
+    ds = buf.dataset()
+    assert ds.num_rows == 3 and json.loads(ds[2]["prompt"]) == CHAT  # raw JSON columns
+
+
+def test_round_numbering_and_existing_round_refused(tmp_path):
+    buf = Buffer(tmp_path)
+    assert buf.append([rec("a")], round=5) == 5
+    assert buf.append([rec("b")]) == 6
+    assert buf.append([rec("c")], round=2) == 2
+    assert buf.rounds() == [2, 5, 6]
+    assert [r["id"] for r in buf.load()] == ["c", "a", "b"]
+    with pytest.raises(FileExistsError, match="round_005"):
+        buf.append([rec("d")], round=5)
+    with pytest.raises(KeyError, match=r"\[3\]"):
+        buf.load([3])
+    assert len(buf) == 3
+
+
+def test_duplicate_ids_rejected(tmp_path):
+    buf = Buffer(tmp_path)
+    buf.append([rec("a"), rec("b")])
+    with pytest.raises(RecordError, match=r"record 1.*'id'.*duplicate id 'b'"):
+        buf.append([rec("c"), rec("b")])
+    with pytest.raises(RecordError, match=r"record 1.*'id'.*duplicate id 'c'"):
+        buf.append([rec("c"), rec("c")])
+    assert buf.rounds() == [0]  # nothing written by the failed appends
+
+
+@pytest.mark.parametrize("bad, field, problem", [
+    ({"steps": "4"}, "steps", "list of str"),
+    ({"steps": ["4", 5]}, "steps", "list of str"),
+    ({"reward": float("nan")}, "reward", "finite"),
+    ({"reward": "1"}, "reward", "number"),
+    ({"reward": True}, "reward", "number"),
+    ({"prompt": [{"role": "user"}]}, "prompt", "content"),
+    ({"prompt": 3}, "prompt", "str"),
+    ({"correct": 1}, "correct", "bool"),
+    ({"answer": 4}, "answer", "str"),
+    ({"meta": {"finished": "yes"}}, "meta", "finished"),
+    ({"meta": {"x": object()}}, "meta", "JSON"),
+    ({"problem_id": 7}, "problem_id", "str"),
+    ({"observations": ["a", "b", "c"]}, "observations", "3 observations for 1 steps"),
+    ({"success": True}, "success", "unknown field"),
+])
+def test_bad_record_names_index_and_field(tmp_path, bad, field, problem):
+    buf = Buffer(tmp_path)
+    with pytest.raises(RecordError) as err:
+        buf.append([rec("ok"), rec("bad", **bad)])
+    msg = str(err.value)
+    assert "record 1" in msg and "'bad'" in msg and f"field '{field}'" in msg and problem in msg
+    assert err.value.field == field
+    assert buf.rounds() == []
+
+
+def test_missing_field():
+    bad = rec("x")
+    del bad["reward"]
+    with pytest.raises(RecordError, match=r"here \(id 'x'\): field 'reward': missing"):
+        validate_record(bad, where="here")
+
+
+def hand_made(tmp_path):
+    buf = Buffer(tmp_path)
+    buf.append([
+        rec("a", "p1", 1.0, ["ab", "c"], meta={"finished": True}),
+        rec("b", "p1", 0.0, ["xyz"], meta={"finished": False}),
+        rec("c", "p2", 0.0, ["1234"]),
+    ])
+    buf.append([rec("d", "p3", 1.0, ["a", "b", "c"])])
+    return buf
+
+
+def test_stats(tmp_path):
+    buf = hand_made(tmp_path)
+    assert buf.stats() == {
+        "n": 4,
+        "n_per_round": {0: 3, 1: 1},
+        "mean_reward": 0.5,
+        "frac_correct": 0.5,
+        "mean_steps": 1.75,
+        "mean_response_chars": 3.25,
+        "n_problems": 3,
+        "frac_problems_any_correct": pytest.approx(2 / 3),
+        "frac_problems_mixed": pytest.approx(1 / 3),
+        "frac_finished": 0.75,
+    }
+    s0 = buf.stats(rounds=[0])
+    assert (s0["n"], s0["n_problems"], s0["frac_problems_mixed"]) == (3, 2, 0.5)
+
+
+def test_filter(tmp_path):
+    buf = hand_made(tmp_path)
+    assert [r["id"] for r in buf.filter(lambda r: r["correct"])] == ["a", "d"]
+    assert [r["id"] for r in buf.filter(lambda r: r["correct"], rounds=[0])] == ["a"]
+    assert buf.filter(lambda r: False) == []
+
+
+def test_export_import_round_trip(tmp_path):
+    buf = hand_made(tmp_path / "buffer")
+    buf.append([rec("e", prompt=CHAT, steps=["s1", "s2"], observations=["o1", "o2"])])
+    out = tmp_path / "out" / "records.jsonl"
+    assert buf.export_jsonl(out) == 5
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 5
+    records = import_jsonl(out)
+    assert records == buf.load()
+
+    other = Buffer(tmp_path / "other")
+    other.append(records)
+    assert other.load() == [{**r, "round": 0} for r in records]
+    assert buf.export_jsonl(tmp_path / "r1.jsonl", rounds=[1]) == 1
+
+
+def test_malformed_jsonl_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.jsonl"
+    lines = [json.dumps(rec("a")), "", json.dumps(rec("b", steps=[1]))]
+    path.write_text("\n".join(lines) + "\n")
+    with pytest.raises(RecordError, match=r"bad\.jsonl:3 \(id 'b'\): field 'steps'"):
+        import_jsonl(path)
+
+    path.write_text(json.dumps(rec("a")) + "\n{not json\n")
+    with pytest.raises(RecordError, match=r"bad\.jsonl:2: invalid JSON"):
+        import_jsonl(path)
+
+    path.write_text(json.dumps(rec("a")) + "\n" + json.dumps(rec("a")) + "\n")
+    with pytest.raises(RecordError, match=r"bad\.jsonl:2: field 'id': duplicate"):
+        import_jsonl(path)
+
+
+def test_leftover_temp_folder_is_ignored_and_cleaned(tmp_path):
+    buf = Buffer(tmp_path)
+    buf.append([rec("a")])
+    # Simulate a kill mid-write: a half-written round left in its temporary folder.
+    leftover = tmp_path / ".tmp_round_001_deadbeef"
+    leftover.mkdir()
+    (leftover / "data-00000-of-00001.arrow").write_bytes(b"partial")
+    assert buf.rounds() == [0] and len(buf) == 1
+
+    reopened = Buffer(tmp_path)
+    assert not leftover.exists()
+    assert reopened.append([rec("b")]) == 1
+    assert [r["id"] for r in reopened.load()] == ["a", "b"]
+
+
+def test_empty_buffer(tmp_path):
+    buf = Buffer(tmp_path / "missing")
+    assert len(buf) == 0 and buf.rounds() == [] and buf.load() == []
+    assert buf.dataset().num_rows == 0
+    assert buf.filter(lambda r: True) == []
+    stats = buf.stats()
+    assert stats["n"] == 0 and stats["n_problems"] == 0 and stats["mean_reward"] is None
+    assert buf.export_jsonl(tmp_path / "empty.jsonl") == 0
+    assert import_jsonl(tmp_path / "empty.jsonl") == []
+    with pytest.raises(ValueError, match="no records"):
+        buf.append([])
+    assert not (tmp_path / "missing").exists()
