@@ -17,7 +17,7 @@ from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_greedy
 from oreo.metrics import MetricsLogger
-from oreo.models import load_policy
+from oreo.models import ValueModel, load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.sampler import HFSampler
 from oreo.tasks import make_task
@@ -48,6 +48,7 @@ class Run:
     """One run directory: config, metrics, buffer, checkpoints."""
 
     def __init__(self, cfg: DictConfig):
+        quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -109,41 +110,56 @@ class Run:
             self.results.setdefault("stages", {})["sft"] = info
         return out
 
-    def collect(self, policy_dir: Path) -> dict:
-        if self.cfg.resume and self.buffer.rounds():
-            return self.buffer.stats()
-        self.seed(2)
-        model, tokenizer = self.load(policy_dir)
-        c = self.cfg.collect
-        info = collect(self.task, self.task.problems("train"), self.sampler(model, tokenizer, c), self.buffer,
-                       n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed),
-                       meta={"policy": str(policy_dir)})
-        self.logger.log("collect", info["round"], info)
-        self.results.setdefault("stages", {})["collect"] = info
-        return self.buffer.stats()
+    def collect(self, policy_dir: Path, round: int = 0) -> dict:
+        """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
+        if not (self.cfg.resume and round in self.buffer.rounds()):
+            self.seed(2 + 100 * round)
+            model, tokenizer = self.load(policy_dir)
+            c = self.cfg.collect
+            info = collect(self.task, self.task.problems("train"), self.sampler(model, tokenizer, c), self.buffer,
+                           n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed) + 1000 * round,
+                           round=round, meta={"policy": str(policy_dir)})
+            self.logger.log("collect", round, info)
+            self.results.setdefault("stages", {})[f"collect_{round}"] = info
+        return self.buffer.stats(rounds=[round])
 
-    def rft(self, sft_dir: Path) -> Path:
+    def rft(self, sft_dir: Path) -> Path | None:
+        """SFT on the buffer's correct samples; ``None`` (and the reason in metrics.json) if too few."""
         out = self.checkpoint("rft")
         if not self.done(out):
+            records = self.buffer.filter(lambda r: r["correct"])
+            batch = int(self.cfg.rft.train.batch_size)
+            if len(records) < batch:
+                reason = f"{len(records)} correct samples in the buffer, fewer than one batch ({batch})"
+                print(f"RFT skipped: {reason}", flush=True)
+                self.results.setdefault("skipped", {})["rft"] = reason
+                return None
             self.seed(3)
             model, tokenizer = self.load(sft_dir)
-            records = self.buffer.filter(lambda r: r["correct"])
             info = train_sft(model, tokenizer, records, train_config(self.cfg.rft.train),
                              max_len=int(self.cfg.rft.max_len), logger=self.logger, stage="rft", out_dir=out)
             self.results.setdefault("stages", {})["rft"] = info
         return out
 
-    def oreo(self, sft_dir: Path) -> Path:
-        out = self.checkpoint("oreo")
+    def oreo(self, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
+             rounds: list[int] | None = None, name: str = "oreo") -> Path:
+        """OREO from the policy in ``init_dir`` against the reference in ``ref_dir`` (default: the same),
+        on the buffer's ``rounds`` (default: all); the value model warm-starts from ``value_dir`` if given."""
+        out = self.checkpoint(name)
         if not self.done(out):
             self.seed(4)
-            policy, tokenizer = self.load(sft_dir)
-            reference, _ = self.load(sft_dir)
-            trainer = OREOTrainer(policy, tokenizer, oreo_config(self.cfg.oreo), train_config(self.cfg.oreo.train),
-                                  reference=reference)
-            info = trainer.fit(self.buffer.load(), logger=self.logger, cache_dir=self.dir / "cache",
-                               ref_name=str(sft_dir), out_dir=out)
-            self.results.setdefault("stages", {})["oreo"] = info
+            ref_dir = ref_dir or init_dir
+            policy, tokenizer = self.load(init_dir)
+            reference, _ = self.load(ref_dir)
+            cfg = oreo_config(self.cfg.oreo)
+            value = None
+            if value_dir is not None and not cfg.shared_backbone:
+                value = ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
+            trainer = OREOTrainer(policy, tokenizer, cfg, train_config(self.cfg.oreo.train), reference=reference,
+                                  value=value)
+            info = trainer.fit(self.buffer.load(rounds), logger=self.logger, cache_dir=self.dir / "cache",
+                               ref_name=str(ref_dir), out_dir=out, stage=name)
+            self.results.setdefault("stages", {})[name] = info
         return out / "policy"
 
     def evaluate(self, method: str, policy_dir: Path) -> dict:
@@ -170,10 +186,10 @@ class Run:
         sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
         self.evaluate("sft", sft_dir)
         if "collect" in stages:
-            self.results["buffer"] = self.collect(sft_dir)
+            self.results["buffer"] = self.collect(sft_dir, round=0)
             self._write_results()
-        if "rft" in stages:
-            self.evaluate("rft", self.rft(sft_dir))
+        if "rft" in stages and (rft_dir := self.rft(sft_dir)) is not None:
+            self.evaluate("rft", rft_dir)
         if "oreo" in stages:
             self.evaluate("oreo", self.oreo(sft_dir))
         self._write_results()
@@ -181,6 +197,15 @@ class Run:
         print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
         print(f"results: {self.dir / 'metrics.json'}")
         return self.results
+
+
+def quiet_library_progress_bars() -> None:
+    """Our own bars cover the long loops; the libraries' per-shard and per-file bars are noise."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
 
 
 def format_table(accuracy: dict, splits: list[str]) -> str:

@@ -94,12 +94,16 @@ def reference_logprobs(ref_model, data, pad_token_id: int, *, batch_size: int = 
 class OREOTrainer:
     """Owns the policy, the value model (or head), the frozen reference and their engines."""
 
-    def __init__(self, policy, tokenizer, cfg: OREOConfig, train: TrainConfig, *, reference=None):
+    def __init__(self, policy, tokenizer, cfg: OREOConfig, train: TrainConfig, *, reference=None, value=None):
+        """``reference`` defaults to a frozen copy of ``policy``; ``value`` (a ``ValueModel`` or
+        ``ValueHead`` to warm-start from) defaults to a fresh one initialised from ``policy``."""
         self.cfg, self.train_cfg, self.tokenizer = cfg, train, tokenizer
         self.reference = reference if reference is not None else copy.deepcopy(policy)
         self.reference.requires_grad_(False).eval()
         self.policy = policy
-        if cfg.shared_backbone:
+        if value is not None:
+            self.value = value
+        elif cfg.shared_backbone:
             self.value = ValueHead(policy.config.hidden_size).to(next(policy.parameters()).device)
         else:
             self.value = ValueModel.from_policy(policy)
@@ -187,7 +191,7 @@ class OREOTrainer:
                 self.engines["value"].backward(out["value_loss"])
                 self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"])
             for k, v in out.items():
-                running.setdefault(k, []).append(float(v))
+                running.setdefault(k, []).append(float(v.detach()))
             tokens += int(batch["attention_mask"].sum())
             infos = {name: engine.step() for name, engine in self.engines.items()}
             if infos["policy"] is None:
