@@ -9,15 +9,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-TRIM = [
-    "task.n_train=48", "task.n_test=16", "task.n_heldout=16",
-    "model.tiny.hidden_size=32", "model.tiny.num_layers=2", "model.tiny.num_heads=2", "model.tiny.intermediate_size=64",
-    "sft.n_per_problem=1", "sft.train.epochs=1", "sft.train.batch_size=16", "sft.train.micro_batch_size=8",
-    "collect.n=2", "collect.max_new_tokens=24",
-    "rft.train.batch_size=4", "rft.train.micro_batch_size=4",
-    "oreo.train.batch_size=16", "oreo.train.micro_batch_size=8",
-    "evaluate.max_new_tokens=24", "threads=1",
-]
+TRIM = ["+experiment=smoke"]
 
 
 def run(module: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:

@@ -1,0 +1,37 @@
+"""Every shipped config composes and builds its dataclasses (a typo in conf/ fails here, not mid-run)."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from oreo.pipeline import oreo_config, train_config
+from oreo.tasks import make_task
+from omegaconf import OmegaConf
+
+CONF = Path(__file__).resolve().parents[1] / "conf"
+EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("experiment", [None, *EXPERIMENTS])
+def test_config_composes_and_builds(experiment):
+    overrides = [f"+experiment={experiment}"] if experiment else []
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=overrides)
+    oreo_config(cfg.oreo)
+    for section in (cfg.sft.train, cfg.rft.train, cfg.oreo.train):
+        train_config(section)
+    task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+    assert task.problems("train")
+
+
+def test_step_experiment_sets_step_granularity():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+experiment=arithmetic_step"])
+    assert oreo_config(cfg.oreo).granularity == "step"
+
+
+def test_bad_values_name_the_key():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["oreo.policy_loss=dpo"])
+    with pytest.raises(ValueError, match="policy_loss"):
+        oreo_config(cfg.oreo)
