@@ -70,10 +70,13 @@ class Encoder:
         is_action = [0] * len(ids)
         step_starts = []
         observations = record.get("observations") or []
-        steps = record["steps"]
+        finished = (record.get("meta") or {}).get("finished", True)
+        # An empty response that ended with EOS is still one action (the EOS): the model must learn
+        # from stopping at once too.
+        steps = list(record["steps"]) or ([""] if finished else [])
         for k, step in enumerate(steps):
             step_ids = self._ids(step)
-            if k == len(steps) - 1 and record.get("meta", {}).get("finished", True):
+            if k == len(steps) - 1 and finished:
                 step_ids = step_ids + [self.tokenizer.eos_token_id]
             if step_ids:
                 step_starts.append(len(ids))

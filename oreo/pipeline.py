@@ -158,7 +158,7 @@ class Run:
             trainer = OREOTrainer(policy, tokenizer, cfg, train_config(self.cfg.oreo.train), reference=reference,
                                   value=value)
             info = trainer.fit(self.buffer.load(rounds), logger=self.logger, cache_dir=self.dir / "cache",
-                               ref_name=str(ref_dir), out_dir=out, stage=name)
+                               ref_name=f"{ref_dir}|{self.cfg.model.dtype}", out_dir=out, stage=name)
             self.results.setdefault("stages", {})[name] = info
         return out / "policy"
 

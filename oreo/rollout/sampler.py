@@ -20,8 +20,9 @@ class Completion:
 class HFSampler:
     """Batched, left-padded, seeded sampling with ``model.generate``.
 
-    ``temperature == 0`` means greedy decoding. Sampling uses the full distribution (no top-k/top-p),
-    because the offline data should come from the policy itself.
+    ``temperature == 0`` means greedy decoding. Sampling uses the full distribution (no top-k/top-p, and
+    none of the decoding defaults a hub model may ship), because the offline data should come from the
+    policy itself. Seeding uses a forked RNG, so the caller's random stream is untouched.
     """
 
     def __init__(self, model, tokenizer, encoder, *, batch_size: int = 64, max_new_tokens: int = 64):
@@ -39,12 +40,26 @@ class HFSampler:
         input_ids = torch.tensor([[pad] * (length - len(p)) + p for p in prompt_ids])
         attention_mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompt_ids])
         device = next(self.model.parameters()).device
-        torch.manual_seed(seed)
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 \
             else dict(do_sample=False, temperature=None, top_k=None, top_p=None)
-        out = self.model.generate(
-            input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-            max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=eos, **sampling)
+        # ``generate`` fills every setting left unset from the model's own generation config, and hub
+        # models ship decoding defaults (repetition penalty, top-k/top-p, min length, ...) that would
+        # bend the samples away from the policy: generate under a bare config instead.
+        from transformers import GenerationConfig
+
+        bare = GenerationConfig(pad_token_id=pad, eos_token_id=eos,
+                                bos_token_id=getattr(self.model.generation_config, "bos_token_id", None))
+        saved, self.model.generation_config = self.model.generation_config, bare
+        # Seed a forked RNG: the samples depend on ``seed`` only, and the caller's RNG stream (e.g. a
+        # training loop's) is left as it was.
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                torch.manual_seed(seed)
+                out = self.model.generate(
+                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=eos, **sampling)
+        finally:
+            self.model.generation_config = saved
         completions = []
         for row in out[:, length:].tolist():
             finished = eos in row
@@ -61,12 +76,14 @@ class HFSampler:
         ids = [self.encoder.prompt_ids(p) for p in prompts]
         flat = [(i, ids[i]) for i in range(len(prompts)) for _ in range(n)]
         results: list[list[Completion]] = [[] for _ in prompts]
-        for start in range(0, len(flat), self.batch_size):
-            chunk = flat[start:start + self.batch_size]
-            outs = self._generate_batch([p for _, p in chunk], temperature, seed * 1_000_003 + start)
-            for (i, _), c in zip(chunk, outs):
-                results[i].append(c)
-            if progress is not None:
-                progress.update(len(chunk))
-        self.model.train(was_training)
+        try:
+            for start in range(0, len(flat), self.batch_size):
+                chunk = flat[start:start + self.batch_size]
+                outs = self._generate_batch([p for _, p in chunk], temperature, seed * 1_000_003 + start)
+                for (i, _), c in zip(chunk, outs):
+                    results[i].append(c)
+                if progress is not None:
+                    progress.update(len(chunk))
+        finally:
+            self.model.train(was_training)
         return results

@@ -61,8 +61,11 @@ def reference_logprobs(ref_model, data, pad_token_id: int, *, batch_size: int = 
                        cache_dir: str | Path | None = None, ref_name: str = "") -> list[torch.Tensor]:
     """ℓ^ref_t for every encoded trajectory ([L-1] float32 each), computed once and cached on disk.
 
-    The cache key hashes the token ids, the masks' length and ``ref_name`` (the reference checkpoint).
+    The cache key hashes the token ids and ``ref_name``, which must name the reference model and its
+    dtype (the pipeline passes ``"<checkpoint path>|<dtype>"``).
     """
+    if cache_dir is not None and not ref_name:
+        raise ValueError("reference_logprobs: a cache_dir needs a ref_name naming the reference model")
     key = hashlib.sha256(ref_name.encode())
     for e in data:
         key.update(bytes(str(e.input_ids), "utf8"))
@@ -108,6 +111,9 @@ class OREOTrainer:
         else:
             self.value = ValueModel.from_policy(policy)
         self.engines = {}
+        if cfg.shared_backbone and train.engine == "deepspeed":
+            raise ValueError("oreo.shared_backbone=true is supported with the torch engine only: two DeepSpeed "
+                             "engines cannot share one backbone's gradients; use shared_backbone=false")
 
     def _forward(self, batch):
         policy = self.engines["policy"].module
@@ -183,8 +189,8 @@ class OREOTrainer:
                             ref_logprobs=[ref_logps[i] for i in idx])
             batch = {k: v.to(device) for k, v in batch.items()}
             out = self.losses(batch)
-            # The two losses touch disjoint parameters (values are detached in the policy loss and
-            # log-ratios in the value loss), so with a shared backbone one backward serves both.
+            # Values are detached in the policy loss and log-ratios in the value loss, so with separate
+            # models each loss reaches only its own model; a shared backbone takes both in one backward.
             if cfg.shared_backbone:
                 self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"] + out["value_loss"])
             else:
@@ -224,6 +230,6 @@ class OREOTrainer:
                 self.tokenizer.save_pretrained(tmp / "value")
             else:
                 (tmp / "value").mkdir()
-                save_file({k: v.detach().cpu().contiguous() for k, v in value.state_dict().items()},
+                save_file({k: v.detach().cpu().contiguous() for k, v in value.head.state_dict().items()},
                           str(tmp / "value" / "value_head.safetensors"))
         return save_atomically(out_dir, write)

@@ -1,0 +1,224 @@
+"""Tests for the trajectory encoder (oreo/encode.py): masks, boundaries, skipping, collation."""
+
+import math
+
+import pytest
+import torch
+
+from oreo import losses
+from oreo.encode import Encoder, collate
+from oreo.models import char_tokenizer
+
+PROMPT, STEPS = "1 +2\n", ["1+2=3\n", "#### 3"]
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return char_tokenizer()
+
+
+def rec(steps=STEPS, prompt=PROMPT, reward=1.0, **kw):
+    return {"id": "x", "task": "t", "problem_id": "p", "prompt": prompt, "steps": list(steps),
+            "reward": reward, **kw}
+
+
+def chars(tok, text):
+    return tok(text, add_special_tokens=False)["input_ids"]
+
+
+# ------------------------------------------------------------------------- hand-made masks
+
+
+def test_token_masks_hand_written(tok):
+    e = Encoder(tok, granularity="token").encode(rec())
+    # prompt 5 tokens, steps 6 + 6 tokens, then EOS: L = 18, masks over 17 prediction positions.
+    assert e.input_ids == chars(tok, PROMPT + "".join(STEPS)) + [tok.eos_token_id]
+    expected = [0, 0, 0, 0] + [1] * 13
+    assert e.action_mask == expected
+    assert e.state_mask == expected
+    assert e.reward == 1.0
+
+
+def test_token_masks_finished_absent_and_false(tok):
+    enc = Encoder(tok, granularity="token")
+    absent = enc.encode(rec(meta={}))
+    true = enc.encode(rec(meta={"finished": True}))
+    assert absent.input_ids == true.input_ids and absent.input_ids[-1] == tok.eos_token_id
+    assert enc.encode(rec(meta=None)).input_ids == true.input_ids  # a raw record may carry meta=None
+    assert absent.action_mask == true.action_mask
+
+    cut = enc.encode(rec(meta={"finished": False}))
+    assert cut.input_ids == chars(tok, PROMPT + "".join(STEPS))  # no EOS appended
+    assert tok.eos_token_id not in cut.input_ids
+    assert cut.action_mask == [0, 0, 0, 0] + [1] * 12
+    assert cut.state_mask == cut.action_mask
+
+
+def test_step_masks_hand_written(tok):
+    e = Encoder(tok, granularity="step").encode(rec())
+    assert e.action_mask == [0, 0, 0, 0] + [1] * 13
+    # states: the last prompt token (4) and the token before "#" (5 + 6 - 1 = 10)
+    expected = [0] * 17
+    expected[4] = expected[10] = 1
+    assert e.state_mask == expected
+    cut = Encoder(tok, granularity="step").encode(rec(meta={"finished": False}))
+    assert cut.state_mask == expected[:16]
+
+
+def test_step_states_sit_before_each_step_first_token(tok):
+    steps = ["12+3=15\n", "15*2=30\n", "\n", "30-1=29\n", "#### 29"]
+    e = Encoder(tok, granularity="step").encode(rec(steps=steps, prompt="12 +3 *2 -1\n"))
+    starts, pos = [], len("12 +3 *2 -1\n")
+    for s in steps:
+        starts.append(pos)
+        pos += len(s)
+    assert [t for t, s in enumerate(e.state_mask) if s] == [s - 1 for s in starts]
+    for s, step in zip(starts, steps):  # the token predicted from each state is the step's first char
+        assert e.input_ids[s] == chars(tok, step)[0]
+
+
+def test_empty_response_that_finished_is_one_eos_action(tok):
+    for gran in ("token", "step"):
+        e = Encoder(tok, granularity=gran).encode(rec(steps=[], meta={"finished": True}))
+        assert e is not None, gran
+        assert e.input_ids == chars(tok, PROMPT) + [tok.eos_token_id]
+        assert e.action_mask == [0, 0, 0, 0, 1]
+        assert e.state_mask == [0, 0, 0, 0, 1]
+
+
+# ------------------------------------------------------------------------- multi-turn
+
+
+def test_multi_turn_observations_are_never_actions(tok):
+    steps, obs = ["a\n", "bb\n", "c"], ["o1\n", "o22\n", "trailing\n"]
+    text = "go\n" + "a\n" + "o1\n" + "bb\n" + "o22\n" + "c"
+    for gran in ("token", "turn"):
+        e = Encoder(tok, granularity=gran).encode(rec(prompt="go\n", steps=steps, observations=obs))
+        # the trailing observation is dropped; EOS ends the last turn
+        assert e.input_ids == chars(tok, text) + [tok.eos_token_id]
+        is_action = [0] * 3 + [1] * 2 + [0] * 3 + [1] * 3 + [0] * 4 + [1] * 2
+        assert e.action_mask == is_action[1:]
+        obs_positions = [j for j in range(len(text)) if j >= 3 and not is_action[j]]
+        assert len(obs_positions) == 7
+        assert all(e.action_mask[j - 1] == 0 for j in obs_positions)
+        if gran == "token":
+            assert e.state_mask == e.action_mask
+        else:
+            assert [t for t, s in enumerate(e.state_mask) if s] == [2, 7, 14]
+
+
+def test_multi_turn_unfinished_last_turn_has_no_eos(tok):
+    e = Encoder(tok, granularity="turn").encode(
+        rec(prompt="go\n", steps=["a\n", "b"], observations=["o\n"], meta={"finished": False}))
+    assert e.input_ids == chars(tok, "go\na\no\nb")
+    assert e.action_mask == [0, 0, 1, 1, 0, 0, 1]
+    assert e.state_mask == [0, 0, 1, 0, 0, 0, 1]
+
+
+# ------------------------------------------------------------------------- exact boundaries
+
+
+def bpe_tokenizer():
+    """A small byte-level BPE trained in-process: merges cross the prompt/step boundaries."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    corpus = ["1 +2\n1+2=3\n#### 3", "12 +3 *2\n12+3=15\n15*2=30\n#### 30", "3\n#### 3\n=3\n"] * 50
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<pad>", "<eos>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    backend.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>",
+                                   clean_up_tokenization_spaces=False)
+
+
+@pytest.mark.parametrize("which", ["char", "bpe"])
+def test_segments_decode_back_exactly(tok, which):
+    t = tok if which == "char" else bpe_tokenizer()
+    prompt, steps = "12 +3 *2\n", ["12+3=15\n", "15*2=30\n", "#### 30"]
+    if which == "bpe":  # the whole text would tokenize with merges across segment boundaries
+        whole = t("".join([prompt] + steps), add_special_tokens=False)["input_ids"]
+        split = sum((t(s, add_special_tokens=False)["input_ids"] for s in [prompt] + steps), [])
+        assert whole != split
+    for gran in ("token", "step"):
+        e = Encoder(t, granularity=gran).encode(rec(prompt=prompt, steps=steps))
+        assert e.input_ids[-1] == t.eos_token_id
+        assert t.decode(e.input_ids[:-1]) == prompt + "".join(steps)
+        # each action run decodes to exactly its step
+        acts = [0] + e.action_mask
+        n_prompt = acts.index(1)
+        assert t.decode(e.input_ids[:n_prompt]) == prompt
+        if gran == "step":
+            starts = [t_ + 1 for t_, s in enumerate(e.state_mask) if s] + [len(e.input_ids) - 1]
+            pieces = [t.decode(e.input_ids[a:b]) for a, b in zip(starts, starts[1:])]
+            assert pieces == steps
+
+
+# ------------------------------------------------------------------------- skipping
+
+
+def test_too_long_dropped_and_counted(tok):
+    L = len(PROMPT) + len("".join(STEPS)) + 1
+    assert Encoder(tok, max_len=L).encode(rec()) is not None
+    enc = Encoder(tok, max_len=L - 1)
+    assert enc.encode(rec()) is None
+    assert enc.stats.as_dict() == {"seen": 1, "kept": 0, "too_long": 1, "no_state": 0}
+
+
+def test_no_action_records_skipped_and_counted(tok):
+    enc = Encoder(tok, granularity="step")
+    records = [rec(steps=[], meta={"finished": False}), rec(),
+               rec(steps=["", ""], meta={"finished": False}), rec(steps=["x" * 100]), rec(reward=0.0)]
+    enc.max_len = 60
+    out = enc.encode_all(records)
+    assert [e.index for e in out] == [1, 4]
+    assert enc.stats.as_dict() == {"seen": 5, "kept": 2, "too_long": 1, "no_state": 2}
+    for e in out:
+        assert any(e.state_mask) and any(e.action_mask)
+        assert len(e.action_mask) == len(e.state_mask) == len(e.input_ids) - 1
+    # nothing kept can produce a NaN loss
+    b = collate(out, tok.pad_token_id)
+    T = b["action_mask"].shape[1]
+    zeros = torch.zeros(len(out), T)
+    for loss in (losses.value_loss(zeros, zeros, b["action_mask"], b["state_mask"], b["rewards"], beta=0.1),
+                 losses.oreo_policy_loss(zeros, zeros, b["action_mask"], b["state_mask"], b["rewards"], beta=0.1),
+                 losses.k3_kl(zeros, b["action_mask"])):
+        assert math.isfinite(float(loss))
+
+
+def test_bad_granularity_rejected(tok):
+    with pytest.raises(ValueError, match="granularity"):
+        Encoder(tok, granularity="sentence")
+
+
+# ------------------------------------------------------------------------- collate
+
+
+def test_collate_left_and_right_padding_agree(tok):
+    enc = Encoder(tok, granularity="step")
+    data = enc.encode_all([rec(), rec(steps=["7\n", "#### 7"], reward=0.0),
+                           rec(steps=["1+2=3\n", "3+4=7\n", "#### 7"], meta={"finished": False})])
+    ref = [torch.arange(len(e.input_ids) - 1, dtype=torch.float32) + 1 for e in data]
+    R = collate(data, tok.pad_token_id, "right", ref_logprobs=ref)
+    Lft = collate(data, tok.pad_token_id, "left", ref_logprobs=ref)
+    L = max(len(e.input_ids) for e in data)
+    assert R["input_ids"].shape == Lft["input_ids"].shape == (3, L)
+    for k in ("action_mask", "state_mask"):
+        assert R[k].dtype == torch.bool and R[k].shape == (3, L - 1)
+    assert torch.equal(R["rewards"], torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.equal(R["index"], torch.tensor([0, 1, 2]))
+    for b, e in enumerate(data):
+        n, pad = len(e.input_ids), L - len(e.input_ids)
+        assert R["input_ids"][b, :n].tolist() == e.input_ids == Lft["input_ids"][b, pad:].tolist()
+        assert (R["input_ids"][b, n:] == tok.pad_token_id).all() and (Lft["input_ids"][b, :pad] == tok.pad_token_id).all()
+        assert R["attention_mask"][b].tolist() == [1] * n + [0] * pad
+        assert Lft["attention_mask"][b].tolist() == [0] * pad + [1] * n
+        for k, v in (("action_mask", e.action_mask), ("state_mask", e.state_mask)):
+            assert R[k][b, :n - 1].int().tolist() == v and not R[k][b, n - 1:].any()
+            assert Lft[k][b, pad:].int().tolist() == v and not Lft[k][b, :pad].any()
+        assert torch.equal(R["ref_logprobs"][b, :n - 1], ref[b]) and not R["ref_logprobs"][b, n - 1:].any()
+        assert torch.equal(Lft["ref_logprobs"][b, pad:], ref[b]) and not Lft["ref_logprobs"][b, :pad].any()
+    with pytest.raises(ValueError, match="padding_side"):
+        collate(data, tok.pad_token_id, "middle")
