@@ -30,7 +30,7 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "oreo.train", f"seed={seed}", f"run_dir={run_dir}", *args.overrides],
                        cwd=ROOT, check=True)
         times[seed] = time.perf_counter() - start
-        results[seed] = json.loads((run_dir / "metrics.json").read_text())["accuracy"]
+        results[seed] = json.loads((run_dir / "metrics.json").read_text())
     table = format_markdown(results, times, args.overrides)
     print(table)
     out = ROOT / "experiments" / "results" / "demo_seeds.md"

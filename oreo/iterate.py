@@ -65,7 +65,7 @@ def run_iterations(cfg: DictConfig) -> list[dict]:
     run._write_results()
     plot = plot_rounds(rows, splits, run.dir / "plots" / "iterate.png")
     print(format_rounds(rows, splits))
-    print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'}")
+    print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
     run.logger.close()
     return rows
 

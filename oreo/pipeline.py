@@ -85,15 +85,17 @@ class Run:
                          max_new_tokens=int(section.max_new_tokens))
 
     def _read_results(self) -> dict:
-        path = self.dir / "metrics.json"
+        path = self.dir / "run.json"
         if self.cfg.resume and path.exists():
             return json.loads(path.read_text())
         return {}
 
     def _write_results(self) -> None:
-        tmp = self.dir / "metrics.json.tmp"
-        tmp.write_text(json.dumps(self.results, indent=2))
-        os.replace(tmp, self.dir / "metrics.json")
+        """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details."""
+        for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
+            tmp = self.dir / f"{name}.tmp"
+            tmp.write_text(json.dumps(content, indent=2))
+            os.replace(tmp, self.dir / name)
 
     def done(self, path: Path) -> bool:
         return bool(self.cfg.resume) and path.exists()
@@ -124,7 +126,7 @@ class Run:
         return self.buffer.stats(rounds=[round])
 
     def rft(self, sft_dir: Path) -> Path | None:
-        """SFT on the buffer's correct samples; ``None`` (and the reason in metrics.json) if too few."""
+        """SFT on the buffer's correct samples; ``None`` (and the reason in run.json) if too few."""
         out = self.checkpoint("rft")
         if not self.done(out):
             records = self.buffer.filter(lambda r: r["correct"])

@@ -3,10 +3,10 @@ from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
 from oreo.pipeline import oreo_config, train_config
 from oreo.tasks import make_task
-from omegaconf import OmegaConf
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -30,20 +30,22 @@ def demo_run(tmp_path_factory):
 
 def test_train_runs_every_stage_and_writes_the_run_directory(demo_run):
     run_dir, proc = demo_run
-    metrics = json.loads((run_dir / "metrics.json").read_text())
+    accuracy = json.loads((run_dir / "metrics.json").read_text())
+    details = json.loads((run_dir / "run.json").read_text())
     # RFT needs one batch of correct samples; a barely trained tiny model may not produce them.
-    assert set(metrics["accuracy"]) | set(metrics.get("skipped", {})) == {"sft", "rft", "oreo"}
-    for method, row in metrics["accuracy"].items():
+    assert set(accuracy) | set(details.get("skipped", {})) == {"sft", "rft", "oreo"}
+    for method, row in accuracy.items():
         assert set(row) == {"test", "heldout"}
         assert all(0.0 <= v <= 1.0 for v in row.values())
-    assert metrics["buffer"]["n"] == 48 * 2
+    assert details["buffer"]["n"] == 48 * 2
     for path in ["config.yaml", "metrics.jsonl", "checkpoints/sft/config.json",
                  "checkpoints/oreo/policy/config.json", "checkpoints/oreo/value/value_head.safetensors",
-                 "buffer/round_000", "eval/oreo-test.jsonl"]:
+                 "checkpoints/oreo/trainer_state/policy/engine.pt", "checkpoints/oreo/trainer_state/value/engine.pt",
+                 "checkpoints/sft/trainer_state/state.pt", "buffer/round_000", "eval/oreo-test.jsonl"]:
         assert (run_dir / path).exists(), path
     stages = {json.loads(line)["stage"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()}
     assert {"sft", "collect", "oreo", "evaluate"} <= stages
-    assert ("rft" in stages) == ("rft" not in metrics.get("skipped", {}))
+    assert ("rft" in stages) == ("rft" not in details.get("skipped", {}))
     assert "method" in proc.stdout and "oreo" in proc.stdout  # the accuracy table
 
 
@@ -63,8 +65,9 @@ def test_unknown_config_key_fails_clearly(tmp_path):
 
 def test_iterate_two_rounds_writes_table_and_plot(tmp_path):
     proc = run("oreo.iterate", f"run_dir={tmp_path}", "iterate.rounds=2", "iterate.reference=previous", *TRIM)
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
-    assert [r["round"] for r in metrics["rounds"]] == [0, 1, 2]
+    details = json.loads((tmp_path / "run.json").read_text())
+    assert [r["round"] for r in details["rounds"]] == [0, 1, 2]
+    assert set(json.loads((tmp_path / "metrics.json").read_text())) == {"sft", "oreo_round1", "oreo_round2"}
     assert (tmp_path / "plots" / "iterate.png").stat().st_size > 0
     assert (tmp_path / "buffer" / "round_001").exists()
     assert "round" in proc.stdout

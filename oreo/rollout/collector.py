@@ -11,9 +11,8 @@ import json
 import time
 from pathlib import Path
 
-from oreo.progress import progress
-
 from oreo.buffer import Buffer
+from oreo.progress import progress
 
 
 def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: float, seed: int,

@@ -17,14 +17,22 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
-from oreo.progress import progress
 
 from oreo import losses
+from oreo.checkpoint import save_trainer_state
 from oreo.encode import Encoder, collate
 from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
 from oreo.models import ValueHead, ValueModel, hidden_states
-from oreo.trainers.common import (TrainConfig, build_engine, micro_batches, optimizer_steps, save_atomically,
-                                  unwrap, world)
+from oreo.progress import progress
+from oreo.trainers.common import (
+    TrainConfig,
+    build_engine,
+    micro_batches,
+    optimizer_steps,
+    save_atomically,
+    unwrap,
+    world,
+)
 
 POLICY_LOSSES = {
     "oreo": losses.oreo_policy_loss,
@@ -122,7 +130,7 @@ class OREOTrainer:
         hidden = hidden_states(policy, ids, mask)[:, :-1]
         logp = token_logprobs(hidden, unwrap(policy).get_output_embeddings(), ids[:, 1:],
                               chunk_size=self.cfg.chunk_size)
-        am, sm = batch["action_mask"], batch["state_mask"]
+        am = batch["action_mask"]
         logratio = (logp - batch["ref_logprobs"]) * am
         if self.cfg.shared_backbone:
             values = value.values_from_hidden(hidden)
@@ -213,14 +221,17 @@ class OREOTrainer:
                 running = {}
         bar.close()
         if out_dir is not None:
-            self.save(out_dir)
+            self.save(out_dir, step=total)
         return {"steps": total, "encode": encoder.stats.as_dict()}
 
-    def save(self, out_dir: str | Path) -> Path:
+    def save(self, out_dir: str | Path, step: int | None = None) -> Path:
+        """``policy/`` and ``value/`` in Hugging Face format, ``trainer_state/`` (optimizers, schedulers,
+        step, RNG) for resuming; written to a temporary folder and renamed."""
         policy = unwrap(self.engines["policy"].module) if self.engines else self.policy
         value = unwrap(self.engines["value"].module) if self.engines else self.value
 
         def write(tmp):
+            save_trainer_state(tmp / "trainer_state", self.engines, step)
             if world()[0] != 0:
                 return
             policy.save_pretrained(tmp / "policy")

@@ -8,14 +8,21 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from oreo.progress import progress
-
+from oreo.checkpoint import save_trainer_state
 from oreo.encode import Encoder, collate
 from oreo.logprobs import token_logprobs
 from oreo.losses import sft_loss
 from oreo.models import hidden_states
-from oreo.trainers.common import (TrainConfig, build_engine, micro_batches, optimizer_steps, save_atomically,
-                                  unwrap, world)
+from oreo.progress import progress
+from oreo.trainers.common import (
+    TrainConfig,
+    build_engine,
+    micro_batches,
+    optimizer_steps,
+    save_atomically,
+    unwrap,
+    world,
+)
 
 
 def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_len: int, logger=None,
@@ -51,12 +58,15 @@ def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_le
             running = []
     bar.close()
     if out_dir is not None:
-        save_policy(unwrap(engine.module), tokenizer, out_dir)
+        save_policy(unwrap(engine.module), tokenizer, out_dir, engines={"policy": engine}, step=total)
     return {"steps": total, "encode": encoder.stats.as_dict()}
 
 
-def save_policy(model, tokenizer, out_dir: str | Path) -> Path:
+def save_policy(model, tokenizer, out_dir: str | Path, *, engines: dict | None = None, step: int | None = None) -> Path:
+    """The policy in Hugging Face format at ``out_dir``, with ``trainer_state/`` when engines are given."""
     def write(tmp):
+        if engines:
+            save_trainer_state(tmp / "trainer_state", engines, step)
         if world()[0] == 0:
             model.save_pretrained(tmp)
             tokenizer.save_pretrained(tmp)
