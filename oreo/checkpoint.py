@@ -7,6 +7,8 @@ from pathlib import Path
 
 import torch
 
+from oreo.distributed import rank_world
+
 
 def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
     """Each engine's optimizer and scheduler under ``path/NAME/``, plus ``path/state.pt`` (step, RNG).
@@ -16,8 +18,9 @@ def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
     for name, engine in engines.items():
         (path / name).mkdir(parents=True, exist_ok=True)
         engine.save_state(path / name)
-    torch.save({"step": step, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
-               path / "state.pt")
+    if rank_world()[0] == 0:
+        torch.save({"step": step, "torch_rng": torch.get_rng_state(), "python_rng": random.getstate()},
+                   path / "state.pt")
 
 
 def load_trainer_state(path: Path, engines: dict) -> dict:

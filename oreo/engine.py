@@ -3,6 +3,12 @@
 The trainer calls ``backward(loss)`` and ``step()`` once per micro-batch; the engine divides the loss
 by the accumulation count and updates the parameters only at an accumulation boundary, where ``step``
 returns the gradient norm and learning rate (``None`` otherwise).
+
+``torch`` trains in one process. ``deepspeed`` runs ZeRO stage ``zero_stage`` (0-3) in one process or
+in several under ``torchrun --nproc_per_node N`` (gloo on CPU, where DeepSpeed needs
+``DS_ACCELERATOR=cpu``; nccl on CUDA); every rank takes its share of each global batch, so the same
+config trains the same model whatever the number of ranks. Under ZeRO-3 the parameters are partitioned:
+read or save them inside ``engine.full_parameters()`` (entered by every rank).
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from oreo.distributed import full_parameters, init_distributed, rank_world
 
 
 @dataclass
@@ -46,6 +54,9 @@ class TorchEngine:
     """Plain PyTorch: gradient accumulation, clipping, AdamW, cosine schedule."""
 
     def __init__(self, module: nn.Module, cfg: OptimConfig, total_steps: int, accumulation: int):
+        if rank_world()[1] > 1:
+            raise ValueError("engine=torch trains in one process (it does not synchronise gradients); "
+                             "use engine=deepspeed under torchrun")
         self.module = module
         self.cfg = cfg
         self.accumulation = accumulation
@@ -67,6 +78,10 @@ class TorchEngine:
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         return {"grad_norm": float(norm), "lr": lr}
+
+    def full_parameters(self):
+        """Context in which ``self.module`` holds its full parameters (nothing to do here)."""
+        return full_parameters(self.module)
 
     def state_dict(self) -> dict:
         return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -91,6 +106,7 @@ class DeepSpeedEngine:
                  micro_batch_size: int, zero_stage: int = 2, bf16: bool = False, offload_optimizer: bool = False):
         import deepspeed
 
+        init_distributed()
         ds_config = {
             "train_micro_batch_size_per_gpu": micro_batch_size,
             "gradient_accumulation_steps": accumulation,
@@ -105,6 +121,8 @@ class DeepSpeedEngine:
             ds_config["zero_force_ds_cpu_optimizer"] = False
         self.cfg = cfg
         self.accumulation = accumulation
+        self.zero_stage = zero_stage
+        self.bf16 = bf16
         optimizer = build_optimizer(module.parameters(), cfg)
         scheduler = cosine_with_warmup(optimizer, total_steps, cfg.warmup_ratio, cfg.min_lr_ratio)
         self.ds, self.optimizer, _, self.scheduler = deepspeed.initialize(
@@ -116,12 +134,26 @@ class DeepSpeedEngine:
 
     def step(self) -> dict | None:
         boundary = self.ds.is_gradient_accumulation_boundary()
-        lr = self.scheduler.get_last_lr()[0] if boundary else None
-        self.ds.step()
         if not boundary:
+            self.ds.step()
             return None
-        norm = self.ds.get_global_grad_norm()
+        lr = self.scheduler.get_last_lr()[0]
+        norm = None
+        if self.zero_stage == 0 and not self.bf16:
+            # DeepSpeed clips plain fp32 (no ZeRO) gradients without keeping the norm: take it here, from the
+            # gradients already averaged over ranks, before step() clips and clears them.
+            grads = [p.grad for p in self.module.parameters() if p.grad is not None]
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.float()) for g in grads])) \
+                if grads else torch.zeros(())
+        self.ds.step()
+        if norm is None:
+            norm = self.ds.get_global_grad_norm()
         return {"grad_norm": float(norm) if norm is not None else float("nan"), "lr": lr}
+
+    def full_parameters(self):
+        """Context in which ``self.module`` holds its full parameters on every rank: under ZeRO-3 a
+        collective gather (every rank must enter it; read-only); a no-op for stages 0-2."""
+        return full_parameters(self.module)
 
     def save_state(self, path: Path) -> None:
         self.ds.save_checkpoint(str(path), tag="engine")

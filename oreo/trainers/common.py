@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from oreo.distributed import init_distributed, rank_world
 from oreo.engine import OptimConfig, make_engine
 
 
@@ -40,10 +41,8 @@ class TrainConfig:
 
 
 def world() -> tuple[int, int]:
-    """(rank, world size); (0, 1) without torch.distributed."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
+    """(rank, world size): the process group's, else the launcher's (torchrun env), else (0, 1)."""
+    return rank_world()
 
 
 def accumulation_steps(cfg: TrainConfig) -> int:
@@ -85,6 +84,8 @@ def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int):
 
 
 def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int):
+    if cfg.engine == "deepspeed":
+        init_distributed()  # before accumulation_steps: it divides by the world size
     return make_engine(module, cfg.optim(lr), backend=cfg.engine, total_steps=total_steps,
                        accumulation=accumulation_steps(cfg), micro_batch_size=cfg.micro_batch_size,
                        zero_stage=cfg.zero_stage, bf16=cfg.bf16, offload_optimizer=cfg.offload_optimizer)

@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from oreo import losses
 from oreo.checkpoint import save_trainer_state
+from oreo.distributed import all_reduce_scalars, full_parameters
 from oreo.encode import Encoder, collate
 from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
 from oreo.models import ValueHead, ValueModel, hidden_states
@@ -212,13 +213,16 @@ class OREOTrainer:
                 continue
             bar.update(1)
             bar.set_postfix(v_loss=f"{running['value_loss'][-1]:.4f}", p_loss=f"{running['policy_loss'][-1]:.4f}", refresh=False)
-            if logger is not None and ((step + 1) % tcfg.log_every == 0 or step + 1 == total):
-                row = {k: sum(v) / len(v) for k, v in running.items()}
-                for name, info in infos.items():
-                    row.update({f"{name}_{k}": v for k, v in info.items()})
-                row["tokens_per_s"] = tokens / (time.perf_counter() - t0)
-                logger.log(stage, step + 1, row)
+            if (step + 1) % tcfg.log_every == 0 or step + 1 == total:
+                # collectives: every rank reduces, rank 0 logs (the global batch's means, total throughput)
+                row = all_reduce_scalars({k: sum(v) / len(v) for k, v in running.items()})
+                n_tokens = all_reduce_scalars({"tokens": tokens}, op="sum")["tokens"]
                 running = {}
+                if logger is not None and rank == 0:
+                    for name, info in infos.items():
+                        row.update({f"{name}_{k}": v for k, v in info.items()})
+                    row["tokens_per_s"] = n_tokens / (time.perf_counter() - t0)
+                    logger.log(stage, step + 1, row)
         bar.close()
         if out_dir is not None:
             self.save(out_dir, step=total)
@@ -232,15 +236,18 @@ class OREOTrainer:
 
         def write(tmp):
             save_trainer_state(tmp / "trainer_state", self.engines, step)
-            if world()[0] != 0:
-                return
-            policy.save_pretrained(tmp / "policy")
-            self.tokenizer.save_pretrained(tmp / "policy")
-            if isinstance(value, ValueModel):
-                value.save_pretrained(tmp / "value")
-                self.tokenizer.save_pretrained(tmp / "value")
-            else:
-                (tmp / "value").mkdir()
-                save_file({k: v.detach().cpu().contiguous() for k, v in value.head.state_dict().items()},
-                          str(tmp / "value" / "value_head.safetensors"))
+            # ZeRO-3: every rank gathers the partitioned weights (after the engine state: DeepSpeed's
+            # save_checkpoint re-partitions them), rank 0 writes them
+            with full_parameters(policy, value):
+                if world()[0] != 0:
+                    return
+                policy.save_pretrained(tmp / "policy")
+                self.tokenizer.save_pretrained(tmp / "policy")
+                if isinstance(value, ValueModel):
+                    value.save_pretrained(tmp / "value")
+                    self.tokenizer.save_pretrained(tmp / "value")
+                else:
+                    (tmp / "value").mkdir()
+                    save_file({k: v.detach().cpu().contiguous() for k, v in value.head.state_dict().items()},
+                              str(tmp / "value" / "value_head.safetensors"))
         return save_atomically(out_dir, write)

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from oreo.checkpoint import save_trainer_state
+from oreo.distributed import all_reduce_scalars, full_parameters
 from oreo.encode import Encoder, collate
 from oreo.logprobs import token_logprobs
 from oreo.losses import sft_loss
@@ -52,10 +53,14 @@ def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_le
             continue
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.3f}", refresh=False)
-        if logger is not None and ((step + 1) % cfg.log_every == 0 or step + 1 == total):
-            logger.log(stage, step + 1, {"loss": sum(running) / len(running), **info,
-                                         "tokens_per_s": tokens / (time.perf_counter() - t0)})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            # collectives: every rank reduces, rank 0 logs (the global batch's mean, total throughput)
+            loss = all_reduce_scalars({"loss": sum(running) / len(running)})["loss"]
+            n_tokens = all_reduce_scalars({"tokens": tokens}, op="sum")["tokens"]
             running = []
+            if logger is not None and rank == 0:
+                logger.log(stage, step + 1, {"loss": loss, **info,
+                                             "tokens_per_s": n_tokens / (time.perf_counter() - t0)})
     bar.close()
     if out_dir is not None:
         save_policy(unwrap(engine.module), tokenizer, out_dir, engines={"policy": engine}, step=total)
@@ -67,7 +72,10 @@ def save_policy(model, tokenizer, out_dir: str | Path, *, engines: dict | None =
     def write(tmp):
         if engines:
             save_trainer_state(tmp / "trainer_state", engines, step)
-        if world()[0] == 0:
-            model.save_pretrained(tmp)
-            tokenizer.save_pretrained(tmp)
+        # ZeRO-3: every rank gathers the partitioned weights (after the engine state: DeepSpeed's
+        # save_checkpoint re-partitions them), rank 0 writes them
+        with full_parameters(model):
+            if world()[0] == 0:
+                model.save_pretrained(tmp)
+                tokenizer.save_pretrained(tmp)
     return save_atomically(out_dir, write)

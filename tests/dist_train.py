@@ -1,0 +1,124 @@
+"""Train a tiny model with the OREO trainer (and SFT) for a few steps; save final parameters and logged rows.
+
+Run by tests/test_distributed.py, either in one process with the torch engine::
+
+    python tests/dist_train.py OUT --engine torch
+
+or in two processes with DeepSpeed ZeRO (gloo on CPU)::
+
+    DS_ACCELERATOR=cpu torchrun --nproc_per_node 2 tests/dist_train.py OUT --engine deepspeed --zero-stage 2
+
+Both use micro_batch_size=2 and batch_size=4, so they compute the same global gradient every step.
+The trainers save their checkpoints to ``OUT/oreo`` (policy/, value/) and ``OUT/sft``; rank 0 also
+writes ``OUT/params.pt`` (float64 copies of the in-memory state dicts, read on every rank) and every
+rank writes ``OUT/logs_rank{r}.json`` (the rows the trainers logged on that rank).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from oreo.distributed import full_parameters  # noqa: E402
+from oreo.models import load_policy  # noqa: E402
+from oreo.trainers.common import TrainConfig, unwrap, world  # noqa: E402
+from oreo.trainers.oreo import OREOConfig, OREOTrainer  # noqa: E402
+from oreo.trainers.sft import train_sft  # noqa: E402
+
+TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
+
+
+def records(n: int = 12) -> list[dict]:
+    out = []
+    for i in range(n):
+        a, b = i % 7 + 1, 3 * i % 11
+        steps = [f"{a}+{b}={a + b}\n", f"#### {a + b}"] if i % 3 else [f"#### {a + b + i % 2}"]
+        out.append({"id": f"r{i}", "task": "t", "problem_id": f"p{i // 2}", "prompt": f"{a} +{b}\n",
+                    "steps": steps, "reward": [1.0, 0.0, 0.5, -0.25][i % 4]})
+    return out
+
+
+class ListLogger:
+    def __init__(self):
+        self.rows = []
+
+    def log(self, stage, step, values):
+        self.rows.append({"stage": stage, "step": step, **values})
+
+
+def state(module) -> dict:
+    with full_parameters(module):  # gathers ZeRO-3 partitions (a collective: every rank calls state)
+        return {k: v.detach().to("cpu", torch.float64).clone() for k, v in unwrap(module).state_dict().items()}
+
+
+def partition_every_parameter() -> None:
+    """ZeRO-3 keeps parameters under 1e5 elements whole on every rank (all of a tiny model's): lower that
+    threshold to 0 so the test exercises partitioned parameters (gathered for forward, for saving)."""
+    import deepspeed
+
+    initialize = deepspeed.initialize
+
+    def patched(*args, config=None, **kwargs):
+        config = {**config, "zero_optimization": {**config["zero_optimization"],
+                                                  "stage3_param_persistence_threshold": 0}}
+        return initialize(*args, config=config, **kwargs)
+
+    deepspeed.initialize = patched
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("out")
+    p.add_argument("--engine", default="torch")
+    p.add_argument("--zero-stage", type=int, default=2)
+    p.add_argument("--no-sft", action="store_true")
+    args = p.parse_args()
+    if args.engine == "deepspeed" and args.zero_stage == 3:
+        partition_every_parameter()
+    torch.set_num_threads(1)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+
+    def tcfg():
+        return TrainConfig(epochs=1.0, batch_size=4, micro_batch_size=2, lr=3e-3, value_lr=3e-3, warmup_ratio=0.0,
+                           log_every=1, engine=args.engine, zero_stage=args.zero_stage, seed=0)
+
+    torch.manual_seed(0)
+    policy, tok = load_policy("tiny", tiny=TINY, seed=0)
+    initial = state(policy)
+    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), tcfg())
+    logger = ListLogger()
+    trainer.fit(records(), logger=logger, out_dir=out / "oreo")
+    if args.engine == "deepspeed" and args.zero_stage == 3:  # really partitioned: no rank holds a whole weight
+        assert all(p.numel() == 0 for m in (policy, trainer.value) for p in m.parameters()), "ZeRO-3 did not partition"
+    params = {"initial_policy": initial,
+              "oreo_policy": state(trainer.engines["policy"].module),
+              "oreo_value": state(trainer.engines["value"].module)}
+    rows = logger.rows
+
+    if not args.no_sft:
+        model, tok = load_policy("tiny", tiny=TINY, seed=1)
+        logger = ListLogger()
+        train_sft(model, tok, records(), tcfg(), max_len=64, logger=logger, out_dir=out / "sft")
+        params["sft_policy"] = state(model)
+        rows += logger.rows
+
+    rank, size = world()
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"logs_rank{rank}.json").write_text(json.dumps(rows))
+    if rank == 0:
+        torch.save(params, out / "params.pt")
+        print(f"[dist_train] engine={args.engine} world={size} trained in {time.perf_counter() - t0:.1f}s")
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+        torch.distributed.destroy_process_group()
+
+
+if __name__ == "__main__":
+    main()
