@@ -29,6 +29,12 @@ class EncodeStats:
     def as_dict(self) -> dict:
         return dict(self.__dict__)
 
+    def report(self, stage: str, max_len: int) -> None:
+        """Say what was left out, so a short ``max_len`` never silently shrinks the data."""
+        if self.too_long or self.no_state:
+            print(f"{stage}: kept {self.kept} of {self.seen} trajectories; dropped {self.too_long} longer than "
+                  f"max_len={max_len} tokens and {self.no_state} with no trainable state", flush=True)
+
 
 @dataclass
 class Encoded:

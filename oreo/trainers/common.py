@@ -4,7 +4,7 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,7 +33,6 @@ class TrainConfig:
     zero_stage: int = 2
     bf16: bool = False
     offload_optimizer: bool = False
-    extra: dict = field(default_factory=dict)
 
     def optim(self, lr: float) -> OptimConfig:
         return OptimConfig(lr=lr, weight_decay=self.weight_decay, betas=tuple(self.betas),

@@ -181,6 +181,7 @@ class OREOTrainer:
         cfg, tcfg = self.cfg, self.train_cfg
         encoder = Encoder(self.tokenizer, granularity=cfg.granularity, max_len=cfg.max_len)
         data = encoder.encode_all(records)
+        encoder.stats.report(stage, encoder.max_len)
         ref_logps = reference_logprobs(self.reference, data, self.tokenizer.pad_token_id, chunk_size=cfg.chunk_size,
                                        cache_dir=cache_dir, ref_name=ref_name)
         total = optimizer_steps(len(data), tcfg)

@@ -31,6 +31,7 @@ def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_le
     """Train ``model`` in place on ``records``; save it to ``out_dir`` (HF format) if given."""
     encoder = Encoder(tokenizer, granularity="token", max_len=max_len)
     data = encoder.encode_all(records)
+    encoder.stats.report(stage, max_len)
     total = optimizer_steps(len(data), cfg)
     engine = build_engine(model, cfg, cfg.lr, total)
     device = next(unwrap(engine.module).parameters()).device
