@@ -16,6 +16,7 @@ class MetricsLogger:
         self.path = Path(run_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.wandb = None
+        self._rows = 0
         wandb_cfg = dict(wandb_cfg or {})
         mode = os.environ.get("WANDB_MODE") or wandb_cfg.get("mode", "auto")
         if mode != "disabled":
@@ -26,12 +27,9 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")
         if self.wandb is not None:
-            self.wandb.log({f"{stage}/{k}": v for k, v in values.items()}, step=self._global_step(stage, step))
-
-    def _global_step(self, stage: str, step: int) -> int:
-        # wandb wants one monotone step across stages: count logged rows instead of stage steps.
-        self._rows = getattr(self, "_rows", 0) + 1
-        return self._rows
+            # wandb wants one monotone step across stages: count logged rows instead of stage steps.
+            self._rows += 1
+            self.wandb.log({f"{stage}/{k}": v for k, v in values.items()}, step=self._rows)
 
     def close(self) -> None:
         if self.wandb is not None:
