@@ -4,13 +4,14 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from oreo.distributed import init_distributed, rank_world
+from oreo.distributed import all_reduce_scalars, init_distributed, rank_world
 from oreo.engine import OptimConfig, make_engine
 
 
@@ -114,3 +115,17 @@ def save_atomically(path: str | Path, write) -> Path:
 
 def unwrap(module):
     return getattr(module, "module", module)
+
+
+def log_window(logger, stage: str, step: int, running: dict[str, list[float]], tokens: int, t0: float,
+               infos: dict[str, dict]) -> None:
+    """Log the means of ``running`` since the last log, the engines' ``infos`` (keys prefixed by the
+    engine name unless it is empty) and tokens/s. A collective: every rank reduces, rank 0 logs."""
+    row = all_reduce_scalars({k: sum(v) / len(v) for k, v in running.items()})
+    n_tokens = all_reduce_scalars({"tokens": tokens}, op="sum")["tokens"]
+    if logger is None or world()[0] != 0:
+        return
+    for name, info in infos.items():
+        row.update({f"{name}_{k}" if name else k: v for k, v in info.items()})
+    row["tokens_per_s"] = n_tokens / (time.perf_counter() - t0)
+    logger.log(stage, step, row)

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from oreo import losses
 from oreo.checkpoint import save_trainer_state
-from oreo.distributed import all_reduce_scalars, full_parameters
+from oreo.distributed import full_parameters
 from oreo.encode import Encoder, collate
 from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
 from oreo.models import ValueHead, ValueModel, hidden_states
@@ -28,6 +28,7 @@ from oreo.progress import progress
 from oreo.trainers.common import (
     TrainConfig,
     build_engine,
+    log_window,
     micro_batches,
     optimizer_steps,
     save_atomically,
@@ -215,15 +216,8 @@ class OREOTrainer:
             bar.update(1)
             bar.set_postfix(v_loss=f"{running['value_loss'][-1]:.4f}", p_loss=f"{running['policy_loss'][-1]:.4f}", refresh=False)
             if (step + 1) % tcfg.log_every == 0 or step + 1 == total:
-                # collectives: every rank reduces, rank 0 logs (the global batch's means, total throughput)
-                row = all_reduce_scalars({k: sum(v) / len(v) for k, v in running.items()})
-                n_tokens = all_reduce_scalars({"tokens": tokens}, op="sum")["tokens"]
+                log_window(logger, stage, step + 1, running, tokens, t0, infos)
                 running = {}
-                if logger is not None and rank == 0:
-                    for name, info in infos.items():
-                        row.update({f"{name}_{k}": v for k, v in info.items()})
-                    row["tokens_per_s"] = n_tokens / (time.perf_counter() - t0)
-                    logger.log(stage, step + 1, row)
         bar.close()
         if out_dir is not None:
             self.save(out_dir, step=total)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 from oreo.checkpoint import save_trainer_state
-from oreo.distributed import all_reduce_scalars, full_parameters
+from oreo.distributed import full_parameters
 from oreo.encode import Encoder, collate
 from oreo.logprobs import token_logprobs
 from oreo.losses import sft_loss
@@ -18,6 +18,7 @@ from oreo.progress import progress
 from oreo.trainers.common import (
     TrainConfig,
     build_engine,
+    log_window,
     micro_batches,
     optimizer_steps,
     save_atomically,
@@ -55,13 +56,8 @@ def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_le
         bar.update(1)
         bar.set_postfix(loss=f"{running[-1]:.3f}", refresh=False)
         if (step + 1) % cfg.log_every == 0 or step + 1 == total:
-            # collectives: every rank reduces, rank 0 logs (the global batch's mean, total throughput)
-            loss = all_reduce_scalars({"loss": sum(running) / len(running)})["loss"]
-            n_tokens = all_reduce_scalars({"tokens": tokens}, op="sum")["tokens"]
+            log_window(logger, stage, step + 1, {"loss": running}, tokens, t0, {"": info})
             running = []
-            if logger is not None and rank == 0:
-                logger.log(stage, step + 1, {"loss": loss, **info,
-                                             "tokens_per_s": n_tokens / (time.perf_counter() - t0)})
     bar.close()
     if out_dir is not None:
         save_policy(unwrap(engine.module), tokenizer, out_dir, engines={"policy": engine}, step=total)
