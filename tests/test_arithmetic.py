@@ -9,10 +9,12 @@ from oreo.tasks.arithmetic import (
     ArithmeticTask,
     apply_op,
     extract_answer,
+    first_mistake,
     grade,
     make_splits,
     parse_prompt,
     parse_step,
+    repeats_operator,
     split_steps,
     teacher_steps,
 )
@@ -176,3 +178,35 @@ def test_grade_malformed():
 def test_problem_hashable(task):
     p = task.problems("train")[0]
     assert {p: 1}[p] == 1
+
+
+def test_first_mistake_classifies_gold_and_teacher_mistakes(task):
+    rng = random.Random(0)
+    for p in all_problems(task):
+        assert first_mistake(p, "".join(p.solution)) == "sound"
+        assert first_mistake(p, "".join(teacher_steps(p, rng, 1.0))) == "slip"
+        assert first_mistake(p, "".join(p.solution[:-1]) + "#### 123456") == "other"
+        skipped = "".join(teacher_steps(p, rng, 0.0, skip_rate=1.0))
+        assert first_mistake(p, skipped) == ("skip" if repeats_operator(p) else "sound")
+    p = next(p for p in task.problems("test") if p.n_ops >= 3)
+    assert first_mistake(p, "".join(p.solution[1:])) == "other"  # starts from the wrong value
+
+
+def test_teacher_skips_only_repeated_operators_and_is_then_wrong(task):
+    data = ArithmeticTask(ArithmeticConfig(teacher_error_rate=0.1, teacher_skip_rate=0.6)).teacher_dataset(0, 2)
+    exposed = skipped = 0
+    for p, steps in data:
+        kind = first_mistake(p, "".join(steps))
+        assert grade(p, "".join(steps))[1] == (kind == "sound")  # every mistake is fatal
+        if not repeats_operator(p):
+            assert kind in ("sound", "slip")
+        else:
+            exposed += 1
+            skipped += kind == "skip"
+    # a problem may repeat an operator more than once, and a slip may come first
+    assert 0.55 < skipped / exposed < 0.8
+
+
+def test_teacher_rates_are_validated():
+    with pytest.raises(ValueError, match="teacher_skip_rate"):
+        ArithmeticConfig(teacher_skip_rate=1.5)

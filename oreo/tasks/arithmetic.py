@@ -30,12 +30,14 @@ __all__ = [
     "Problem",
     "apply_op",
     "extract_answer",
+    "first_mistake",
     "format_prompt",
     "format_step",
     "grade",
     "make_splits",
     "parse_prompt",
     "parse_step",
+    "repeats_operator",
     "split_steps",
     "teacher_steps",
 ]
@@ -76,6 +78,7 @@ class ArithmeticConfig:
     heldout_max_ops: int = 6
     max_value: int = 99
     teacher_error_rate: float = 0.15
+    teacher_skip_rate: float = 0.0
     max_operand: int = 9  # largest operand of + and -
 
     def __post_init__(self) -> None:
@@ -87,6 +90,8 @@ class ArithmeticConfig:
             raise ValueError("need max_value >= 2 and max_operand >= 1")
         if not 0.0 <= self.teacher_error_rate <= 1.0:
             raise ValueError("teacher_error_rate must be in [0, 1]")
+        if not 0.0 <= self.teacher_skip_rate <= 1.0:
+            raise ValueError("teacher_skip_rate must be in [0, 1]")
 
 
 # --------------------------------------------------------------------- format
@@ -170,6 +175,38 @@ def grade(problem: Problem, response: str) -> tuple[int | None, bool]:
     """``(extracted answer, whether it equals the gold answer)``."""
     answer = extract_answer(response)
     return answer, answer is not None and answer == problem.answer
+
+
+def first_mistake(problem: Problem, response: str) -> str:
+    """Classify a response by its first mistake: ``"sound"`` (every line right and the right final
+    answer), ``"skip"`` (an operation of the prompt left out, in the middle or at the end: the teacher's
+    systematic mistake, and what a model does that stops short on a longer chain),
+    ``"slip"`` (a line with a wrong result) or ``"other"`` (a malformed line, a wrong operand, a
+    missing or wrong final answer). A response can grade correct by luck and still not be sound.
+    """
+    start, ops = parse_prompt(problem.prompt)
+    v, i = start, 0
+    for line in split_steps(response):
+        if line.startswith(ANSWER_PREFIX):
+            break
+        step = parse_step(line)
+        if step is None or step[0] != v or i >= len(ops):
+            return "other"
+        _, op, b, result = step
+        if (op, b) != ops[i]:
+            return "skip" if (op, b) in ops[i + 1:] else "other"
+        if result != apply_op(v, op, b):
+            return "slip"
+        v, i = result, i + 1
+    if i < len(ops):
+        return "skip" if extract_answer(response) == v else "other"
+    return "sound" if extract_answer(response) == problem.answer else "other"
+
+
+def repeats_operator(problem: Problem) -> bool:
+    """Whether some operator follows the same operator: where the teacher may skip."""
+    _, ops = parse_prompt(problem.prompt)
+    return any(ops[k][0] == ops[k - 1][0] for k in range(1, len(ops)))
 
 
 # ----------------------------------------------------------------- generation
@@ -266,25 +303,39 @@ def _slips(op: str, b: int) -> list[int]:
 
 
 def teacher_steps(
-    problem: Problem, rng: random.Random, error_rate: float, *, max_value: int = 99
+    problem: Problem, rng: random.Random, error_rate: float, *, max_value: int = 99, skip_rate: float = 0.0
 ) -> list[str]:
     """An imperfect teacher's solution, in the gold format.
 
-    At each arithmetic step, with probability ``error_rate``, the teacher
-    writes a plausible wrong result (see :func:`_slips`) and then continues
-    the chain from that wrong value. A wrong value never equals the gold
-    value at that step, and ``+``, ``-`` and ``* k`` (k >= 1) are injective,
-    so once the chain is off it stays off: any error makes the final answer
-    wrong. Wrong values are chosen, when possible, so that the rest of the
-    chain stays in ``[0, max_value]``.
+    The teacher makes two kinds of step-level mistakes:
 
-    With ``error_rate == 0`` this returns exactly ``problem.solution``.
+    - a *slip*: at each arithmetic step, with probability ``error_rate``, it
+      writes a plausible wrong result (see :func:`_slips`) and continues the
+      chain from that wrong value. Slips are random, so a policy trained on
+      many teacher solutions puts most of its mass on the right result.
+    - a *skip*: when an operator repeats the previous one (``"+3 +5"``), it
+      leaves out the second operation with probability ``skip_rate``. Skips
+      are systematic: above 0.5, imitating the teacher makes the skip the
+      most likely continuation, so greedy decoding inherits it and only the
+      outcome reward says it is wrong.
+
+    A slipped value never equals the gold value at that step, and ``+``,
+    ``-`` and ``* k`` (k >= 2) are injective and change the value, so once the
+    chain is off it stays off: any mistake makes the final answer wrong.
+    Slipped values are chosen, when possible, so that the rest of the chain
+    stays in ``[0, max_value]``.
+
+    With ``error_rate == skip_rate == 0`` this returns exactly ``problem.solution``.
     """
     start, ops = parse_prompt(problem.prompt)
     steps, v, gold = [], start, start
     for i, (op, b) in enumerate(ops):
-        right = apply_op(v, op, b)
         gold = apply_op(gold, op, b)
+        # A skip after a slip could land back on the gold value; then it is no mistake. (No draw when
+        # skip_rate is 0: the slips then match a teacher without skips, draw for draw.)
+        if skip_rate > 0 and i > 0 and op == ops[i - 1][0] and v != gold and rng.random() < skip_rate:
+            continue
+        right = apply_op(v, op, b)
         result = right
         if rng.random() < error_rate:
             wrong = [right + d for d in _slips(op, b)]
@@ -318,7 +369,8 @@ class ArithmeticTask:
         """``n_per_problem`` teacher solutions per train problem, seeded."""
         rng = random.Random(rng_seed)
         return [
-            (p, teacher_steps(p, rng, self.cfg.teacher_error_rate, max_value=self.cfg.max_value))
+            (p, teacher_steps(p, rng, self.cfg.teacher_error_rate, max_value=self.cfg.max_value,
+                              skip_rate=self.cfg.teacher_skip_rate))
             for p in self.splits["train"]
             for _ in range(n_per_problem)
         ]
