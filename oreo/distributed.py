@@ -81,6 +81,21 @@ def all_reduce_scalars(values: dict[str, float], op: str = "mean") -> dict[str, 
     return dict(zip(keys, t.tolist()))
 
 
+def barrier() -> None:
+    """Wait for every rank; nothing to do in one process."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def all_gather_objects(obj) -> list:
+    """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` in one process."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
 @contextlib.contextmanager
 def full_parameters(*modules):
     """Inside the block every rank holds the modules' full parameters (for reading them, e.g. to save).

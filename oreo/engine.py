@@ -84,10 +84,12 @@ class TorchEngine:
         return full_parameters(self.module)
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                "micro_step": self.micro_step}
+        """Everything to continue training: weights, optimizer, scheduler, micro-step."""
+        return {"module": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "micro_step": self.micro_step}
 
     def load_state_dict(self, state: dict) -> None:
+        self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.micro_step = state["micro_step"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from oreo.distributed import rank_world
 from oreo.train import CONF_DIR
 
 
@@ -60,13 +61,15 @@ def run_iterations(cfg: DictConfig) -> list[dict]:
         policy_dir = new_policy
         rows.append({"round": k, "method": name, "collect_accuracy": stats["frac_correct"],
                      **run.evaluate(name, policy_dir)})
-        print(f"round {k}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
+        if run.main:
+            print(f"round {k}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
     run.results["rounds"] = rows
     run._write_results()
-    plot = plot_rounds(rows, splits, run.dir / "plots" / "iterate.png")
-    print(format_rounds(rows, splits))
-    print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
     run.logger.close()
+    if run.main:
+        plot = plot_rounds(rows, splits, run.dir / "plots" / "iterate.png")
+        print(format_rounds(rows, splits))
+        print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
     return rows
 
 
@@ -80,7 +83,8 @@ def format_rounds(rows: list[dict], splits: list[str]) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_world()[0] == 0:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
     run_iterations(cfg)
 
 

@@ -12,17 +12,24 @@ from pathlib import Path
 
 
 class MetricsLogger:
-    def __init__(self, run_dir: str | Path, *, wandb_cfg: dict | None = None, config: dict | None = None):
+    def __init__(self, run_dir: str | Path, *, wandb_cfg: dict | None = None, config: dict | None = None,
+                 enabled: bool = True):
+        """``enabled=False`` (ranks other than 0) logs nothing."""
         self.path = Path(run_dir) / "metrics.jsonl"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.enabled = enabled
         self.wandb = None
         self._rows = 0
+        if not enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         wandb_cfg = dict(wandb_cfg or {})
         mode = os.environ.get("WANDB_MODE") or wandb_cfg.get("mode", "auto")
         if mode != "disabled":
             self.wandb = _start_wandb(run_dir, mode, wandb_cfg, config)
 
     def log(self, stage: str, step: int, values: dict) -> None:
+        if not self.enabled:
+            return
         row = {"stage": stage, "step": step, "time": time.time(), **values}
         with self.path.open("a") as f:
             f.write(json.dumps(row) + "\n")

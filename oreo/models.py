@@ -56,8 +56,20 @@ def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 96, num_layers: int = 
         return LlamaForCausalLM(config)
 
 
+def resolve_attention(name: str) -> str:
+    """``auto``: flash-attention 2 when the ``flash_attn`` package is installed and CUDA is there, else
+    PyTorch's ``sdpa``; any other name is passed to transformers as is."""
+    if name != "auto":
+        return name
+    import importlib.util
+
+    if torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
 def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None = None,
-                trust_remote_code: bool = False, attn_implementation: str | None = "sdpa", seed: int = 0):
+                trust_remote_code: bool = False, attn_implementation: str | None = "auto", seed: int = 0):
     """Return ``(model, tokenizer)``.
 
     ``name_or_path == "tiny"`` builds a random tiny model with a character tokenizer (``tiny`` holds its
@@ -78,9 +90,15 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None 
         tokenizer.pad_token = tokenizer.eos_token
     kwargs = {"dtype": getattr(torch, dtype), "trust_remote_code": trust_remote_code}
     if attn_implementation:
-        kwargs["attn_implementation"] = attn_implementation
+        kwargs["attn_implementation"] = resolve_attention(attn_implementation)
     model = AutoModelForCausalLM.from_pretrained(name_or_path, **kwargs)
     return model, tokenizer
+
+
+def enable_gradient_checkpointing(model: nn.Module) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (non-reentrant,
+    so frozen inputs and LoRA need no special handling)."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def position_ids(attention_mask: Tensor) -> Tensor:
@@ -121,8 +139,10 @@ class ValueModel(nn.Module):
         return self.values_from_hidden(hidden_states(self.backbone, input_ids, attention_mask))
 
     def save_pretrained(self, path: str | Path) -> None:
+        from oreo.lora import save_model
+
         path = Path(path)
-        self.backbone.save_pretrained(path)
+        save_model(self.backbone, path)  # merged weights if the backbone has LoRA adapters
         save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
                   str(path / VALUE_HEAD_FILE))
 

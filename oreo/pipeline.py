@@ -14,10 +14,12 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer
+from oreo.distributed import barrier, init_distributed, local_rank, rank_world
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_greedy
+from oreo.lora import LoRAConfig, add_lora
 from oreo.metrics import MetricsLogger
-from oreo.models import ValueModel, load_policy
+from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.sampler import HFSampler
 from oreo.tasks import make_task
@@ -28,9 +30,14 @@ from oreo.trainers.sft import train_sft
 METHODS = ("sft", "rft", "oreo")
 
 
-def train_config(section) -> TrainConfig:
+def train_config(section, engine=None) -> TrainConfig:
+    """A stage's ``train`` section plus the run's ``engine`` section."""
+    values = OmegaConf.to_container(section, resolve=True)
+    if engine is not None:
+        e = OmegaConf.to_container(engine, resolve=True)
+        values.update(engine=e.pop("backend", "torch"), **e)
     try:
-        return TrainConfig(**OmegaConf.to_container(section, resolve=True))
+        return TrainConfig(**values)
     except TypeError as e:
         raise ValueError(f"training config: {e}; known keys: {list(TrainConfig.__dataclass_fields__)}") from None
 
@@ -44,6 +51,14 @@ def oreo_config(section) -> OREOConfig:
         raise ValueError(f"oreo config: {e}; known keys: {list(OREOConfig.__dataclass_fields__)}") from None
 
 
+def lora_config(model_section) -> LoRAConfig:
+    values = OmegaConf.to_container(model_section.get("lora") or {}, resolve=True)
+    try:
+        return LoRAConfig(**values)
+    except TypeError as e:
+        raise ValueError(f"model.lora: {e}; known keys: {list(LoRAConfig.__dataclass_fields__)}") from None
+
+
 class Run:
     """One run directory: config, metrics, buffer, checkpoints."""
 
@@ -51,16 +66,24 @@ class Run:
         quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        # Under torchrun every rank runs this; rank 0 alone writes the run's files (run_dir must be
+        # shared by all nodes), the others take their share of collection, evaluation and training.
+        self.rank, self.world = init_distributed() if rank_world()[1] > 1 else (0, 1)
+        self.main = self.rank == 0
+        if self.main:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+        barrier()
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
                                    ("cpu" if cfg.device == "auto" else cfg.device))
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", local_rank())
         self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
-                                    config=OmegaConf.to_container(cfg, resolve=True))
+                                    config=OmegaConf.to_container(cfg, resolve=True), enabled=self.main)
         self.results = self._read_results()
 
     # ------------------------------------------------------------------ helpers
@@ -79,6 +102,22 @@ class Run:
                                        attn_implementation=m.attn_implementation, seed=int(self.cfg.seed))
         return model.to(self.device), tokenizer
 
+    def train_config(self, stage: str) -> TrainConfig:
+        return train_config(self.cfg[stage].train, self.cfg.get("engine"))
+
+    def for_training(self, policy, value=None):
+        """Apply the model section's memory options: gradient checkpointing, LoRA adapters."""
+        m, lora = self.cfg.model, lora_config(self.cfg.model)
+        if m.get("gradient_checkpointing", False):
+            enable_gradient_checkpointing(policy)
+            if isinstance(value, ValueModel):
+                enable_gradient_checkpointing(value.backbone)
+        if lora.policy:
+            policy = add_lora(policy, lora)
+        if lora.value and isinstance(value, ValueModel):
+            value.backbone = add_lora(value.backbone, lora)
+        return policy, value
+
     def sampler(self, model, tokenizer, section) -> HFSampler:
         encoder = Encoder(tokenizer, max_len=10**9)
         return HFSampler(model, tokenizer, encoder, batch_size=int(section.batch_size),
@@ -92,6 +131,8 @@ class Run:
 
     def _write_results(self) -> None:
         """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details."""
+        if not self.main:
+            return
         for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
             tmp = self.dir / f"{name}.tmp"
             tmp.write_text(json.dumps(content, indent=2))
@@ -106,9 +147,10 @@ class Run:
         if not self.done(out):
             self.seed(1)
             model, tokenizer = self.load(self.cfg.model.name_or_path)
+            model, _ = self.for_training(model)
             records = self.task.sft_records(int(self.cfg.seed), int(self.cfg.sft.n_per_problem))
-            info = train_sft(model, tokenizer, records, train_config(self.cfg.sft.train), max_len=int(self.cfg.sft.max_len),
-                             logger=self.logger, stage="sft", out_dir=out)
+            info = train_sft(model, tokenizer, records, self.train_config("sft"), max_len=int(self.cfg.sft.max_len),
+                             logger=self.logger, stage="sft", out_dir=out, resume=bool(self.cfg.resume))
             self.results.setdefault("stages", {})["sft"] = info
         return out
 
@@ -138,8 +180,10 @@ class Run:
                 return None
             self.seed(3)
             model, tokenizer = self.load(sft_dir)
-            info = train_sft(model, tokenizer, records, train_config(self.cfg.rft.train),
-                             max_len=int(self.cfg.rft.max_len), logger=self.logger, stage="rft", out_dir=out)
+            model, _ = self.for_training(model)
+            info = train_sft(model, tokenizer, records, self.train_config("rft"),
+                             max_len=int(self.cfg.rft.max_len), logger=self.logger, stage="rft", out_dir=out,
+                             resume=bool(self.cfg.resume))
             self.results.setdefault("stages", {})["rft"] = info
         return out
 
@@ -157,10 +201,14 @@ class Run:
             value = None
             if value_dir is not None and not cfg.shared_backbone:
                 value = ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
-            trainer = OREOTrainer(policy, tokenizer, cfg, train_config(self.cfg.oreo.train), reference=reference,
+            elif not cfg.shared_backbone:
+                value = ValueModel.from_policy(policy)  # before any adapters: its own copy of the weights
+            policy, value = self.for_training(policy, value)
+            trainer = OREOTrainer(policy, tokenizer, cfg, self.train_config("oreo"), reference=reference,
                                   value=value)
             info = trainer.fit(self.buffer.load(rounds), logger=self.logger, cache_dir=self.dir / "cache",
-                               ref_name=f"{ref_dir}|{self.cfg.model.dtype}", out_dir=out, stage=name)
+                               ref_name=f"{ref_dir}|{self.cfg.model.dtype}", out_dir=out, stage=name,
+                               resume=bool(self.cfg.resume))
             self.results.setdefault("stages", {})[name] = info
         return out / "policy"
 
@@ -196,8 +244,10 @@ class Run:
             self.evaluate("oreo", self.oreo(sft_dir))
         self._write_results()
         self.logger.close()
-        print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
-        print(f"results: {self.dir / 'metrics.json'}")
+        if self.main:
+            print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
+            print(f"results: {self.dir / 'metrics.json'}")
+        barrier()
         return self.results
 
 

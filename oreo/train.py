@@ -6,6 +6,8 @@ import os
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from oreo.distributed import rank_world
+
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 
 
@@ -13,7 +15,8 @@ CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__
 def main(cfg: DictConfig) -> None:
     from oreo.pipeline import Run
 
-    print(OmegaConf.to_yaml(cfg, resolve=True))
+    if rank_world()[0] == 0:
+        print(OmegaConf.to_yaml(cfg, resolve=True))
     Run(cfg).run()
 
 

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from oreo.distributed import full_parameters  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
-from oreo.trainers.common import TrainConfig, unwrap, world  # noqa: E402
+from oreo.trainers.common import TrainConfig, accumulation_steps, unwrap, world  # noqa: E402
 from oreo.trainers.oreo import OREOConfig, OREOTrainer  # noqa: E402
 from oreo.trainers.sft import train_sft  # noqa: E402
 
@@ -50,6 +50,54 @@ class ListLogger:
 
     def log(self, stage, step, values):
         self.rows.append({"stage": stage, "step": step, **values})
+
+
+class Crash(Exception):
+    pass
+
+
+def resumed_oreo(out: Path, tcfg) -> dict:
+    """OREO interrupted after step 2's checkpoint (save_every=1; every rank crashes as step 3 starts), then
+    a fresh trainer resumes it from the in-stage checkpoint: the engines' states must carry everything."""
+    cfg = tcfg()
+    cfg.save_every = 1
+    policy, tok = load_policy("tiny", tiny=TINY, seed=0)
+    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
+    losses, calls, first_of_step_3 = trainer.losses, [0], 2 * accumulation_steps(cfg)
+
+    def crashing(batch):
+        if calls[0] == first_of_step_3:
+            raise Crash
+        calls[0] += 1
+        return losses(batch)
+
+    trainer.losses = crashing
+    try:
+        trainer.fit(records(), out_dir=out / "oreo_resumed")
+        raise AssertionError("the run was meant to crash")
+    except Crash:
+        pass
+    policy, tok = load_policy("tiny", tiny=TINY, seed=0)
+    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
+    info = trainer.fit(records(), out_dir=out / "oreo_resumed")
+    return {"resumed_from": info["resumed_from"], "oreo_policy_resumed": state(trainer.engines["policy"].module),
+            "oreo_value_resumed": state(trainer.engines["value"].module)}
+
+
+def reloaded_values(out: Path, tcfg) -> dict:
+    """The saved value model (backbone + head) loaded back into a fresh engine of the same kind; its
+    values on a batch, next to the values of the model that was saved."""
+    from oreo.encode import Encoder, collate
+    from oreo.models import ValueModel
+    from oreo.trainers.common import build_engine
+
+    _, tok = load_policy("tiny", tiny=TINY, seed=0)
+    data = Encoder(tok, max_len=64).encode_all(records())
+    batch = collate(data, tok.pad_token_id, "right")
+    value = ValueModel.from_pretrained(out / "oreo" / "value")
+    engine = build_engine(value, tcfg(), 1e-3, total_steps=1)
+    with torch.no_grad():
+        return {"values": engine.module(batch["input_ids"], batch["attention_mask"]).double()}
 
 
 def state(module) -> dict:
@@ -78,6 +126,7 @@ def main() -> None:
     p.add_argument("--engine", default="torch")
     p.add_argument("--zero-stage", type=int, default=2)
     p.add_argument("--no-sft", action="store_true")
+    p.add_argument("--checks", action="store_true", help="also: reload the saved value model; crash and resume")
     args = p.parse_args()
     if args.engine == "deepspeed" and args.zero_stage == 3:
         partition_every_parameter()
@@ -101,6 +150,14 @@ def main() -> None:
               "oreo_policy": state(trainer.engines["policy"].module),
               "oreo_value": state(trainer.engines["value"].module)}
     rows = logger.rows
+    if args.checks:
+        from oreo.encode import Encoder, collate
+
+        batch = collate(Encoder(tok, max_len=64).encode_all(records()), tok.pad_token_id, "right")
+        with torch.no_grad():
+            trained = trainer.engines["value"].module(batch["input_ids"], batch["attention_mask"]).double()
+        params["value_round_trip"] = {"trained": trained, **reloaded_values(out, tcfg)}
+        params.update(resumed_oreo(out, tcfg))
 
     if not args.no_sft:
         model, tok = load_policy("tiny", tiny=TINY, seed=1)

@@ -5,7 +5,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from oreo.pipeline import oreo_config, train_config
+from oreo.pipeline import lora_config, oreo_config, train_config
 from oreo.tasks import make_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -19,9 +19,19 @@ def test_config_composes_and_builds(experiment):
         cfg = compose(config_name="config", overrides=overrides)
     oreo_config(cfg.oreo)
     for section in (cfg.sft.train, cfg.rft.train, cfg.oreo.train):
-        train_config(section)
+        train_config(section, cfg.engine)
+    lora_config(cfg.model)
     task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
     assert task.problems("train")
+
+
+def test_engine_section_reaches_every_stage():
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["engine.backend=deepspeed", "engine.zero_stage=3",
+                                                       "engine.offload_optimizer=true"])
+    for section in (cfg.sft.train, cfg.rft.train, cfg.oreo.train):
+        t = train_config(section, cfg.engine)
+        assert (t.engine, t.zero_stage, t.offload_optimizer, t.bf16) == ("deepspeed", 3, True, False)
 
 
 def test_step_experiment_sets_step_granularity():

@@ -46,10 +46,10 @@ def _env() -> dict:
 
 def _command(which, out: Path) -> tuple[str, list[str]]:
     if which == "torch":
-        return "single-process torch run", [sys.executable, str(SCRIPT), str(out), "--engine", "torch"]
+        return "single-process torch run", [sys.executable, str(SCRIPT), str(out), "--engine", "torch", "--checks"]
     return (f"torchrun --nproc_per_node 2 DeepSpeed ZeRO-{which} run",
             [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(SCRIPT),
-             str(out), "--engine", "deepspeed", "--zero-stage", str(which)])
+             str(out), "--engine", "deepspeed", "--zero-stage", str(which), "--checks"])
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,9 @@ def _max_diff(a: dict, b: dict) -> float:
 @pytest.mark.parametrize("stage", [2, 3])
 def test_zero_on_two_ranks_ends_with_the_single_process_parameters(runs, stage):
     zero, single = (torch.load(runs(which) / "params.pt") for which in (stage, "torch"))
-    assert single.keys() == zero.keys() == {"initial_policy", "oreo_policy", "oreo_value", "sft_policy"}
+    assert single.keys() == zero.keys() == {"initial_policy", "oreo_policy", "oreo_value", "sft_policy",
+                                            "value_round_trip", "resumed_from", "oreo_policy_resumed",
+                                            "oreo_value_resumed"}
     assert _max_diff(single["initial_policy"], zero["initial_policy"]) == 0
     # training moved the weights far beyond the tolerance, so the comparison below means something
     assert _max_diff(single["oreo_policy"], single["initial_policy"]) > 100 * PARAM_TOL
@@ -148,3 +150,20 @@ def test_saved_checkpoints_hold_the_final_parameters(runs, which):
         for k, v in tensors.items():
             assert v.shape == params[name][k].shape, (name, k, v.shape, params[name][k].shape)
             assert torch.equal(v.double(), params[name][k]), (name, k)
+
+
+@pytest.mark.parametrize("which", [2, 3, "torch"])
+def test_saved_value_model_loads_back_with_the_same_values(runs, which):
+    """Save under ZeRO, load into a fresh engine of the same kind: same values (backbone and head)."""
+    r = torch.load(runs(which) / "params.pt")["value_round_trip"]
+    assert r["trained"].abs().max() > 1e-3  # the head was trained away from its zero start
+    torch.testing.assert_close(r["values"], r["trained"], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("which", [2, 3, "torch"])
+def test_crashed_run_resumes_to_the_uninterrupted_parameters(runs, which):
+    """The engines' saved states (weights, optimizer, scheduler) resume a crashed OREO stage exactly."""
+    params = torch.load(runs(which) / "params.pt")
+    assert params["resumed_from"] == 2  # restored from the step-2 checkpoint, not restarted
+    for name in ("oreo_policy", "oreo_value"):
+        assert _max_diff(params[name], params[f"{name}_resumed"]) < 1e-6, name

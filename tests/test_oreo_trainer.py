@@ -117,7 +117,7 @@ def test_left_and_right_padding_give_the_same_losses(request, records, arch, gra
             continue
         n += 1
         assert torch.isfinite(gl).all()
-        torch.testing.assert_close(gl, gr, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(gl, gr, rtol=1e-4, atol=1e-5)  # float32 sums in a different order
     assert n > 0
 
 

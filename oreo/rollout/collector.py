@@ -4,6 +4,11 @@ Collection is resumable: each finished chunk of problems is appended to a ``.par
 a restarted collection skips the chunks found there, so there are no duplicates and no gaps, and the
 samples equal those of an uninterrupted run (chunk seeds do not depend on where a run stopped). When
 every problem is done the records become one round of the buffer and the partial file is removed.
+
+Under ``torchrun`` the chunks are shared out between ranks (chunk c goes to rank c mod world); each
+rank writes its own partial file, and rank 0 turns the union into the round. Chunk seeds do not
+depend on the rank, so the round is the same whatever the number of processes, and a collection
+interrupted with one number of processes can resume with another.
 """
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ import time
 from pathlib import Path
 
 from oreo.buffer import Buffer
+from oreo.distributed import all_reduce_scalars, barrier, rank_world
 from oreo.progress import progress
 
 
@@ -31,24 +37,32 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
         raise ValueError("problem ids must be unique within one collection")
     if problems_per_chunk < 1:
         raise ValueError(f"problems_per_chunk must be >= 1, got {problems_per_chunk}")
-    Path(buffer.path).mkdir(parents=True, exist_ok=True)
-    present = buffer.rounds()
-    # A kill between appending a round and removing its partial file leaves a stale partial.
-    for r in present:
-        (Path(buffer.path) / f"round_{r:03d}.partial.jsonl").unlink(missing_ok=True)
+    rank, world = rank_world()
+    folder = Path(buffer.path)
+    if rank == 0:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A kill between appending a round and removing its partial files leaves stale partials.
+        for r in buffer.rounds():
+            for stale in folder.glob(f"round_{r:03d}.partial*.jsonl"):
+                stale.unlink()
+    barrier()
     round = buffer.next_round() if round is None else round
-    if round in present:
+    if round in buffer.rounds():
         raise FileExistsError(f"round {round} already exists in {buffer.path}; rounds are immutable")
-    partial = Path(buffer.path) / f"round_{round:03d}.partial.jsonl"
-    done = _read_partial(partial)
+    partials = f"round_{round:03d}.partial*.jsonl"
+    done = _read_partials(folder, partials)
     chunks = [problems[c:c + problems_per_chunk] for c in range(0, len(problems), problems_per_chunk)]
-    n_todo = sum(p.id not in done for p in problems)
+    mine = [c for c in range(len(chunks)) if c % world == rank]
+    n_todo = sum(p.id not in done for c in mine for p in chunks[c])
     tokens, start = 0, time.perf_counter()
-    bar = progress(total=n_todo * n, desc=f"collect round {round}", unit="sample", leave=False)
+    bar = progress(total=n_todo * n, desc=f"collect round {round}", unit="sample", leave=False, disable=rank != 0)
+    partial = folder / f"round_{round:03d}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl"
     with partial.open("a") as out:
-        for c, chunk in enumerate(chunks):
+        if _ends_mid_line(partial):
+            out.write("\n")  # end a line cut by a kill: it stays unreadable (ignored), the next one is whole
+        for c in mine:
             # Only a partial file written with another problems_per_chunk has part of a chunk done.
-            chunk = [p for p in chunk if p.id not in done]
+            chunk = [p for p in chunks[c] if p.id not in done]
             if not chunk:
                 continue
             chunk_seed = seed * 7919 + c * problems_per_chunk
@@ -72,15 +86,39 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
                 items.append({"problem_id": problem.id, "records": records})
             out.write(json.dumps({"chunk": c, "problems": items}) + "\n")
             out.flush()
-            for item in items:
-                done[item["problem_id"]] = item["records"]
     bar.close()
     elapsed = time.perf_counter() - start
+    totals = all_reduce_scalars({"tokens": tokens}, op="sum")  # also waits for every rank's chunks
+    done = _read_partials(folder, partials)
+    missing = [p.id for p in problems if p.id not in done]
+    if missing:
+        raise RuntimeError(f"collection round {round}: {len(missing)} problems missing from {folder}/{partials} "
+                           f"(first: {missing[0]})")
     records = [r for p in problems for r in done[p.id]]
-    buffer.append(records, round=round)
-    partial.unlink()
+    barrier()  # every rank has read the partial files
+    if rank == 0:
+        buffer.append(records, round=round)
+        for f in folder.glob(partials):
+            f.unlink()
+    barrier()
     return {"round": round, "records": len(records), "accuracy": sum(r["correct"] for r in records) / max(1, len(records)),
-            "tokens": tokens, "tokens_per_s": tokens / max(elapsed, 1e-9)}
+            "tokens": int(totals["tokens"]), "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9)}
+
+
+def _ends_mid_line(path: Path) -> bool:
+    if path.stat().st_size == 0:
+        return False
+    with path.open("rb") as f:
+        f.seek(-1, 2)
+        return f.read(1) != b"\n"
+
+
+def _read_partials(folder: Path, pattern: str) -> dict[str, list[dict]]:
+    """Problems already collected, from every rank's partial file."""
+    done = {}
+    for path in sorted(folder.glob(pattern)):
+        done.update(_read_partial(path))
+    return done
 
 
 def _read_partial(path: Path) -> dict[str, list[dict]]:

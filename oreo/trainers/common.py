@@ -1,15 +1,11 @@
-"""What every trainer shares: the training config, seeded batching across ranks, atomic checkpoints."""
+"""What every trainer shares: the training config, seeded batching across ranks, engines, logging."""
 from __future__ import annotations
 
 import math
-import os
-import shutil
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from oreo.distributed import all_reduce_scalars, init_distributed, rank_world
 from oreo.engine import OptimConfig, make_engine
@@ -30,6 +26,7 @@ class TrainConfig:
     seed: int = 0
     padding_side: str = "right"
     log_every: int = 10
+    save_every: int = 0           # optimizer steps between in-stage checkpoints (0: none; SIGTERM still saves)
     engine: str = "torch"         # torch | deepspeed
     zero_stage: int = 2
     bf16: bool = False
@@ -62,25 +59,28 @@ def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, math.floor(cfg.epochs * per_epoch))
 
 
-def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int):
+def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int, start_step: int = 0):
     """Yield ``(step, micro_index, indices)`` for this rank: seeded per-epoch shuffles, global batches
-    split into equal micro-batches, rank r taking its contiguous share of each global batch."""
+    split into equal micro-batches, rank r taking its contiguous share of each global batch.
+
+    The order depends only on ``cfg.seed``, so starting at ``start_step`` yields exactly the tail of a
+    run started at 0 (how an interrupted stage resumes)."""
     rank, size = world()
     per_epoch = n_examples // cfg.batch_size
     accumulation = cfg.batch_size // (cfg.micro_batch_size * size)
-    step = 0
-    epoch = 0
+    share = accumulation * cfg.micro_batch_size
+    step = start_step
     while step < total_steps:
+        epoch, b = divmod(step, per_epoch)
         order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
-        for b in range(per_epoch):
+        for b in range(b, per_epoch):
             if step >= total_steps:
                 return
             batch = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            mine = batch[rank * accumulation * cfg.micro_batch_size:(rank + 1) * accumulation * cfg.micro_batch_size]
+            mine = batch[rank * share:(rank + 1) * share]
             for m in range(accumulation):
                 yield step, m, mine[m * cfg.micro_batch_size:(m + 1) * cfg.micro_batch_size]
             step += 1
-        epoch += 1
 
 
 def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int):
@@ -89,28 +89,6 @@ def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int):
     return make_engine(module, cfg.optim(lr), backend=cfg.engine, total_steps=total_steps,
                        accumulation=accumulation_steps(cfg), micro_batch_size=cfg.micro_batch_size,
                        zero_stage=cfg.zero_stage, bf16=cfg.bf16, offload_optimizer=cfg.offload_optimizer)
-
-
-def save_atomically(path: str | Path, write) -> Path:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``path``: a kill never leaves half a checkpoint."""
-    path = Path(path)
-    rank, _ = world()
-    tmp = path.with_name(path.name + ".tmp")
-    if rank == 0:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    write(tmp)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-    if rank == 0:
-        old = path.with_name(path.name + ".old")
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def unwrap(module):

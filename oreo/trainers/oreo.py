@@ -19,10 +19,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from oreo import losses
-from oreo.checkpoint import save_trainer_state
+from oreo.checkpoint import StageCheckpoints, save_atomically, save_trainer_state
 from oreo.distributed import full_parameters
 from oreo.encode import Encoder, collate
 from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
+from oreo.lora import save_model
 from oreo.models import ValueHead, ValueModel, hidden_states
 from oreo.progress import progress
 from oreo.trainers.common import (
@@ -31,7 +32,6 @@ from oreo.trainers.common import (
     log_window,
     micro_batches,
     optimizer_steps,
-    save_atomically,
     unwrap,
     world,
 )
@@ -178,7 +178,9 @@ class OREOTrainer:
         }
 
     def fit(self, records: list[dict], *, logger=None, cache_dir=None, ref_name: str = "", stage: str = "oreo",
-            out_dir: str | Path | None = None) -> dict:
+            out_dir: str | Path | None = None, resume: bool = True) -> dict:
+        """Train on ``records``; save to ``out_dir`` if given, with in-stage checkpoints next to it
+        (``oreo.checkpoint``) that a rerun resumes from if ``resume``."""
         cfg, tcfg = self.cfg, self.train_cfg
         encoder = Encoder(self.tokenizer, granularity=cfg.granularity, max_len=cfg.max_len)
         data = encoder.encode_all(records)
@@ -193,35 +195,40 @@ class OREOTrainer:
         self.policy.train()
         self.value.train()
         rank, _ = world()
-        bar = progress(total=total, desc=stage, unit="step", leave=False, disable=rank != 0)
-        tokens, t0, running = 0, time.perf_counter(), {}
-        for step, _, idx in micro_batches(len(data), tcfg, total):
-            batch = collate([data[i] for i in idx], self.tokenizer.pad_token_id, tcfg.padding_side,
-                            ref_logprobs=[ref_logps[i] for i in idx])
-            batch = {k: v.to(device) for k, v in batch.items()}
-            out = self.losses(batch)
-            # Values are detached in the policy loss and log-ratios in the value loss, so with separate
-            # models each loss reaches only its own model; a shared backbone takes both in one backward.
-            if cfg.shared_backbone:
-                self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"] + out["value_loss"])
-            else:
-                self.engines["value"].backward(out["value_loss"])
-                self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"])
-            for k, v in out.items():
-                running.setdefault(k, []).append(float(v.detach()))
-            tokens += int(batch["attention_mask"].sum())
-            infos = {name: engine.step() for name, engine in self.engines.items()}
-            if infos["policy"] is None:
-                continue
-            bar.update(1)
-            bar.set_postfix(v_loss=f"{running['value_loss'][-1]:.4f}", p_loss=f"{running['policy_loss'][-1]:.4f}", refresh=False)
-            if (step + 1) % tcfg.log_every == 0 or step + 1 == total:
-                log_window(logger, stage, step + 1, running, tokens, t0, infos)
-                running = {}
-        bar.close()
-        if out_dir is not None:
-            self.save(out_dir, step=total)
-        return {"steps": total, "encode": encoder.stats.as_dict()}
+        with StageCheckpoints(out_dir, self.engines, every=tcfg.save_every, resume=resume, stage=stage) as ckpt:
+            start = ckpt.restore()
+            bar = progress(total=total, initial=start, desc=stage, unit="step", leave=False, disable=rank != 0)
+            tokens, t0, running = 0, time.perf_counter(), {}
+            for step, _, idx in micro_batches(len(data), tcfg, total, start_step=start):
+                batch = collate([data[i] for i in idx], self.tokenizer.pad_token_id, tcfg.padding_side,
+                                ref_logprobs=[ref_logps[i] for i in idx])
+                batch = {k: v.to(device) for k, v in batch.items()}
+                out = self.losses(batch)
+                # Values are detached in the policy loss and log-ratios in the value loss, so with separate
+                # models each loss reaches only its own model; a shared backbone takes both in one backward.
+                if cfg.shared_backbone:
+                    self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"] + out["value_loss"])
+                else:
+                    self.engines["value"].backward(out["value_loss"])
+                    self.engines["policy"].backward(out["policy_loss"] + cfg.kl_coef * out["kl"])
+                for k, v in out.items():
+                    running.setdefault(k, []).append(float(v.detach()))
+                tokens += int(batch["attention_mask"].sum())
+                infos = {name: engine.step() for name, engine in self.engines.items()}
+                if infos["policy"] is None:
+                    continue
+                bar.update(1)
+                bar.set_postfix(v_loss=f"{running['value_loss'][-1]:.4f}",
+                                p_loss=f"{running['policy_loss'][-1]:.4f}", refresh=False)
+                if (step + 1) % tcfg.log_every == 0 or step + 1 == total:
+                    log_window(logger, stage, step + 1, running, tokens, t0, infos)
+                    running = {}
+                ckpt.step_done(step + 1, total)
+            bar.close()
+            if out_dir is not None:
+                self.save(out_dir, step=total)
+            ckpt.finish()
+        return {"steps": total, "resumed_from": start, "encode": encoder.stats.as_dict()}
 
     def save(self, out_dir: str | Path, step: int | None = None) -> Path:
         """``policy/`` and ``value/`` in Hugging Face format, ``trainer_state/`` (optimizers, schedulers,
@@ -236,7 +243,7 @@ class OREOTrainer:
             with full_parameters(policy, value):
                 if world()[0] != 0:
                     return
-                policy.save_pretrained(tmp / "policy")
+                save_model(policy, tmp / "policy")
                 self.tokenizer.save_pretrained(tmp / "policy")
                 if isinstance(value, ValueModel):
                     value.save_pretrained(tmp / "value")
