@@ -42,7 +42,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-__all__ = ["token_logprobs", "reverse_kl", "forward_kl", "gather_rows", "scatter_rows"]
+__all__ = ["token_logprobs", "token_logprobs_and_reverse_kl", "reverse_kl", "forward_kl", "gather_rows",
+           "scatter_rows"]
 
 
 def _needs_grad(hidden: Tensor, head: nn.Module) -> bool:
@@ -56,16 +57,18 @@ def _chunked(
     tensors: tuple[Tensor, ...],
     chunk_size: int,
     use_checkpoint: bool,
+    width: tuple[int, ...] = (),
 ) -> Tensor:
     """Apply ``fn`` to row-chunks of ``tensors`` (all with ``N`` leading rows).
 
-    ``fn`` maps chunks ``[c, ...]`` to ``[c]``; returns the concatenation ``[N]``.
+    ``fn`` maps chunks ``[c, ...]`` to ``[c]`` (or ``[c, k]``); returns the concatenation ``[N]``
+    (``[N, k]``; ``width`` gives k for an empty input).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
     n = tensors[0].shape[0]
     if n == 0:
-        return torch.zeros(0, dtype=torch.float32, device=tensors[0].device)
+        return torch.zeros(0, *width, dtype=torch.float32, device=tensors[0].device)
     outs = []
     for start in range(0, n, chunk_size):
         chunk = tuple(t[start : start + chunk_size] for t in tensors)
@@ -106,6 +109,40 @@ def token_logprobs(
 
     out = _chunked(chunk_fn, (h, t), chunk_size, _needs_grad(hidden, head))
     return out.reshape(targets.shape)
+
+
+def token_logprobs_and_reverse_kl(
+    hidden: Tensor, head: nn.Module, targets: Tensor, ref_hidden: Tensor, ref_head: nn.Module, *,
+    chunk_size: int = 1024,
+) -> tuple[Tensor, Tensor]:
+    """:func:`token_logprobs` and :func:`reverse_kl` from one computation of the policy's logits per
+    chunk (what the OREO step needs at every action position).
+
+    Args:
+        hidden: ``[N, H]`` policy hidden states.
+        head: policy head, ``[c, H] -> [c, V]``.
+        targets: ``[N]`` token ids.
+        ref_hidden: ``[N, H_ref]`` reference hidden states at the same positions.
+        ref_head: reference head.
+        chunk_size: rows per chunk.
+
+    Returns:
+        float32 ``([N] log π(target), [N] KL(π ‖ π_ref))``; gradients through the policy side only.
+    """
+    _check_kl_inputs(hidden, ref_hidden)
+    if targets.shape != hidden.shape[:1]:
+        raise ValueError(f"hidden {tuple(hidden.shape)} and targets {tuple(targets.shape)} mismatch")
+
+    def chunk_fn(h_c: Tensor, t_c: Tensor, r_c: Tensor) -> Tensor:
+        logp = F.log_softmax(_logits32(head, h_c), dim=-1)
+        with torch.no_grad():
+            logq = F.log_softmax(_logits32(ref_head, r_c), dim=-1)
+        kl = (logp.exp() * (logp - logq)).sum(-1)
+        return torch.stack([logp.gather(-1, t_c[:, None]).squeeze(-1), kl], dim=-1)
+
+    out = _chunked(chunk_fn, (hidden, targets.long(), ref_hidden.detach()), chunk_size,
+                   _needs_grad(hidden, head), width=(2,))
+    return out[:, 0], out[:, 1]
 
 
 def _check_kl_inputs(hidden: Tensor, ref_hidden: Tensor) -> None:

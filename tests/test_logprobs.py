@@ -10,6 +10,7 @@ from oreo.logprobs import (
     reverse_kl,
     scatter_rows,
     token_logprobs,
+    token_logprobs_and_reverse_kl,
 )
 
 H, V = 16, 97
@@ -133,6 +134,25 @@ def test_reverse_kl_matches_naive(chunk_size):
     params = [hidden, *head.parameters()]
     for g, g_ref in zip(_grads((out * w).sum(), *params), _grads((naive * w).sum(), *params)):
         torch.testing.assert_close(g, g_ref)
+
+
+@pytest.mark.parametrize("chunk_size", [1, 4, 13, 1024])
+def test_fused_logprobs_and_kl_match_the_separate_functions(chunk_size):
+    hidden, head, ref_hidden, ref_head = _kl_setup()
+    targets = torch.randint(0, V, (hidden.shape[0],))
+    w1, w2 = torch.randn(hidden.shape[0]), torch.randn(hidden.shape[0])
+    logp, kl = token_logprobs_and_reverse_kl(hidden, head, targets, ref_hidden, ref_head, chunk_size=chunk_size)
+    logp_ref = token_logprobs(hidden, head, targets, chunk_size=chunk_size)
+    kl_ref = reverse_kl(hidden, head, ref_hidden, ref_head, chunk_size=chunk_size)
+    torch.testing.assert_close(logp, logp_ref)
+    torch.testing.assert_close(kl, kl_ref)
+    params = [hidden, *head.parameters()]
+    got = _grads((logp * w1).sum() + (kl * w2).sum(), *params)
+    expected = _grads((logp_ref * w1).sum() + (kl_ref * w2).sum(), *params)
+    for g, g_ref in zip(got, expected):
+        torch.testing.assert_close(g, g_ref)
+    empty = token_logprobs_and_reverse_kl(hidden[:0], head, targets[:0], ref_hidden[:0], ref_head)
+    assert empty[0].shape == empty[1].shape == (0,)
 
 
 @pytest.mark.parametrize("chunk_size", [1, 4, 13, 1024])

@@ -5,7 +5,9 @@ its redundant passes): the reference's per-token log-probs are computed once per
 and the critic's target uses this step's policy log-probs, detached (identical to a separate no-grad
 pass because the policy has not been updated yet). The exact reverse KL over the vocabulary needs the
 reference *distribution* at every action position, so with ``kl.type=exact`` the frozen reference
-also runs one no-grad forward per micro-batch; ``k3`` (data tokens) or ``none`` avoid it.
+also runs one no-grad forward per micro-batch (``k3`` on data tokens, or ``none``, avoid it); the policy
+logits of a chunk then serve both the token log-probs and the KL. Everything is computed at action
+positions only.
 """
 from __future__ import annotations
 
@@ -22,7 +24,12 @@ from oreo import losses
 from oreo.checkpoint import StageCheckpoints, save_atomically, save_trainer_state
 from oreo.distributed import full_parameters
 from oreo.encode import Encoder, collate
-from oreo.logprobs import gather_rows, reverse_kl, scatter_rows, token_logprobs
+from oreo.logprobs import (
+    gather_rows,
+    scatter_rows,
+    token_logprobs,
+    token_logprobs_and_reverse_kl,
+)
 from oreo.lora import save_model
 from oreo.models import ValueHead, ValueModel, hidden_states
 from oreo.progress import progress
@@ -126,37 +133,40 @@ class OREOTrainer:
                              "engines cannot share one backbone's gradients; use shared_backbone=false")
 
     def _forward(self, batch):
+        """Log-ratios, values and the KL term of one micro-batch.
+
+        Policy log-probs are computed at action positions only (nothing else is used), and with the
+        exact KL they come out of the same chunked pass over the vocabulary as the KL itself."""
         policy = self.engines["policy"].module
         value = self.engines["value"].module
-        ids, mask = batch["input_ids"], batch["attention_mask"]
+        ids, mask, am = batch["input_ids"], batch["attention_mask"], batch["action_mask"]
         hidden = hidden_states(policy, ids, mask)[:, :-1]
-        logp = token_logprobs(hidden, unwrap(policy).get_output_embeddings(), ids[:, 1:],
-                              chunk_size=self.cfg.chunk_size)
-        am = batch["action_mask"]
-        logratio = (logp - batch["ref_logprobs"]) * am
+        head = unwrap(policy).get_output_embeddings()
+        rows, targets = gather_rows(hidden, am), gather_rows(ids[:, 1:], am)
+        kl = None
+        if self.cfg.kl_type == "exact":
+            with torch.no_grad():
+                ref_rows = gather_rows(hidden_states(self.reference, ids, mask)[:, :-1], am)
+            logp_rows, kl_rows = token_logprobs_and_reverse_kl(
+                rows, head, targets, ref_rows, self.reference.get_output_embeddings(), chunk_size=self.cfg.chunk_size)
+            kl = losses.masked_kl_mean(scatter_rows(kl_rows, am), am)
+        else:
+            logp_rows = token_logprobs(rows, head, targets, chunk_size=self.cfg.chunk_size)
+        logratio = (scatter_rows(logp_rows, am) - batch["ref_logprobs"]) * am
+        if self.cfg.kl_type == "k3":
+            kl = losses.k3_kl(logratio, am)
+        elif kl is None:
+            kl = logratio.new_zeros(())
         if self.cfg.shared_backbone:
             values = value.values_from_hidden(hidden)
         else:
             values = value(ids, mask)[:, :-1]
-        return hidden, logp, logratio, values
-
-    def _kl(self, batch, hidden, logratio):
-        am = batch["action_mask"]
-        if self.cfg.kl_type == "k3":
-            return losses.k3_kl(logratio, am)
-        if self.cfg.kl_type == "none":
-            return logratio.new_zeros(())
-        with torch.no_grad():
-            ref_hidden = hidden_states(self.reference, batch["input_ids"], batch["attention_mask"])[:, :-1]
-        kl = reverse_kl(gather_rows(hidden, am), unwrap(self.engines["policy"].module).get_output_embeddings(),
-                        gather_rows(ref_hidden, am), self.reference.get_output_embeddings(),
-                        chunk_size=self.cfg.chunk_size)
-        return losses.masked_kl_mean(scatter_rows(kl, am), am)
+        return logratio, values, kl
 
     def losses(self, batch) -> dict[str, torch.Tensor]:
         """Value loss, policy loss (+KL) and logging statistics for one micro-batch."""
         cfg = self.cfg
-        hidden, logp, logratio, values = self._forward(batch)
+        logratio, values, kl = self._forward(batch)
         am, sm = batch["action_mask"], batch["state_mask"]
         rewards = losses.scale_reward(batch["rewards"], mul=cfg.reward_mul, add=cfg.reward_add)
         weights = (losses.importance_weights(logratio.detach(), am, log_clip=cfg.importance_log_clip)
@@ -166,7 +176,6 @@ class OREOTrainer:
         kwargs = {"weights": weights} if cfg.policy_loss == "oreo" else {}
         policy_loss = POLICY_LOSSES[cfg.policy_loss](logratio, values.detach(), am, sm, rewards, beta=cfg.beta,
                                                      **kwargs)
-        kl = self._kl(batch, hidden, logratio)
         state_values, _ = losses.sequence_mean(values.detach(), sm)
         first = sm.float().argmax(-1)
         return {
