@@ -101,7 +101,7 @@ def _max_diff(a: dict, b: dict) -> float:
     return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
-@pytest.mark.parametrize("stage", [2, 3])
+@pytest.mark.parametrize("stage", [1, 2, 3])
 def test_zero_on_two_ranks_ends_with_the_single_process_parameters(runs, stage):
     zero, single = (torch.load(runs(which) / "params.pt") for which in (stage, "torch"))
     assert single.keys() == zero.keys() == {"initial_policy", "oreo_policy", "oreo_value", "sft_policy",

@@ -108,3 +108,23 @@ def test_torchrun_two_ranks_collects_and_evaluates_like_one_process(tmp_path):
     assert (multi / "checkpoints" / "oreo" / "value" / "value_head.safetensors").exists()
     assert not list((multi / "buffer").glob("*.partial*"))
     assert proc.stdout.count("results:") == 1  # one table, printed by rank 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="deepspeed is not installed")
+def test_deepspeed_with_optimizer_offload_trains(tmp_path):
+    env_cpu = {} if torch_cuda() else {"DS_ACCELERATOR": "cpu"}
+    proc = subprocess.run([sys.executable, "-m", "oreo.train", f"run_dir={tmp_path}", *TRIM, "stages=[sft]",
+                           "engine.backend=deepspeed", "engine.zero_stage=1", "engine.offload_optimizer=true"],
+                          cwd=ROOT, env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **env_cpu},
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows if r["stage"] == "sft"]
+    assert losses and all(loss == loss for loss in losses)  # logged, finite
+    assert (tmp_path / "checkpoints" / "sft" / "model.safetensors").exists()
+
+
+def torch_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
