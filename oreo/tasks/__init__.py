@@ -14,4 +14,11 @@ def make_task(cfg: dict):
             return ArithmeticTask(ArithmeticConfig(**cfg))
         except TypeError as e:
             raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    raise ValueError(f"unknown task {name!r}; known: arithmetic")
+    if name in ("gsm8k", "math"):
+        from oreo.tasks.math_tasks import MathConfig, MathTask
+
+        try:
+            return MathTask(MathConfig(name=name, **cfg))
+        except TypeError as e:
+            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
+    raise ValueError(f"unknown task {name!r}; known: arithmetic, gsm8k, math")

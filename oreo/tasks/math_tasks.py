@@ -1,0 +1,162 @@
+"""GSM8K and MATH: problems from the Hugging Face hub or local jsonl files, chat prompts, lossless
+step splitting, and grading (``oreo.tasks.grading``).
+
+Splits:
+
+- ``gsm8k``: ``train`` (7,473), ``test`` (1,319); hub ``openai/gsm8k`` (config ``main``), or
+  ``DATA_DIR/train.jsonl`` and ``DATA_DIR/test.jsonl`` with the hub's fields (``question``, ``answer``).
+- ``math``: ``test`` (the 5,000-problem MATH test set), ``math500`` (its PRM800K subset) and ``train``.
+  Locally: ``DATA_DIR/math_test5000.jsonl`` (``problem``, ``solution``; the answer is the solution's
+  last ``\\boxed{}``), ``DATA_DIR/math500_test.jsonl`` (``problem``, ``solution``, ``answer``,
+  ``unique_id``) and, if present, ``DATA_DIR/train.jsonl``; without a train file the test problems
+  outside MATH500 stand in for it (the PRM800K train split holds exactly those).
+
+A problem's ``prompt`` is a list of chat messages (system prompt + question) rendered by the model's
+chat template, or, with ``prompt_template``, a plain string (``{question}`` is substituted).
+"""
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oreo.tasks import grading
+
+GSM8K_SYSTEM = "Please reason step by step, and produce a final answer following 4 '#', like '#### 0'"
+MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+STEP_SEPARATORS = {"gsm8k": ["\n"], "math": ["\n", ". ", ".$ "]}
+HUB = {"gsm8k": {"train": ("openai/gsm8k", "main", "train"), "test": ("openai/gsm8k", "main", "test")},
+       "math": {"train": ("EleutherAI/hendrycks_math", None, "train"), "test": ("EleutherAI/hendrycks_math", None, "test"),
+                "math500": ("HuggingFaceH4/MATH-500", None, "test")}}
+
+
+@dataclass(frozen=True)
+class MathProblem:
+    id: str
+    question: str
+    prompt: str | list = field(hash=False)  # chat messages, or plain text
+    answer: str = ""                        # the gold final answer
+    solution: str = field(default="", hash=False)
+
+
+@dataclass
+class MathConfig:
+    name: str = "gsm8k"                 # gsm8k | math
+    data_dir: str | None = None         # local jsonl files; None: the Hugging Face hub
+    limits: dict = field(default_factory=dict)   # split -> keep the first N problems (seeded shuffle first)
+    system_prompt: str | None = None    # None: the paper's (GSM8K_SYSTEM / MATH_SYSTEM)
+    prompt_template: str | None = None  # a plain-text prompt instead of chat messages, e.g. "Q: {question}\nA:"
+    step_separators: list[str] | None = None   # None: newline (GSM8K); newline, ". " and ".$ " (MATH)
+    grade_timeout: float = 5.0          # seconds per symbolic comparison (MATH)
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.name not in STEP_SEPARATORS:
+            raise ValueError(f"task name must be one of {sorted(STEP_SEPARATORS)}, got {self.name!r}")
+
+
+def split_on(text: str, separators: list[str]) -> list[str]:
+    """Split ``text`` after every occurrence of any separator (kept with the step before it); lossless:
+    ``"".join(split_on(t, s)) == t``, no empty steps."""
+    steps, start, i = [], 0, 0
+    while i < len(text):
+        for sep in sorted(separators, key=len, reverse=True):
+            if sep and text.startswith(sep, i):
+                i += len(sep)
+                steps.append(text[start:i])
+                start = i
+                break
+        else:
+            i += 1
+    if start < len(text):
+        steps.append(text[start:])
+    return steps
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
+    return rows
+
+
+class MathTask:
+    """One of GSM8K or MATH, with the paper's prompts and graders."""
+
+    def __init__(self, cfg: MathConfig | None = None):
+        self.cfg = cfg if cfg is not None else MathConfig()
+        self.name = self.cfg.name
+        self.separators = self.cfg.step_separators or STEP_SEPARATORS[self.name]
+        self.system_prompt = self.cfg.system_prompt or (GSM8K_SYSTEM if self.name == "gsm8k" else MATH_SYSTEM)
+        self._splits: dict[str, list[MathProblem]] = {}
+
+    # ------------------------------------------------------------------ data
+    def _rows(self, split: str) -> list[dict]:
+        if self.cfg.data_dir is None:
+            if split not in HUB[self.name]:
+                raise KeyError(f"unknown split {split!r} for {self.name}; expected one of {sorted(HUB[self.name])}")
+            from datasets import load_dataset
+
+            path, config, hub_split = HUB[self.name][split]
+            return list(load_dataset(path, config, split=hub_split))
+        folder = Path(self.cfg.data_dir)
+        if self.name == "gsm8k":
+            files = {"train": "train.jsonl", "test": "test.jsonl"}
+        else:
+            files = {"test": "math_test5000.jsonl", "math500": "math500_test.jsonl", "train": "train.jsonl"}
+        if split not in files:
+            raise KeyError(f"unknown split {split!r} for {self.name}; expected one of {sorted(files)}")
+        path = folder / files[split]
+        if self.name == "math" and split == "train" and not path.exists():
+            held = {r["problem"] for r in _read_jsonl(folder / files["math500"])}
+            return [r for r in _read_jsonl(folder / files["test"]) if r["problem"] not in held]
+        if not path.exists():
+            raise FileNotFoundError(f"{self.name} {split}: {path} does not exist (task.data_dir={folder})")
+        return _read_jsonl(path)
+
+    def _problem(self, split: str, i: int, row: dict) -> MathProblem:
+        if self.name == "gsm8k":
+            question, solution = row["question"], row["answer"]
+            answer = grading.gsm8k_gold(solution)
+        else:
+            question, solution = row["problem"], row["solution"]
+            answer = grading.math_gold(row)
+        if self.cfg.prompt_template is not None:
+            prompt = self.cfg.prompt_template.format(question=question)
+        else:
+            prompt = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
+        return MathProblem(f"{self.name}-{split}-{i:05d}", question, prompt, answer, solution)
+
+    def problems(self, split: str) -> list[MathProblem]:
+        if split not in self._splits:
+            problems = [self._problem(split, i, row) for i, row in enumerate(self._rows(split))]
+            limit = self.cfg.limits.get(split)
+            if limit is not None and limit < len(problems):
+                problems = random.Random(self.cfg.seed).sample(problems, int(limit))
+            self._splits[split] = problems
+        return self._splits[split]
+
+    # -------------------------------------------------------------- grading
+    def grade(self, problem: MathProblem, response: str) -> tuple[str | None, bool]:
+        if self.name == "gsm8k":
+            return grading.grade_gsm8k(response, problem.answer)
+        return grading.grade_math(response, problem.answer, timeout=self.cfg.grade_timeout)
+
+    def split_steps(self, response: str) -> list[str]:
+        return split_on(response, self.separators)
+
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+        """The dataset's own solutions of the train split as trajectories (reward 1)."""
+        records = []
+        for p in self.problems("train"):
+            steps = self.split_steps(p.solution)
+            records.append({"id": f"gold-{p.id}", "task": self.name, "problem_id": p.id, "prompt": p.prompt,
+                            "steps": steps, "reward": 1.0, "correct": True, "answer": p.answer,
+                            "meta": {"source": "dataset"}})
+        return records

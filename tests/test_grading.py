@@ -1,0 +1,399 @@
+"""Tests for GSM8K and MATH answer extraction and grading, on the real benchmark files."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from oreo.tasks import grading
+from oreo.tasks.grading import (
+    KILL_GRACE,
+    extract_boxed,
+    extract_gsm8k_answer,
+    grade_gsm8k,
+    grade_math,
+    gsm8k_gold,
+    math_equal,
+    math_gold,
+    normalize_math_answer,
+)
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+def load_jsonl(relative: str) -> list[dict]:
+    path = DATA / relative
+    if not path.exists():
+        pytest.skip(f"{path} is missing (shared/data is not beside the repository)")
+    with open(path, encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+@pytest.fixture(scope="module")
+def gsm8k_test():
+    return load_jsonl("gsm8k/test.jsonl")
+
+
+@pytest.fixture(scope="module")
+def math500():
+    return load_jsonl("math/math500_test.jsonl")
+
+
+def boxed(answer: str) -> str:
+    return f"So the final answer is $\\boxed{{{answer}}}$."
+
+
+def test_math_verify_is_installed():
+    # Without it every symbolic comparison grades wrong (logged); say so plainly instead.
+    import math_verify  # noqa: F401
+
+
+# ---------------------------------------------------------------------------------------- GSM8K
+
+
+def test_gsm8k_every_gold_solution_grades_correct(gsm8k_test):
+    assert len(gsm8k_test) == 1319
+    wrong = []
+    for k, record in enumerate(gsm8k_test):
+        gold = gsm8k_gold(record["answer"])
+        answer, correct = grade_gsm8k(record["answer"], gold)
+        if not correct:
+            wrong.append((k, gold, answer))
+    print(f"GSM8K test: {len(gsm8k_test) - len(wrong)}/{len(gsm8k_test)} gold solutions grade correct")
+    assert wrong == []
+
+
+def test_gsm8k_train_golds_are_numbers():
+    train = load_jsonl("gsm8k/train.jsonl")
+    for record in train:
+        answer, correct = grade_gsm8k(record["answer"], gsm8k_gold(record["answer"]))
+        assert correct, (record["answer"][-80:], answer)
+
+
+def test_gsm8k_changed_answers_grade_wrong(gsm8k_test):
+    for record in gsm8k_test:
+        gold = gsm8k_gold(record["answer"])
+        body = record["answer"].rsplit("####", 1)[0]
+        changed = f"{body}#### {int(gold) + 1}"
+        answer, correct = grade_gsm8k(changed, gold)
+        assert answer == str(int(gold) + 1) and not correct
+
+
+def test_gsm8k_last_number_without_final_line(gsm8k_test):
+    # Without the "####" line the last number decides: in most gold solutions it is the answer.
+    right = sum(grade_gsm8k(r["answer"].rsplit("####", 1)[0], gsm8k_gold(r["answer"]))[1]
+                for r in gsm8k_test)
+    print(f"GSM8K test, '####' line removed: {right}/{len(gsm8k_test)} grade correct")
+    assert right >= 0.95 * len(gsm8k_test)
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("#### 72", "72"),
+    ("#### 1,234", "1234"),
+    ("She pays $1,234.50 in total.", "1234.50"),
+    ("The answer is 18.", "18"),
+    ("The temperature drops to -5 degrees", "-5"),
+    ("It costs $-3 overall", "-3"),
+    ("12-5=7", "7"),
+    ("10 - 2", "2"),
+    ("He has 3.50", "3.50"),
+    ("the values 1,2,3", "3"),
+    ("1,2345", "2345"),
+    ("2 + 2 = 4\n#### 4\nOn a second thought it is 5", "4"),
+    ("So 6 apples.\n#### six", "6"),
+    ("no number here", None),
+    ("", None),
+])
+def test_extract_gsm8k_answer(text, expected):
+    assert extract_gsm8k_answer(text) == expected
+
+
+@pytest.mark.parametrize("response, gold, correct", [
+    ("The answer is 3.50.", "3.5", True),
+    ("#### 3.5", "3.50", True),
+    ("It is $1,234.", "1234", True),
+    ("It is 1234", "1,234", True),
+    ("#### 1234.00", "1234", True),
+    ("It is -7", "-7", True),
+    ("It is 7", "-7", False),
+    ("It is 1235", "1234", False),
+    ("I am not sure", "5", False),
+    ("#### 12\nmore thoughts: 13", "12", True),
+])
+def test_grade_gsm8k(response, gold, correct):
+    assert grade_gsm8k(response, gold)[1] is correct
+
+
+def test_gsm8k_gold():
+    assert gsm8k_gold("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 2,125") == "2125"
+    with pytest.raises(ValueError):
+        gsm8k_gold("no final line")
+    with pytest.raises(ValueError):
+        grade_gsm8k("5", "five")
+
+
+# ------------------------------------------------------------------------------- MATH extraction
+
+
+@pytest.mark.parametrize("text, expected", [
+    (r"so $\boxed{\frac{1}{2}}$.", r"\frac{1}{2}"),
+    (r"\boxed{1} then \boxed{2}", "2"),
+    (r"\fbox{(1, 2)}", "(1, 2)"),
+    (r"\boxed{\left\{ 1 \right.}", r"\left\{ 1 \right."),
+    (r"\boxed{\begin{pmatrix} 1 \\ 2 \end{pmatrix}}", r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}"),
+    (r"\boxed {5}", "5"),
+    (r"the answer is \boxed 5.", "5"),
+    (r"$\boxed 42$", "42"),
+    (r"\boxed{\boxed{3}}", "3"),
+    (r"\boxed{12", None),
+    (r"\boxed{}", None),
+    (r"\boxed", None),
+    ("no box: 12", None),
+])
+def test_extract_boxed(text, expected):
+    assert extract_boxed(text) == expected
+
+
+def test_math_gold_of_both_files(math500):
+    assert math_gold(math500[0]) == math500[0]["answer"]
+    full = load_jsonl("math/math_test5000.jsonl")
+    assert len(full) == 5000
+    golds = [math_gold(record) for record in full]
+    assert all(golds)
+    # The 500 MATH500 problems are in the full set, with the same answers.
+    by_problem = {record["problem"]: gold for record, gold in zip(full, golds, strict=True)}
+    assert all(by_problem[record["problem"]] == record["answer"] for record in math500)
+    # Every full-set solution grades correct against its own gold (string fast path).
+    assert all(grade_math(record["solution"], gold)[1] for record, gold in zip(full, golds, strict=True))
+    with pytest.raises(ValueError):
+        math_gold({"solution": "no box"})
+
+
+# ---------------------------------------------------------------------------------- MATH grading
+
+
+def test_math500_every_gold_solution_grades_correct(math500):
+    assert len(math500) == 500
+    wrong = [r["unique_id"] for r in math500 if not grade_math(r["solution"], math_gold(r))[1]]
+    print(f"MATH500: {500 - len(wrong)}/500 gold solutions grade correct")
+    assert wrong == []
+
+
+def test_math500_golds_equal_symbolically(math500):
+    # The fast path accepts them all; math-verify must too, on its own.
+    start = time.perf_counter()
+    wrong = [r["unique_id"] for r in math500
+             if not grading._symbolic_equal(r["answer"], extract_boxed(r["solution"]), 10.0)]
+    print(f"MATH500, symbolic check alone: {500 - len(wrong)}/500 in {time.perf_counter() - start:.1f}s")
+    assert wrong == []
+
+
+def _perturb(answer: str) -> str:
+    """A different answer: the first integer plus one, or the whole plus one if it has none."""
+    m = re.search(r"\d+", answer)
+    if m is None:
+        return f"{answer}+1"
+    return answer[:m.start()] + str(int(m.group()) + 1) + answer[m.end():]
+
+
+def test_math500_changed_answers_grade_wrong(math500):
+    accepted = []
+    for record in math500:
+        changed = _perturb(record["answer"])
+        if grade_math(boxed(changed), record["answer"])[1]:
+            accepted.append((record["unique_id"], record["answer"], changed))
+    assert accepted == []
+    assert not grade_math(boxed("123456789"), math500[0]["answer"])[1]
+
+
+EQUIVALENT = [  # (gold, answer)
+    (r"\frac{1}{2}", "0.5"),
+    (r"\frac{1}{2}", "1/2"),
+    ("0.5", r"\frac12"),
+    (r"\dfrac{3}{4}", r"\frac34"),
+    (r"\frac{1}{2}", r"\frac{2}{4}"),
+    ("1.25", r"\frac54"),
+    ("3.5", "3.50"),
+    ("5", "5.0"),
+    (".0000672", r"6.72\times10^{-5}"),
+    (r"50\%", "50"),
+    ("50", r"50\%"),
+    ("(1,2)", "(1, 2)"),
+    (r"\left( 3, \frac{\pi}{2} \right)", r"(3,\pi/2)"),
+    ("[0,1)", "[0, 1)"),
+    (r"(-\infty, 0]", r"(-\infty,0]"),
+    (r"(0,9) \cup (9,36)", r"(0,36) \setminus \{9\}"),
+    (r"x \in [-2,7]", "[-2,7]"),
+    ("x=3", "3"),
+    ("3", "x=3"),
+    ("y = 2x + 3", "2x+3"),
+    ("y = 2x + 3", "y=3+2x"),
+    ("5x - 7y + 11z + 4 = 0", "10x - 14y + 22z + 8 = 0"),
+    (r"10^\circ", "10"),
+    ("10", r"10^{\circ}"),
+    (r"\text{(A)}", "A"),
+    (r"\text{(A)}", "(A)"),
+    (r"\text{(C)}", r"\textbf{(C)}"),
+    (r"2\sqrt{2}", r"\sqrt{8}"),
+    (r"\frac{\sqrt{3}}{3}", r"\frac{1}{\sqrt{3}}"),
+    ("1,000", "1000"),
+    ("1000", "1,000"),
+    (r"10,\!080", "10080"),
+    (r"\$18.90", "18.9"),
+    (r"864 \mbox{ inches}^2", "864"),
+    (r"5.4 \text{ cents}", "5.4"),
+    (r"\frac{270}7\text{ degrees}", r"\frac{270}{7}"),
+    (r"137 \frac{1}{2}", "137.5"),
+    (r"1\frac{4}{5}", r"\frac{9}{5}"),
+    ("1,-2", "-2, 1"),
+    ("3, 5, 7", "7, 5, 3"),
+    (r"\{1\pm\sqrt{5},-2\}", r"-2, 1+\sqrt5, 1-\sqrt5"),
+    (r"1 \pm \sqrt{19}", r"1+\sqrt{19}, 1-\sqrt{19}"),
+    (r"\begin{pmatrix} -1/3 \\ 2/3 \end{pmatrix}", r"\begin{pmatrix} -\frac13 \\ \frac23 \end{pmatrix}"),
+    ("x^2+2x+1", "(x+1)^2"),
+    (r"\frac{11+9a}{20}", r"\frac{11}{20}+\frac{9a}{20}"),
+    (r"\cot x", r"\frac{\cos x}{\sin x}"),
+    ("6 - 5i", "-5i+6"),
+    (r"\text{Evelyn}", "Evelyn"),
+    ("1000", "10^3"),
+]
+
+NOT_EQUIVALENT = [  # (gold, answer)
+    ("1", "2"),
+    (r"\frac{1}{2}", "0.51"),
+    (r"\frac{1}{3}", "0.333"),
+    ("(1,2)", "(2,1)"),
+    ("(1,2)", "[1,2]"),
+    ("[0,1)", "[0,1]"),
+    ("(3,4]", "(3,4)"),
+    ("x=3", "x=4"),
+    ("x=5", "y=5"),
+    ("y = 2x + 3", "y=2x+4"),
+    ("2x", "2y"),
+    (r"3\sqrt{13}", r"3\sqrt{14}"),
+    ("6 - 5i", "6+5i"),
+    ("p - q", "q - p"),
+    (r"\text{(A)}", r"\text{(B)}"),
+    (r"\text{even}", r"\text{odd}"),
+    (r"1 \pm \sqrt{19}", r"1+\sqrt{19}"),
+    ("3, 5, 7", "3, 5"),
+    (r"\pi", "3.14"),
+    (r"\cot x", r"\tan x"),
+    ("100000", "100001"),
+    (r"10,\!080", "10081"),
+    (r"\begin{pmatrix} 1 \\ 2 \end{pmatrix}", r"\begin{pmatrix} 1 \\ 3 \end{pmatrix}"),
+    ("50", "0.5"),
+]
+
+
+@pytest.mark.parametrize("gold, answer", EQUIVALENT)
+def test_equivalent_forms_grade_correct(gold, answer):
+    assert grade_math(boxed(answer), gold) == (answer, True)
+
+
+@pytest.mark.parametrize("gold, answer", NOT_EQUIVALENT)
+def test_different_answers_grade_wrong(gold, answer):
+    assert grade_math(boxed(answer), gold) == (answer, False)
+    assert grade_math(boxed(gold), answer)[1] is False
+
+
+def test_normalize_math_answer():
+    assert normalize_math_answer(r"\dfrac 34") == r"\frac{3}{4}"
+    assert normalize_math_answer(r"\left( 1, \sqrt2 \right)") == r"(1,\sqrt{2})"
+    assert normalize_math_answer(r"11,\! 111,\! 100") == "11111100"
+    assert normalize_math_answer(r"15\mbox{ cm}^2") == "15"
+    assert normalize_math_answer(r"\text{(B)}") == "B"
+    assert normalize_math_answer(".50") == "0.5"
+    assert normalize_math_answer("-3/4") == r"-\frac{3}{4}"
+
+
+def test_no_box_grades_wrong():
+    assert grade_math("The answer is 5.", "5") == (None, False)
+    assert grade_math(r"\boxed{5", "5") == (None, False)
+
+
+def test_fast_path_needs_no_worker(monkeypatch):
+    def fail(*args):
+        raise AssertionError("symbolic check called")
+
+    monkeypatch.setattr(grading, "_symbolic_equal", fail)
+    assert grade_math(boxed(r"\dfrac{1}{2}\text{ cm}"), r"\frac12")[1]
+    assert grade_math(boxed("x = 7"), "7")[1]
+
+
+def test_timeout_must_be_positive():
+    with pytest.raises(ValueError):
+        math_equal("1", "2", timeout=0)
+
+
+# -------------------------------------------------------------------------- untrusted answers
+
+
+@pytest.mark.parametrize("answer", [
+    "9^{9^{9^{9}}}",
+    "(" * 3000 + "1" + ")" * 3000,
+    r"\frac{" * 400 + "1" + "}{2}" * 400,
+], ids=["tower", "parens", "fracs"])
+def test_pathological_answer_times_out_wrong(answer, caplog):
+    math_equal("2", "1")  # start a worker first: its start-up is not part of the limit
+    timeout = 0.5
+    start = time.perf_counter()
+    with caplog.at_level(logging.WARNING, logger="oreo.grading"):
+        result = grade_math(boxed(answer), "7", timeout=timeout)
+    elapsed = time.perf_counter() - start
+    assert result == (answer, False)
+    assert elapsed < timeout + KILL_GRACE + 1.0, elapsed
+    assert any("timed out" in r.getMessage() for r in caplog.records if r.name == "oreo.grading")
+
+
+def test_stuck_worker_is_killed_and_replaced(caplog):
+    # The worker's own timer is set far out here, so only the parent's kill can stop it.
+    request = {"gold": grading._verify_input("7"), "answer": grading._verify_input("9^{9^{9^{9}}}"),
+               "timeout": 600}
+    start = time.perf_counter()
+    reply = grading._pool().ask(request, 0.5)
+    assert "worker killed" in reply["error"]
+    assert time.perf_counter() - start < 0.5 + KILL_GRACE + 1.0
+    assert grade_math(boxed("0.5"), r"\frac12") == ("0.5", True)
+
+
+def test_worker_that_cannot_start_grades_wrong(monkeypatch, caplog):
+    monkeypatch.setattr(grading, "_BOOT", "raise SystemExit(3)")
+    monkeypatch.setattr(grading, "_POOL", None)
+    with caplog.at_level(logging.WARNING, logger="oreo.grading"):
+        assert grade_math(boxed("0.5"), r"\frac12") == ("0.5", False)
+    assert any("did not start" in r.getMessage() for r in caplog.records)
+    # The fast path still works.
+    assert grade_math(boxed(r"\dfrac12"), r"\frac{1}{2}") == (r"\dfrac12", True)
+
+
+def test_answers_are_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    for answer in [f"__import__('os').system('touch {marker}')",
+                   f"eval(\"open('{marker}', 'w')\")",
+                   f"\\text{{{marker}}}"]:
+        assert grade_math(boxed(answer), "1")[1] is False
+    assert not marker.exists()
+
+
+def test_grading_from_threads():
+    cases = [(r"\sqrt{8}", r"2\sqrt{2}", True), ("0.5", r"\frac12", True), ("(2,1)", "(1,2)", False),
+             ("9^{9^{9^{9}}}", "1", False)] * 2
+    results: dict[int, tuple] = {}
+
+    def run(k, answer, gold):
+        results[k] = grade_math(boxed(answer), gold, timeout=1.0)
+
+    threads = [threading.Thread(target=run, args=(k, a, g)) for k, (a, g, _) in enumerate(cases)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert all(not t.is_alive() for t in threads)
+    assert [results[k][1] for k in range(len(cases))] == [c[2] for c in cases]
