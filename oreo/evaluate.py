@@ -1,4 +1,5 @@
-"""Greedy evaluation: accuracy on a split, with a per-problem jsonl (prompt, response, answer, gold, correct).
+"""Evaluation: greedy accuracy on a split, with a per-problem jsonl (prompt, response, answer, gold,
+correct); and from n samples per problem, pass@k (unbiased estimator) and maj@k (majority vote).
 
 Under ``torchrun`` the problems are shared out between ranks in blocks of the sampler's batch size
 (the batches a single process would make), the rows are gathered, and rank 0 writes the file.
@@ -6,6 +7,8 @@ Under ``torchrun`` the problems are shared out between ranks in blocks of the sa
 from __future__ import annotations
 
 import json
+from collections import Counter
+from math import comb
 from pathlib import Path
 
 from oreo.distributed import all_gather_objects, rank_world
@@ -37,3 +40,58 @@ def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = No
     n = max(1, len(rows))
     return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows),
             "mean_tokens": sum(r["n_tokens"] for r in rows) / n}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from ``n`` samples of which ``c`` are correct: 1 − C(n−c, k) / C(n, k)."""
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    return 1.0 if n - c < k else 1.0 - comb(n - c, k) / comb(n, k)
+
+
+def majority_correct(answers: list, correct: list[bool], key=str) -> bool:
+    """Whether the most frequent answer (by ``key``; ties to the earliest; no answer never wins) is correct."""
+    keys = [None if a is None else key(a) for a in answers]
+    counts = Counter(k for k in keys if k is not None)
+    if not counts:
+        return False
+    best = max(counts.values())
+    winner = next(k for k in keys if k is not None and counts[k] == best)
+    return correct[keys.index(winner)]
+
+
+def evaluate_sampled(task, problems, sampler, *, n: int, temperature: float, ks: list[int], seed: int = 0,
+                     out_path: str | Path | None = None, desc: str = "evaluate") -> dict:
+    """``pass@k`` and ``maj@k`` for each k in ``ks`` (k <= n) from ``n`` samples per problem at
+    ``temperature``; rows (all samples, answers, correctness) go to ``out_path``. A cut sample is wrong.
+    Under ``torchrun`` the problems are shared out by blocks with block-seeded sampling, so the samples
+    do not depend on the number of processes."""
+    ks = [k for k in ks if 1 <= k <= n]
+    rank, world = rank_world()
+    size = max(1, getattr(sampler, "batch_size", n * len(problems)) // n)
+    blocks = [list(range(i, min(i + size, len(problems)))) for i in range(0, len(problems), size)]
+    bar = progress(total=sum(len(b) for b in blocks[rank::world]) * n, desc=desc, unit="sample", leave=False,
+                   disable=rank != 0)
+    key = getattr(task, "answer_key", str)
+    rows = []
+    for b in range(rank, len(blocks), world):
+        outs = sampler.generate([problems[i].prompt for i in blocks[b]], n=n, temperature=temperature,
+                                seed=seed * 7919 + b, progress=bar)
+        for i, completions in zip(blocks[b], outs):
+            graded = [task.grade(problems[i], c.text) for c in completions]
+            answers = [a for a, _ in graded]
+            correct = [bool(ok and c.finished) for (_, ok), c in zip(graded, completions)]
+            rows.append((i, {"problem_id": problems[i].id, "gold": problems[i].answer,
+                             "responses": [c.text for c in completions], "answers": answers, "correct": correct}))
+    bar.close()
+    rows = [row for _, row in sorted((r for part in all_gather_objects(rows) for r in part), key=lambda r: r[0])]
+    if out_path is not None and rank == 0:
+        out_path = Path(out_path)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        out_path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    m = max(1, len(rows))
+    out = {}
+    for k in ks:
+        out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["correct"]), k) for r in rows) / m
+        out[f"maj@{k}"] = sum(majority_correct(r["answers"][:k], r["correct"][:k], key) for r in rows) / m
+    return out

@@ -13,15 +13,16 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from oreo.buffer import Buffer
+from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.distributed import barrier, init_distributed, local_rank, rank_world
 from oreo.encode import Encoder
-from oreo.evaluate import evaluate_greedy
+from oreo.evaluate import evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
 from oreo.metrics import MetricsLogger
 from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.sampler import HFSampler
+from oreo.rollout.selection import balanced_selection
 from oreo.tasks import make_task
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.oreo import OREOConfig, OREOTrainer
@@ -105,6 +106,12 @@ class Run:
     def train_config(self, stage: str) -> TrainConfig:
         return train_config(self.cfg[stage].train, self.cfg.get("engine"))
 
+    def training_records(self, rounds: list[int] | None = None) -> list[dict]:
+        """The buffer's trajectories (of ``rounds``), after ``collect.balanced_k`` selection if set."""
+        records = self.buffer.load(rounds)
+        k = self.cfg.collect.get("balanced_k")
+        return balanced_selection(records, int(k), seed=int(self.cfg.seed)) if k else records
+
     def for_training(self, policy, value=None):
         """Apply the model section's memory options: gradient checkpointing, LoRA adapters."""
         m, lora = self.cfg.model, lora_config(self.cfg.model)
@@ -156,10 +163,19 @@ class Run:
 
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
+        c = self.cfg.collect
+        if c.get("from_file"):  # the reference's released data instead of sampling
+            if round not in self.buffer.rounds():
+                if self.main:
+                    records = import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name)
+                    self.buffer.append(records, round=round)
+                    self.results.setdefault("stages", {})[f"collect_{round}"] = {"imported": str(c.from_file),
+                                                                                 "records": len(records)}
+                barrier()
+            return self.buffer.stats(rounds=[round])
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             model, tokenizer = self.load(policy_dir)
-            c = self.cfg.collect
             info = collect(self.task, self.task.problems("train"), self.sampler(model, tokenizer, c), self.buffer,
                            n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed) + 1000 * round,
                            round=round, meta={"policy": str(policy_dir)})
@@ -171,7 +187,7 @@ class Run:
         """SFT on the buffer's correct samples; ``None`` (and the reason in run.json) if too few."""
         out = self.checkpoint("rft")
         if not self.done(out):
-            records = self.buffer.filter(lambda r: r["correct"])
+            records = [r for r in self.training_records() if r["correct"]]
             batch = int(self.cfg.rft.train.batch_size)
             if len(records) < batch:
                 reason = f"{len(records)} correct samples in the buffer, fewer than one batch ({batch})"
@@ -206,25 +222,39 @@ class Run:
             policy, value = self.for_training(policy, value)
             trainer = OREOTrainer(policy, tokenizer, cfg, self.train_config("oreo"), reference=reference,
                                   value=value)
-            info = trainer.fit(self.buffer.load(rounds), logger=self.logger, cache_dir=self.dir / "cache",
+            info = trainer.fit(self.training_records(rounds), logger=self.logger, cache_dir=self.dir / "cache",
                                ref_name=f"{ref_dir}|{self.cfg.model.dtype}", out_dir=out, stage=name,
                                resume=bool(self.cfg.resume))
             self.results.setdefault("stages", {})[name] = info
         return out / "policy"
 
     def evaluate(self, method: str, policy_dir: Path) -> dict:
-        have = self.results.get("accuracy", {}).get(method, {})
+        """Greedy accuracy per split (``metrics.json``) and, with ``evaluate.sampled.n > 0``, pass@k and
+        maj@k (``run.json``, "sampled"); what a previous run already measured is kept."""
         splits = list(self.cfg.evaluate.splits)
-        if all(s in have for s in splits):
+        have = self.results.get("accuracy", {}).get(method, {})
+        sampled_cfg = self.cfg.evaluate.get("sampled") or {}
+        n_samples = int(sampled_cfg.get("n", 0))
+        have_sampled = self.results.get("sampled", {}).get(method, {})
+        todo = [s for s in splits if s not in have]
+        todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 else []
+        if not todo and not todo_sampled:
             return have
         model, tokenizer = self.load(policy_dir)
         sampler = self.sampler(model, tokenizer, self.cfg.evaluate)
-        for split in splits:
+        for split in todo:
             r = evaluate_greedy(self.task, self.task.problems(split), sampler,
                                 out_path=self.dir / "eval" / f"{method}-{split}.jsonl", desc=f"evaluate {method}/{split}")
             have[split] = r["accuracy"]
             self.logger.log("evaluate", 0, {f"{method}/{split}": r["accuracy"]})
         self.results.setdefault("accuracy", {})[method] = have
+        for split in todo_sampled:
+            r = evaluate_sampled(self.task, self.task.problems(split), sampler, n=n_samples,
+                                 temperature=float(sampled_cfg.temperature), ks=list(sampled_cfg.ks),
+                                 seed=int(self.cfg.seed), desc=f"sample {method}/{split}",
+                                 out_path=self.dir / "eval" / f"{method}-{split}-samples.jsonl")
+            self.results.setdefault("sampled", {}).setdefault(method, {})[split] = r
+            self.logger.log("evaluate", 0, {f"{method}/{split}/{k}": v for k, v in r.items()})
         self._write_results()
         return have
 

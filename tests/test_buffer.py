@@ -198,3 +198,22 @@ def test_empty_buffer(tmp_path):
     with pytest.raises(ValueError, match="no records"):
         buf.append([])
     assert not (tmp_path / "missing").exists()
+
+
+def test_import_reference_format(tmp_path):
+    from oreo.buffer import import_reference_jsonl
+
+    path = tmp_path / "train-n5-t1.jsonl"
+    lines = [{"prompt": "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n", "response": "a\nb\n#### 3",
+              "reward": 1},
+             {"prompt": "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n", "response": "c", "reward": 0},
+             {"prompt": "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n", "response": "", "reward": 0}]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    records = import_reference_jsonl(path, lambda t: t.splitlines(keepends=True), task="gsm8k")
+    assert [r["problem_id"] for r in records] == ["ref-000000", "ref-000000", "ref-000001"]
+    assert records[0]["steps"] == ["a\n", "b\n", "#### 3"] and records[0]["correct"] is True
+    assert records[2]["steps"] == [] and records[2]["reward"] == 0.0
+    with path.open("a") as f:
+        f.write(json.dumps({"prompt": "x", "response": "y", "reward": "high"}) + "\n")
+    with pytest.raises(RecordError, match=r"train-n5-t1.jsonl:4.*reward"):
+        import_reference_jsonl(path, str.split)

@@ -128,3 +128,30 @@ def torch_cuda() -> bool:
     import torch
 
     return torch.cuda.is_available()
+
+
+def test_imported_reference_data_balanced_selection_and_sampled_evaluation(tmp_path):
+    """collect.from_file trains on the reference's released format instead of sampling; balanced_k
+    selects the training data; evaluate.sampled adds pass@k / maj@k."""
+    from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+
+    task = ArithmeticTask(ArithmeticConfig(n_train=48, n_test=16, n_heldout=16))  # the smoke experiment's task
+    lines = []
+    for p in task.problems("train")[:20]:
+        for k in range(3):
+            right = k == 0
+            lines.append({"prompt": p.prompt, "response": "".join(p.solution) if right else "1+1=3\n#### 3",
+                          "reward": int(right)})
+    data = tmp_path / "offline.jsonl"
+    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    run_dir = tmp_path / "run"
+    run("oreo.train", f"run_dir={run_dir}", *TRIM, "stages=[sft,collect,oreo]", f"collect.from_file={data}",
+        "collect.balanced_k=1", "evaluate.sampled.n=2", "evaluate.sampled.ks=[1,2]", "oreo.train.batch_size=8",
+        "oreo.train.micro_batch_size=8")
+    from oreo.buffer import Buffer
+
+    assert len(Buffer(run_dir / "buffer").load()) == 60
+    details = json.loads((run_dir / "run.json").read_text())
+    assert details["stages"]["oreo"]["encode"]["seen"] == 40  # 1 right + 1 wrong kept per problem
+    assert set(details["sampled"]["oreo"]["test"]) == {"pass@1", "maj@1", "pass@2", "maj@2"}
+    assert (run_dir / "eval" / "oreo-test-samples.jsonl").exists()

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from oreo.tasks import grading
@@ -147,6 +148,15 @@ class MathTask:
         if self.name == "gsm8k":
             return grading.grade_gsm8k(response, problem.answer)
         return grading.grade_math(response, problem.answer, timeout=self.cfg.grade_timeout)
+
+    def answer_key(self, answer: str) -> str:
+        """What majority voting groups by: equal numbers (GSM8K) or normalised expressions (MATH)."""
+        if self.name == "gsm8k":
+            try:
+                return str(Decimal(answer).normalize())
+            except InvalidOperation:
+                return answer
+        return grading.normalize_math_answer(answer)
 
     def split_steps(self, response: str) -> list[str]:
         return split_on(response, self.separators)
