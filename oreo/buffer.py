@@ -338,21 +338,26 @@ def import_jsonl(path: str | Path) -> list[dict]:
     Ids must be unique within the file. ``round`` is kept if present; ``Buffer.append`` resets it.
     """
     records, seen = [], set()
+    for where, _, obj in _json_lines(path):
+        record = validate_record(obj, where)
+        if record["id"] in seen:
+            raise RecordError(f"duplicate id {record['id']!r}", where, "id")
+        seen.add(record["id"])
+        records.append(record)
+    return records
+
+
+def _json_lines(path: str | Path):
+    """``(where, line number, object)`` for every non-blank line; bad JSON raises ``RecordError``."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
             if not line.strip():
                 continue
             where = f"{path}:{lineno}"
             try:
-                obj = json.loads(line)
+                yield where, lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"invalid JSON: {e}", where) from None
-            record = validate_record(obj, where)
-            if record["id"] in seen:
-                raise RecordError(f"duplicate id {record['id']!r}", where, "id")
-            seen.add(record["id"])
-            records.append(record)
-    return records
 
 
 def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[str]], *, task: str = "") -> list[dict]:
@@ -362,25 +367,17 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
     lines share one ``problem_id``. A bad line raises ``RecordError`` naming the file, line and field.
     """
     records, problem_ids = [], {}
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{path}:{lineno}"
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise RecordError(f"invalid JSON: {e}", where) from None
-            for key, kind in (("prompt", str), ("response", str), ("reward", (int, float))):
-                if key not in obj:
-                    raise RecordError("missing field", where, key)
-                if not isinstance(obj[key], kind) or isinstance(obj[key], bool) and key == "reward":
-                    raise RecordError(f"expected {getattr(kind, '__name__', 'a number')}, got "
-                                      f"{type(obj[key]).__name__}", where, key)
-            problem_id = problem_ids.setdefault(obj["prompt"], f"ref-{len(problem_ids):06d}")
-            record = {"id": f"ref-line{lineno}", "task": task, "problem_id": problem_id, "prompt": obj["prompt"],
-                      "steps": split_steps(obj["response"]), "observations": [], "reward": float(obj["reward"]),
-                      "correct": obj["reward"] > 0, "answer": None,
-                      "meta": {"source": str(path), "line": lineno, "finished": True}}
-            records.append(validate_record(record, where))
+    for where, lineno, obj in _json_lines(path):
+        for key, kind in (("prompt", str), ("response", str), ("reward", (int, float))):
+            if key not in obj:
+                raise RecordError("missing field", where, key)
+            if not isinstance(obj[key], kind) or isinstance(obj[key], bool) and key == "reward":
+                raise RecordError(f"expected {getattr(kind, '__name__', 'a number')}, got "
+                                  f"{type(obj[key]).__name__}", where, key)
+        problem_id = problem_ids.setdefault(obj["prompt"], f"ref-{len(problem_ids):06d}")
+        record = {"id": f"ref-line{lineno}", "task": task, "problem_id": problem_id, "prompt": obj["prompt"],
+                  "steps": split_steps(obj["response"]), "observations": [], "reward": float(obj["reward"]),
+                  "correct": obj["reward"] > 0, "answer": None,
+                  "meta": {"source": str(path), "line": lineno, "finished": True}}
+        records.append(validate_record(record, where))
     return records
