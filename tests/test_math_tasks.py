@@ -86,3 +86,21 @@ def test_gsm8k_smollm_pipeline_trimmed(tmp_path):
     assert len(rows) == 4 and all(r["response"] for r in rows)
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert any(r["stage"] == "oreo" and "value_loss" in r for r in logged)
+
+
+def test_hub_loading_reads_every_math_subject(monkeypatch):
+    import datasets
+
+    calls = []
+
+    def fake_load(path, config, split):
+        calls.append((path, config, split))
+        return [{"problem": f"{config} problem", "solution": f"so \\boxed{{{len(calls)}}}"}]
+
+    monkeypatch.setattr(datasets, "load_dataset", fake_load)
+    problems = make_task({"name": "math"}).problems("test")
+    assert [c[1] for c in calls] == ["algebra", "counting_and_probability", "geometry", "intermediate_algebra",
+                                     "number_theory", "prealgebra", "precalculus"]
+    assert {c[0] for c in calls} == {"EleutherAI/hendrycks_math"} and len(problems) == 7
+    assert problems[2].answer == "3"
+    make_task({"name": "gsm8k"})  # no hub access until problems are asked for

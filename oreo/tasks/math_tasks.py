@@ -27,9 +27,13 @@ from oreo.tasks import grading
 GSM8K_SYSTEM = "Please reason step by step, and produce a final answer following 4 '#', like '#### 0'"
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 STEP_SEPARATORS = {"gsm8k": ["\n"], "math": ["\n", ". ", ".$ "]}
-HUB = {"gsm8k": {"train": ("openai/gsm8k", "main", "train"), "test": ("openai/gsm8k", "main", "test")},
-       "math": {"train": ("EleutherAI/hendrycks_math", None, "train"), "test": ("EleutherAI/hendrycks_math", None, "test"),
-                "math500": ("HuggingFaceH4/MATH-500", None, "test")}}
+MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
+                 "prealgebra", "precalculus")
+# split -> (hub dataset, its configs, its split); the MATH copy on the hub has one config per subject
+HUB = {"gsm8k": {"train": ("openai/gsm8k", ("main",), "train"), "test": ("openai/gsm8k", ("main",), "test")},
+       "math": {"train": ("EleutherAI/hendrycks_math", MATH_SUBJECTS, "train"),
+                "test": ("EleutherAI/hendrycks_math", MATH_SUBJECTS, "test"),
+                "math500": ("HuggingFaceH4/MATH-500", (None,), "test")}}
 
 
 @dataclass(frozen=True)
@@ -104,8 +108,8 @@ class MathTask:
                 raise KeyError(f"unknown split {split!r} for {self.name}; expected one of {sorted(HUB[self.name])}")
             from datasets import load_dataset
 
-            path, config, hub_split = HUB[self.name][split]
-            return list(load_dataset(path, config, split=hub_split))
+            path, configs, hub_split = HUB[self.name][split]
+            return [row for config in configs for row in load_dataset(path, config, split=hub_split)]
         folder = Path(self.cfg.data_dir)
         if self.name == "gsm8k":
             files = {"train": "train.jsonl", "test": "test.jsonl"}
