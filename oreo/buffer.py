@@ -338,7 +338,7 @@ def import_jsonl(path: str | Path) -> list[dict]:
     Ids must be unique within the file. ``round`` is kept if present; ``Buffer.append`` resets it.
     """
     records, seen = [], set()
-    for where, _, obj in _json_lines(path):
+    for where, _, obj in json_lines(path):
         record = validate_record(obj, where)
         if record["id"] in seen:
             raise RecordError(f"duplicate id {record['id']!r}", where, "id")
@@ -347,7 +347,7 @@ def import_jsonl(path: str | Path) -> list[dict]:
     return records
 
 
-def _json_lines(path: str | Path):
+def json_lines(path: str | Path):
     """``(where, line number, object)`` for every non-blank line; bad JSON raises ``RecordError``."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, start=1):
@@ -367,7 +367,7 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
     lines share one ``problem_id``. A bad line raises ``RecordError`` naming the file, line and field.
     """
     records, problem_ids = [], {}
-    for where, lineno, obj in _json_lines(path):
+    for where, lineno, obj in json_lines(path):
         for key, kind in (("prompt", str), ("response", str), ("reward", (int, float))):
             if key not in obj:
                 raise RecordError("missing field", where, key)

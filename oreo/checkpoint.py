@@ -16,9 +16,8 @@ import signal
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
-from oreo.distributed import all_reduce_scalars, rank_world
+from oreo.distributed import all_reduce_scalars, barrier, rank_world
 
 
 def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
@@ -52,19 +51,16 @@ def save_atomically(path: str | Path, write) -> Path:
     if rank == 0:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     write(tmp)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
+    barrier()
     if rank == 0:
         old = path.with_name(path.name + ".old")
         if path.exists():
             os.replace(path, old)
         os.replace(tmp, path)
         shutil.rmtree(old, ignore_errors=True)
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()  # no rank reads the checkpoint before it is in place
+    barrier()  # no rank reads the checkpoint before it is in place
     return path
 
 

@@ -15,15 +15,28 @@ from oreo.distributed import all_gather_objects, rank_world
 from oreo.progress import progress
 
 
+def _my_blocks(n_items: int, block: int) -> list[tuple[int, list[int]]]:
+    """``(block number, item indices)`` of this rank: blocks of ``block`` consecutive items, dealt
+    round-robin to the ranks."""
+    rank, world = rank_world()
+    block = max(1, block)
+    starts = range(0, n_items, block)
+    return [(b, list(range(s, min(s + block, n_items)))) for b, s in enumerate(starts) if b % world == rank]
+
+
+def _gather_in_order(rows: list[tuple[int, dict]]) -> list[dict]:
+    """Every rank's ``(index, row)`` pairs, as one list of rows in index order."""
+    gathered = (r for part in all_gather_objects(rows) for r in part)
+    return [row for _, row in sorted(gathered, key=lambda r: r[0])]
+
+
 def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = None, desc: str = "evaluate") -> dict:
     """Greedy accuracy of ``sampler``'s model on ``problems``. A completion cut by the token limit is wrong."""
-    rank, world = rank_world()
-    size = max(1, getattr(sampler, "batch_size", len(problems)))
-    blocks = [list(range(i, min(i + size, len(problems)))) for i in range(0, len(problems), size)]
-    mine = [i for b in blocks[rank::world] for i in b]
-    bar = progress(total=len(mine), desc=desc, unit="problem", leave=False, disable=rank != 0)
+    rank, _ = rank_world()
+    mine = _my_blocks(len(problems), getattr(sampler, "batch_size", len(problems)))
+    bar = progress(total=sum(len(b) for _, b in mine), desc=desc, unit="problem", leave=False, disable=rank != 0)
     rows = []
-    for block in blocks[rank::world]:
+    for _, block in mine:
         outs = sampler.generate([problems[i].prompt for i in block], n=1, temperature=0.0, progress=bar)
         for i, (comp,) in zip(block, outs):
             problem = problems[i]
@@ -32,11 +45,9 @@ def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = No
                              "answer": answer, "gold": problem.answer, "correct": bool(correct and comp.finished),
                              "finished": comp.finished, "n_tokens": comp.n_tokens}))
     bar.close()
-    rows = [row for _, row in sorted((r for part in all_gather_objects(rows) for r in part), key=lambda r: r[0])]
+    rows = _gather_in_order(rows)
     if out_path is not None and rank == 0:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _write_rows(out_path, rows)
     n = max(1, len(rows))
     return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows),
             "mean_tokens": sum(r["n_tokens"] for r in rows) / n}
@@ -67,31 +78,33 @@ def evaluate_sampled(task, problems, sampler, *, n: int, temperature: float, ks:
     Under ``torchrun`` the problems are shared out by blocks with block-seeded sampling, so the samples
     do not depend on the number of processes."""
     ks = [k for k in ks if 1 <= k <= n]
-    rank, world = rank_world()
-    size = max(1, getattr(sampler, "batch_size", n * len(problems)) // n)
-    blocks = [list(range(i, min(i + size, len(problems)))) for i in range(0, len(problems), size)]
-    bar = progress(total=sum(len(b) for b in blocks[rank::world]) * n, desc=desc, unit="sample", leave=False,
-                   disable=rank != 0)
+    rank, _ = rank_world()
+    mine = _my_blocks(len(problems), getattr(sampler, "batch_size", n * len(problems)) // n)
+    bar = progress(total=sum(len(b) for _, b in mine) * n, desc=desc, unit="sample", leave=False, disable=rank != 0)
     key = getattr(task, "answer_key", str)
     rows = []
-    for b in range(rank, len(blocks), world):
-        outs = sampler.generate([problems[i].prompt for i in blocks[b]], n=n, temperature=temperature,
+    for b, block in mine:
+        outs = sampler.generate([problems[i].prompt for i in block], n=n, temperature=temperature,
                                 seed=seed * 7919 + b, progress=bar)
-        for i, completions in zip(blocks[b], outs):
+        for i, completions in zip(block, outs):
             graded = [task.grade(problems[i], c.text) for c in completions]
             answers = [a for a, _ in graded]
             correct = [bool(ok and c.finished) for (_, ok), c in zip(graded, completions)]
             rows.append((i, {"problem_id": problems[i].id, "gold": problems[i].answer,
                              "responses": [c.text for c in completions], "answers": answers, "correct": correct}))
     bar.close()
-    rows = [row for _, row in sorted((r for part in all_gather_objects(rows) for r in part), key=lambda r: r[0])]
+    rows = _gather_in_order(rows)
     if out_path is not None and rank == 0:
-        out_path = Path(out_path)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+        _write_rows(out_path, rows)
     m = max(1, len(rows))
     out = {}
     for k in ks:
         out[f"pass@{k}"] = sum(pass_at_k(n, sum(r["correct"]), k) for r in rows) / m
         out[f"maj@{k}"] = sum(majority_correct(r["answers"][:k], r["correct"][:k], key) for r in rows) / m
     return out
+
+
+def _write_rows(path: str | Path, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))

@@ -19,12 +19,6 @@ pytest.importorskip("peft")
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 @pytest.fixture(scope="module")
 def records():
     task = ArithmeticTask(ArithmeticConfig(seed=1, n_train=32, n_test=1, n_heldout=1, teacher_error_rate=0.4))

@@ -19,12 +19,6 @@ from oreo.trainers.oreo import OREOConfig, OREOTrainer, reference_logprobs
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
 
-@pytest.fixture(autouse=True)
-def offline(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("WANDB_MODE", "disabled")
-
-
 @pytest.fixture(scope="module")
 def tiny():
     return load_policy("tiny", tiny=TINY, seed=0)

@@ -16,12 +16,12 @@ chat template, or, with ``prompt_template``, a plain string (``{question}`` is s
 """
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
+from oreo.buffer import json_lines
 from oreo.tasks import grading
 
 GSM8K_SYSTEM = "Please reason step by step, and produce a final answer following 4 '#', like '#### 0'"
@@ -80,15 +80,7 @@ def split_on(text: str, separators: list[str]) -> list[str]:
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise ValueError(f"{path}:{lineno}: invalid JSON: {e}") from None
-    return rows
+    return [obj for _, _, obj in json_lines(path)]
 
 
 class MathTask:
