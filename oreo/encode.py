@@ -66,6 +66,16 @@ class Encoder:
         """Token ids of a prompt as the model sees it when generating (BOS included if the tokenizer adds one)."""
         return self.tokenizer(self.prompt_text(prompt), add_special_tokens=True)["input_ids"]
 
+    def context_ids(self, prompt, steps=(), observations=()) -> list[int]:
+        """Ids of a partial trajectory (prompt, the steps taken, the observations between them) exactly as
+        ``encode`` lays it out, without EOS: what a sampler continues and a value model scores."""
+        ids = list(self.prompt_ids(prompt))
+        for k, step in enumerate(steps):
+            ids += self._ids(step)
+            if k < len(observations):
+                ids += self._ids(observations[k])
+        return ids
+
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 

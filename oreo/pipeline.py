@@ -19,9 +19,10 @@ from oreo.encode import Encoder
 from oreo.evaluate import evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
 from oreo.metrics import MetricsLogger
-from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy
+from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy, resolve_model_path
 from oreo.rollout.collector import collect
 from oreo.rollout.sampler import HFSampler
+from oreo.rollout.vllm_sampler import vllm_available
 from oreo.rollout.selection import balanced_selection
 from oreo.tasks import make_task
 from oreo.trainers.common import TrainConfig
@@ -77,10 +78,7 @@ class Run:
         barrier()
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        self.device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                                   ("cpu" if cfg.device == "auto" else cfg.device))
-        if self.device.type == "cuda" and self.device.index is None:
-            self.device = torch.device("cuda", local_rank())
+        self.device = pick_device(cfg.device)
         self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
@@ -97,11 +95,7 @@ class Run:
         torch.manual_seed(seed)
 
     def load(self, path_or_name: str | Path):
-        m = self.cfg.model
-        model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
-                                       if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
-                                       attn_implementation=m.attn_implementation, seed=int(self.cfg.seed))
-        return model.to(self.device), tokenizer
+        return load_model(self.cfg, path_or_name, self.device)
 
     def train_config(self, stage: str) -> TrainConfig:
         return train_config(self.cfg[stage].train, self.cfg.get("engine"))
@@ -125,10 +119,9 @@ class Run:
             value.backbone = add_lora(value.backbone, lora)
         return policy, value
 
-    def sampler(self, model, tokenizer, section) -> HFSampler:
-        encoder = Encoder(tokenizer, max_len=10**9)
-        return HFSampler(model, tokenizer, encoder, batch_size=int(section.batch_size),
-                         max_new_tokens=int(section.max_new_tokens))
+    def sampler(self, policy_dir: str | Path, section):
+        """A sampler for the policy in ``policy_dir`` (see ``build_sampler``); ``close_sampler`` it when done."""
+        return build_sampler(self.cfg, policy_dir, section, self.device)
 
     def _read_results(self) -> dict:
         path = self.dir / "run.json"
@@ -175,10 +168,11 @@ class Run:
             return self.buffer.stats(rounds=[round])
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
-            model, tokenizer = self.load(policy_dir)
-            info = collect(self.task, self.task.problems("train"), self.sampler(model, tokenizer, c), self.buffer,
+            sampler = self.sampler(policy_dir, c)
+            info = collect(self.task, self.task.problems("train"), sampler, self.buffer,
                            n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed) + 1000 * round,
                            round=round, meta={"policy": str(policy_dir)})
+            close_sampler(sampler)
             self.logger.log("collect", round, info)
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
@@ -240,8 +234,7 @@ class Run:
         todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 else []
         if not todo and not todo_sampled:
             return have
-        model, tokenizer = self.load(policy_dir)
-        sampler = self.sampler(model, tokenizer, self.cfg.evaluate)
+        sampler = self.sampler(policy_dir, self.cfg.evaluate)
         for split in todo:
             r = evaluate_greedy(self.task, self.task.problems(split), sampler,
                                 out_path=self.dir / "eval" / f"{method}-{split}.jsonl", desc=f"evaluate {method}/{split}")
@@ -255,6 +248,7 @@ class Run:
                                  out_path=self.dir / "eval" / f"{method}-{split}-samples.jsonl")
             self.results.setdefault("sampled", {}).setdefault(method, {})[split] = r
             self.logger.log("evaluate", 0, {f"{method}/{split}/{k}": v for k, v in r.items()})
+        close_sampler(sampler)
         self._write_results()
         return have
 
@@ -279,6 +273,52 @@ class Run:
             print(f"results: {self.dir / 'metrics.json'}")
         barrier()
         return self.results
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU if there is one, else the CPU; otherwise the device named."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if name == "auto" else name))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank())
+    return device
+
+
+def load_model(cfg: DictConfig, path_or_name: str | Path, device: torch.device):
+    """``(model, tokenizer)`` of the policy at ``path_or_name`` with the model section's settings."""
+    m = cfg.model
+    model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
+                                   if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
+                                   attn_implementation=m.attn_implementation, seed=int(cfg.seed))
+    return model.to(device), tokenizer
+
+
+def build_sampler(cfg: DictConfig, policy_dir: str | Path, section, device: torch.device):
+    """A sampler for the policy in ``policy_dir``, of the backend ``sampler.backend`` chooses, with
+    ``section``'s batch size and token limit."""
+    backend = str(cfg.get("sampler", {}).get("backend", "hf"))
+    if backend not in ("hf", "vllm", "auto"):
+        raise ValueError(f"sampler.backend must be hf, vllm or auto, got {backend!r}")
+    if backend == "vllm" or (backend == "auto" and vllm_available()):
+        from transformers import AutoTokenizer
+
+        from oreo.rollout.vllm_sampler import VLLMSampler
+
+        path = resolve_model_path(str(policy_dir))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return VLLMSampler(path, tokenizer, Encoder(tokenizer, max_len=10**9),
+                           batch_size=int(section.batch_size), max_new_tokens=int(section.max_new_tokens),
+                           dtype=str(cfg.model.dtype), seed=int(cfg.seed),
+                           gpu_memory_utilization=float(cfg.sampler.gpu_memory_utilization))
+    model, tokenizer = load_model(cfg, policy_dir, device)
+    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=int(section.batch_size),
+                     max_new_tokens=int(section.max_new_tokens))
+
+
+def close_sampler(sampler) -> None:
+    """Free what a sampler holds (a vLLM engine's GPU memory) before the next stage trains."""
+    if hasattr(sampler, "close"):
+        sampler.close()
 
 
 def quiet_library_progress_bars() -> None:

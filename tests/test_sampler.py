@@ -141,3 +141,45 @@ def test_model_generation_defaults_do_not_leak(tiny):
         other = sampler(vendor, tok, max_new_tokens=6).generate(PROMPTS, n=2, temperature=temperature, seed=4)
         assert [[c.text for c in cs] for cs in plain] == [[c.text for c in cs] for cs in other]
     assert vendor.generation_config.repetition_penalty == 5.0  # the model's own config is left alone
+
+
+def test_stop_strings_end_completions_and_stay_in_the_text(tiny):
+    """A completion ends at the first stop string, which stays at the end of its text; its tokens count."""
+    model, tok = tiny
+    newline = tok.convert_tokens_to_ids("\n")
+    m = biased(model, {**no_specials(tok), newline: 3.0})  # newlines are frequent, EOS never comes
+    out = sampler(m, tok, max_new_tokens=30).generate(PROMPTS, n=4, temperature=1.0, seed=2, stop=["\n"])
+    flat = [c for row in out for c in row]
+    stopped = [c for c in flat if c.stop == "\n"]
+    assert stopped and all(c.text.endswith("\n") and c.text.count("\n") == 1 for c in stopped)
+    assert all(c.n_tokens == len(c.text) and not c.finished and not c.truncated for c in stopped)
+    for c in flat:
+        if c.stop is None:  # no newline within the limit: cut, never an answer
+            assert c.truncated and "\n" not in c.text and c.n_tokens == 30
+
+
+def test_stop_string_inside_a_token_cuts_the_text_there():
+    """A stop string that ends inside a multi-character token: the text ends with it, the token counts."""
+    from oreo.rollout.sampler import cut_at_stop
+
+    class Words:  # token i decodes to WORDS[i]
+        WORDS = ["ab", "c.\n\nd", "ef"]
+
+        def decode(self, ids, skip_special_tokens=True):
+            return "".join(self.WORDS[i] for i in ids)
+
+    assert cut_at_stop(Words(), [0, 1, 2], [".\n"]) == ("abc.\n", 2, ".\n")
+    assert cut_at_stop(Words(), [0, 1, 2], ["zz"]) == ("abc.\n\ndef", 3, None)
+    assert cut_at_stop(Words(), [0, 1, 2], ["f", "b"]) == ("ab", 1, "b")  # the earliest wins
+
+
+def test_a_context_is_continued_as_training_encodes_it(tiny):
+    """Continuing (prompt, steps) equals continuing the prompt whose text already holds the steps."""
+    from oreo.rollout.sampler import Context
+
+    model, tok = tiny
+    s = sampler(model, tok, max_new_tokens=6)
+    a = s.generate([Context("1 +2\n", ("1+2=3\n",))], n=2, temperature=1.0, seed=4)
+    b = s.generate(["1 +2\n1+2=3\n"], n=2, temperature=1.0, seed=4)  # char tokens: the same ids
+    assert [c.text for c in a[0]] == [c.text for c in b[0]]
+    assert Encoder(tok).context_ids("1 +2\n", ["1+2=3\n"], ["obs"]) == tok("1 +2\n1+2=3\nobs")["input_ids"]

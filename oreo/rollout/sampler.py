@@ -1,11 +1,13 @@
-"""Samplers: turn prompts into completions. One interface; Hugging Face ``generate`` is the backend here.
+"""Samplers: turn prompts, or partial trajectories, into completions. One interface, two backends:
+Hugging Face ``generate`` (here) and vLLM (``oreo.rollout.vllm_sampler``, an optional extra).
 
-A completion records whether it *finished* (ended with EOS or a stop string) or was cut by the token
-limit: a cut completion is never treated as a final answer with a terminal reward by itself.
+A completion records how it ended: with EOS (``finished``), at one of the caller's stop strings
+(``stop``, the string kept at the end of its text, so splitting stays lossless), or cut by the token
+limit (``truncated``). A truncated completion is never a final answer with a terminal reward.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -13,8 +15,48 @@ import torch
 @dataclass
 class Completion:
     text: str
-    finished: bool
-    n_tokens: int
+    finished: bool      # ended with EOS
+    n_tokens: int       # tokens generated, the EOS or the tokens of the stop string included
+    stop: str | None = None  # the stop string that ended it (kept at the end of ``text``)
+
+    @property
+    def truncated(self) -> bool:
+        return not self.finished and self.stop is None
+
+
+@dataclass(frozen=True)
+class Context:
+    """A partial trajectory to continue: the prompt, the steps taken and the observations after them
+    (agents). A sampler continues it exactly as training encodes it (``Encoder.context_ids``)."""
+    prompt: object
+    steps: tuple = ()
+    observations: tuple = field(default=())
+
+
+def context_ids(encoder, item) -> list[int]:
+    """Token ids of a prompt or a ``Context``."""
+    if isinstance(item, Context):
+        return encoder.context_ids(item.prompt, item.steps, item.observations)
+    return encoder.prompt_ids(item)
+
+
+def cut_at_stop(tokenizer, tokens: list[int], stop: list[str]) -> tuple[str, int, str | None]:
+    """``(text, n_tokens, stop string)`` of generated ``tokens`` (no EOS among them) ended at the earliest
+    stop string, or ``(text, len(tokens), None)`` if none occurs. The text ends with the stop string even
+    when that ends inside a token; ``n_tokens`` counts the tokens up to the one that completed it."""
+    text = tokenizer.decode(tokens, skip_special_tokens=True)
+    hits = [(text.find(s) + len(s), s) for s in stop if s and s in text]
+    if not hits:
+        return text, len(tokens), None
+    end, string = min(hits)
+    lo, hi = 1, len(tokens)  # the shortest prefix whose text reaches ``end``
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if len(tokenizer.decode(tokens[:mid], skip_special_tokens=True)) >= end:
+            hi = mid
+        else:
+            lo = mid + 1
+    return text[:end], lo, string
 
 
 class HFSampler:
@@ -33,7 +75,8 @@ class HFSampler:
         self.max_new_tokens = max_new_tokens
 
     @torch.no_grad()
-    def _generate_batch(self, prompt_ids: list[list[int]], temperature: float, seed: int) -> list[Completion]:
+    def _generate_batch(self, prompt_ids: list[list[int]], temperature: float, seed: int, stop: list[str],
+                        max_new_tokens: int) -> list[Completion]:
         pad = self.tokenizer.pad_token_id
         eos = self.tokenizer.eos_token_id
         length = max(len(p) for p in prompt_ids)
@@ -49,6 +92,8 @@ class HFSampler:
 
         bare = GenerationConfig(pad_token_id=pad, eos_token_id=eos,
                                 bos_token_id=getattr(self.model.generation_config, "bos_token_id", None))
+        if stop:  # transformers stops each row at a stop string (also one that ends inside a token)
+            sampling.update(stop_strings=list(stop), tokenizer=self.tokenizer)
         saved, self.model.generation_config = self.model.generation_config, bare
         # Seed a forked RNG: the samples depend on ``seed`` only, and the caller's RNG stream (e.g. a
         # training loop's) is left as it was.
@@ -57,29 +102,36 @@ class HFSampler:
                 torch.manual_seed(seed)
                 out = self.model.generate(
                     input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
-                    max_new_tokens=self.max_new_tokens, pad_token_id=pad, eos_token_id=eos, **sampling)
+                    max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **sampling)
         finally:
             self.model.generation_config = saved
         completions = []
         for row in out[:, length:].tolist():
-            finished = eos in row
-            tokens = row[: row.index(eos)] if finished else row
-            completions.append(Completion(self.tokenizer.decode(tokens, skip_special_tokens=True), finished,
-                                          len(tokens) + int(finished)))
+            # A row that stopped early is padded; the pad may be the EOS token itself, but a stop string
+            # is found before it, so such a row is never taken for an EOS-finished one.
+            tokens = row[: row.index(eos)] if eos in row else row
+            text, n_tokens, hit = cut_at_stop(self.tokenizer, tokens, stop) if stop else \
+                (self.tokenizer.decode(tokens, skip_special_tokens=True), len(tokens), None)
+            finished = hit is None and eos in row
+            completions.append(Completion(text, finished, n_tokens + int(finished), hit))
         return completions
 
-    def generate(self, prompts: list, *, n: int = 1, temperature: float = 1.0, seed: int = 0,
-                 progress=None) -> list[list[Completion]]:
-        """``n`` completions for each prompt, in prompt order; deterministic given ``seed``."""
+    def generate(self, prompts: list, *, n: int = 1, temperature: float = 1.0, seed: int = 0, progress=None,
+                 stop: list[str] | None = None, max_new_tokens: int | None = None) -> list[list[Completion]]:
+        """``n`` completions for each prompt (or ``Context``), in order; deterministic given ``seed``.
+        ``stop``: strings that end a completion; ``max_new_tokens`` overrides the sampler's limit."""
         was_training = self.model.training
         self.model.eval()
-        ids = [self.encoder.prompt_ids(p) for p in prompts]
+        stop = list(stop or [])
+        limit = int(max_new_tokens or self.max_new_tokens)
+        ids = [context_ids(self.encoder, p) for p in prompts]
         flat = [(i, ids[i]) for i in range(len(prompts)) for _ in range(n)]
         results: list[list[Completion]] = [[] for _ in prompts]
         try:
             for start in range(0, len(flat), self.batch_size):
                 chunk = flat[start:start + self.batch_size]
-                outs = self._generate_batch([p for _, p in chunk], temperature, seed * 1_000_003 + start)
+                outs = self._generate_batch([p for _, p in chunk], temperature, seed * 1_000_003 + start, stop,
+                                            limit)
                 for (i, _), c in zip(chunk, outs):
                     results[i].append(c)
                 if progress is not None:
