@@ -1,18 +1,28 @@
 """Evaluation: greedy accuracy on a split, with a per-problem jsonl (prompt, response, answer, gold,
-correct); and from n samples per problem, pass@k (unbiased estimator) and maj@k (majority vote).
+correct); from n samples per problem, pass@k (unbiased estimator) and maj@k (majority vote); and any
+test-time search strategy (oreo.search) with the tokens it spent.
 
 Under ``torchrun`` the problems are shared out between ranks in blocks of the sampler's batch size
 (the batches a single process would make), the rows are gathered, and rank 0 writes the file.
+
+``python -m oreo.evaluate checkpoint=DIR search=beam search.width=5 [+experiment=NAME]`` evaluates a
+saved policy (and value) with a search strategy on ``evaluate.splits`` and writes
+``RUN_DIR/search/TAG/{metrics.json, SPLIT.jsonl}``; an interrupted evaluation resumes by block.
 """
 from __future__ import annotations
 
 import json
-from collections import Counter
+import os
+import time
 from math import comb
 from pathlib import Path
 
-from oreo.distributed import all_gather_objects, rank_world
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from oreo.distributed import all_gather_objects, barrier, rank_world
 from oreo.progress import progress
+from oreo.search.strategies import majority_index
 
 
 def _my_blocks(n_items: int, block: int) -> list[tuple[int, list[int]]]:
@@ -62,13 +72,8 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 def majority_correct(answers: list, correct: list[bool], key=str) -> bool:
     """Whether the most frequent answer (by ``key``; ties to the earliest; no answer never wins) is correct."""
-    keys = [None if a is None else key(a) for a in answers]
-    counts = Counter(k for k in keys if k is not None)
-    if not counts:
-        return False
-    best = max(counts.values())
-    winner = next(k for k in keys if k is not None and counts[k] == best)
-    return correct[keys.index(winner)]
+    pick = majority_index([None if a is None else key(a) for a in answers])
+    return pick is not None and correct[pick]
 
 
 def evaluate_sampled(task, problems, sampler, *, n: int, temperature: float, ks: list[int], seed: int = 0,
@@ -104,7 +109,150 @@ def evaluate_sampled(task, problems, sampler, *, n: int, temperature: float, ks:
     return out
 
 
+def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int = 0, desc: str = "search",
+                    fingerprint: dict | None = None) -> dict:
+    """Accuracy of ``searcher``'s choices on ``problems``, with generated tokens per problem and wall time.
+
+    Problems go in blocks of ``searcher.cfg.problems_per_batch`` (seeded by block number, so results do
+    not depend on resuming or on the number of ranks). Each finished block is appended to
+    ``OUT.partial[.rankR].jsonl`` with ``fingerprint`` (what must match to reuse it: the settings and the
+    checkpoint); a rerun skips the matching blocks found there. At the end the rows (problem,
+    response, answer, gold, correct, value, tokens, samples) go to ``out_path`` and the partials are removed.
+    """
+    out_path = Path(out_path)
+    rank, _ = rank_world()
+    partials = sorted(out_path.parent.glob(f"{out_path.stem}.partial*.jsonl"))
+    done = {}
+    for path in partials:  # a line cut by a kill is ignored: its block is redone
+        for line in path.read_text().splitlines():
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if item.get("fingerprint") == fingerprint:
+                done[item["block"]] = item
+    mine = _my_blocks(len(problems), searcher.cfg.problems_per_batch)
+    todo = [(b, block) for b, block in mine if b not in done]
+    bar = progress(total=sum(len(b) for _, b in todo), desc=desc, unit="problem", leave=False, disable=rank != 0)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = out_path.with_name(f"{out_path.stem}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl")
+    with partial.open("a") as out:
+        if partial.stat().st_size and not partial.read_bytes().endswith(b"\n"):
+            out.write("\n")
+        for b, block in todo:
+            start = time.perf_counter()
+            choices = searcher.solve([problems[i] for i in block], seed=seed * 7919 + b)
+            rows = []
+            for i, choice in zip(block, choices):
+                problem = problems[i]
+                answer, correct = task.grade(problem, choice.response) if choice.response is not None else (None, False)
+                rows.append((i, {"problem_id": problem.id, "prompt": problem.prompt, "response": choice.response,
+                                 "answer": answer, "gold": problem.answer, "correct": bool(correct),
+                                 "value": choice.value, "tokens": choice.tokens, "samples": choice.samples}))
+            item = {"block": b, "rows": rows, "wall_s": time.perf_counter() - start, "fingerprint": fingerprint}
+            out.write(json.dumps(item, default=str) + "\n")
+            out.flush()
+            done[b] = item
+            bar.update(len(block))
+    bar.close()
+    mine_done = [done[b] for b, _ in mine]
+    rows = _gather_in_order([tuple(r) for item in mine_done for r in item["rows"]])
+    wall = sum(all_gather_objects(sum(item["wall_s"] for item in mine_done)))
+    if rank == 0:
+        _write_rows(out_path, rows)
+    barrier()
+    if rank == 0:
+        for path in out_path.parent.glob(f"{out_path.stem}.partial*.jsonl"):
+            path.unlink()
+    n = max(1, len(rows))
+    tokens = sum(r["tokens"] for r in rows)
+    values = [r["value"] for r in rows if r["value"] is not None]
+    return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows), "mean_tokens": tokens / n,
+            "mean_samples": sum(r["samples"] for r in rows) / n, "answered": sum(r["response"] is not None for r in rows) / n,
+            "mean_value": sum(values) / len(values) if values else None,
+            "wall_s": wall, "tokens_per_s": tokens / max(wall, 1e-9)}
+
+
+CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+
+
+def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
+    """``(policy folder, value folder or None)`` of a checkpoint: an OREO output (``policy/`` and
+    ``value/`` inside) or a policy folder alone."""
+    path = Path(path)
+    if (path / "policy").is_dir():
+        return path / "policy", (path / "value" if (path / "value").is_dir() else None)
+    if (path / "config.json").exists():
+        return path, None
+    raise FileNotFoundError(f"checkpoint {path}: expected an OREO checkpoint (policy/ and value/ inside, e.g. "
+                            f"RUN_DIR/checkpoints/oreo) or a Hugging Face policy folder")
+
+
+def search_run(cfg: DictConfig) -> dict:
+    """Evaluate ``cfg.checkpoint`` with ``cfg.search`` on ``cfg.evaluate.splits``; returns split → metrics."""
+    from oreo.encode import Encoder
+    from oreo.pipeline import build_sampler, close_sampler, pick_device, quiet_library_progress_bars
+    from oreo.search.strategies import NEEDS_VALUE, SearchConfig, Searcher
+    from oreo.search.value import ValueScorer, load_value_model
+    from oreo.tasks import make_task
+
+    quiet_library_progress_bars()
+    search_cfg = OmegaConf.to_container(cfg.search, resolve=True)
+    try:
+        search = SearchConfig(**search_cfg)
+    except TypeError as e:
+        raise ValueError(f"search config: {e}; known keys: {list(SearchConfig.__dataclass_fields__)}") from None
+    device = pick_device(cfg.device)
+    policy_dir, value_dir = resolve_checkpoint(cfg.checkpoint or Path(cfg.run_dir) / "checkpoints" / "oreo")
+    task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+    sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
+    scorer = None
+    if value_dir is not None:
+        value = load_value_model(value_dir, dtype=cfg.model.dtype, policy=getattr(sampler, "model", None))
+        scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
+                             batch_size=search.value_batch_size)
+    elif search.strategy in NEEDS_VALUE:
+        raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/")
+    searcher = Searcher(search, task, sampler, scorer)
+    out_dir = Path(cfg.run_dir) / "search" / search.tag
+    metrics_path = out_dir / "metrics.json"
+    # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
+    fingerprint = {"search": search_cfg, "policy": str(policy_dir), "value": str(value_dir), "seed": int(cfg.seed),
+                   "max_new_tokens": int(cfg.evaluate.max_new_tokens)}
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and cfg.resume else {}
+    if metrics.get("fingerprint") != fingerprint:
+        metrics = {}
+    for split in cfg.evaluate.splits:
+        if split in metrics:
+            continue
+        metrics[split] = evaluate_search(task, task.problems(split), searcher, out_path=out_dir / f"{split}.jsonl",
+                                         seed=int(cfg.seed), desc=f"{search.tag}/{split}", fingerprint=fingerprint)
+        metrics["fingerprint"] = fingerprint
+        if rank_world()[0] == 0:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            tmp = metrics_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(metrics, indent=2))
+            os.replace(tmp, metrics_path)
+    close_sampler(sampler)
+    if rank_world()[0] == 0:
+        for split in cfg.evaluate.splits:
+            m = metrics[split]
+            print(f"{search.tag:<18} {split:<8} accuracy {100 * m['accuracy']:5.1f}%  "
+                  f"tokens/problem {m['mean_tokens']:8.1f}  wall {m['wall_s']:7.1f}s")
+        print(f"results: {metrics_path}")
+    return {s: metrics[s] for s in cfg.evaluate.splits}
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    search_run(cfg)
+
+
 def _write_rows(path: str | Path, rows: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -51,3 +51,12 @@ def test_bad_values_name_the_key():
         cfg = compose(config_name="config", overrides=["oreo.policy_loss=dpo"])
     with pytest.raises(ValueError, match="policy_loss"):
         oreo_config(cfg.oreo)
+
+
+@pytest.mark.parametrize("search", sorted(p.stem for p in (CONF / "search").glob("*.yaml")))
+def test_search_configs_build(search):
+    from oreo.search.strategies import SearchConfig
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"search={search}"])
+    assert SearchConfig(**OmegaConf.to_container(cfg.search)).strategy == search

@@ -58,6 +58,24 @@ def test_rerun_resumes_without_retraining(demo_run):
     assert after == before  # nothing trained, collected or evaluated again
 
 
+def test_evaluate_entry_point_searches_with_the_oreo_checkpoint(demo_run, tmp_path):
+    run_dir, _ = demo_run
+    args = [f"checkpoint={run_dir}/checkpoints/oreo", f"run_dir={tmp_path}", "evaluate.splits=[test]", *TRIM]
+    proc = run("oreo.evaluate", *args, "search=beam", "search.width=2", "search.max_steps=4")
+    metrics = json.loads((tmp_path / "search/beam-w2/metrics.json").read_text())
+    rows = [json.loads(x) for x in (tmp_path / "search/beam-w2/test.jsonl").read_text().splitlines()]
+    assert metrics["test"]["n"] == len(rows) > 0 and metrics["test"]["mean_tokens"] > 0
+    assert metrics["test"]["accuracy"] == sum(r["correct"] for r in rows) / len(rows)
+    assert all(r["tokens"] > 0 and (r["response"] is None) == (r["value"] is None) for r in rows)
+    assert "beam-w2" in proc.stdout and "accuracy" in proc.stdout
+    run("oreo.evaluate", *args, "search=majority", "search.n=3")
+    assert json.loads((tmp_path / "search/majority-n3/metrics.json").read_text())["test"]["mean_samples"] == 3
+    # a policy folder without value/ cannot run a value-guided strategy
+    bad = run("oreo.evaluate", f"checkpoint={run_dir}/checkpoints/sft", f"run_dir={tmp_path}", "search=best_of_n",
+              *TRIM, check=False)
+    assert bad.returncode != 0 and "needs a value model" in bad.stderr
+
+
 def test_unknown_config_key_fails_clearly(tmp_path):
     proc = run("oreo.train", f"run_dir={tmp_path}", "oreo.betta=0.1", check=False)
     assert proc.returncode != 0

@@ -1,5 +1,5 @@
 """Problem sources with graders. A task has ``name``, ``problems(split)``, ``grade(problem, text)``,
-``split_steps(text)`` and ``sft_records(seed, n_per_problem)``."""
+``split_steps(text)``, ``step_stops`` (the strings that end a step) and ``sft_records(seed, n_per_problem)``."""
 from __future__ import annotations
 
 

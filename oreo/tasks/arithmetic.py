@@ -383,6 +383,11 @@ class ArithmeticTask:
         """See :func:`split_steps`."""
         return split_steps(response)
 
+    @property
+    def step_stops(self) -> list[str]:
+        """The strings that end a step (a search generates one step at a time up to one of them)."""
+        return ["\n"]
+
     def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
         """The teacher's solutions as trajectory records (reward: whether the teacher got it right)."""
         records = []

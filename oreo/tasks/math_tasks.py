@@ -157,6 +157,11 @@ class MathTask:
     def split_steps(self, response: str) -> list[str]:
         return split_on(response, self.separators)
 
+    @property
+    def step_stops(self) -> list[str]:
+        """The strings that end a step: the step separators."""
+        return list(self.separators)
+
     def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
         """The dataset's own solutions of the train split as trajectories (reward 1)."""
         records = []

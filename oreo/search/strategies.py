@@ -1,0 +1,201 @@
+"""Test-time strategies behind one interface: ``Searcher(cfg, task, sampler, scorer).solve(problems, seed)``
+returns one ``Choice`` per problem (the chosen response, its value, the tokens spent on it).
+
+- ``greedy``: one greedy completion.
+- ``majority``: N samples, the most frequent answer (spec §4.3's equivalence key of the task).
+- ``best_of_n``: N samples, the finished one of highest value.
+- ``weighted_vote``: N samples, the answer whose samples' values sum highest (ReST-MCTS*'s
+  value-weighted vote); its highest-valued sample is the response.
+- ``beam``: step-level beam search (spec §6.2). B beams; every beam state gets B sampled next steps;
+  finished candidates join an answer pool; the B highest-valued unfinished candidates form the next
+  beam; at most S steps; the answer is the highest-valued finished candidate.
+
+A completion cut by a token limit is never an answer, in every strategy. All candidates of one step
+(over every problem of the call) are generated in one ``generate`` call and scored in one scorer
+call. ``best_of_k_actions`` is the per-turn choice for agents (spec §6.3).
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from oreo.rollout.sampler import Context
+
+STRATEGIES = ("greedy", "majority", "best_of_n", "weighted_vote", "beam")
+NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam")
+
+
+@dataclass
+class SearchConfig:
+    strategy: str = "greedy"     # one of STRATEGIES
+    n: int = 8                   # majority, best_of_n, weighted_vote: samples per problem
+    width: int = 3               # beam: B beams, B samples per beam state per step
+    max_steps: int = 20          # beam: S, steps before the unfinished candidates are dropped
+    step_max_tokens: int = 64    # beam: token limit of one step
+    temperature: float = 1.0     # sampling temperature (every strategy but greedy)
+    dedupe: bool = True          # beam: identical candidates take one place (the reference keeps copies)
+    problems_per_batch: int = 64  # problems searched together (a block; the unit of resume)
+    value_batch_size: int = 64   # sequences per value forward
+
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"search.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if min(self.n, self.width, self.max_steps, self.step_max_tokens, self.problems_per_batch) < 1:
+            raise ValueError("search.n, width, max_steps, step_max_tokens and problems_per_batch must be >= 1")
+
+    @property
+    def tag(self) -> str:
+        """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``."""
+        if self.strategy == "greedy":
+            return "greedy"
+        return f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
+
+
+@dataclass
+class Choice:
+    response: str | None     # None: no finished candidate, counted wrong
+    value: float | None      # V of the chosen response (None without a value model)
+    tokens: int              # tokens generated for this problem, every candidate included
+    samples: int             # completions generated for this problem
+
+
+# ------------------------------------------------------------------ selection rules (pure)
+def majority_index(keys: list) -> int | None:
+    """Index of the first item whose key is the most frequent (ties to the earliest; None never wins)."""
+    counts: dict = defaultdict(int)
+    for k in keys:
+        if k is not None:
+            counts[k] += 1
+    if not counts:
+        return None
+    best = max(counts.values())
+    return next(i for i, k in enumerate(keys) if k is not None and counts[k] == best)
+
+
+def best_value_index(values: list[float], eligible: list[bool]) -> int | None:
+    """Index of the highest value among the eligible items (ties to the earliest)."""
+    best = None
+    for i, (v, ok) in enumerate(zip(values, eligible)):
+        if ok and (best is None or v > values[best]):
+            best = i
+    return best
+
+
+def weighted_vote_index(keys: list, values: list[float]) -> int | None:
+    """The key whose items' values sum highest (ties to the key seen first), and of its items the
+    highest-valued one; items with key None do not vote."""
+    totals: dict = {}
+    for k, v in zip(keys, values):
+        if k is not None:
+            totals[k] = totals.get(k, 0.0) + v
+    if not totals:
+        return None
+    winner = max(totals, key=lambda k: totals[k])  # dicts keep first-seen order: ties go to the earliest
+    return best_value_index(values, [k == winner for k in keys])
+
+
+# ------------------------------------------------------------------ strategies
+class Searcher:
+    def __init__(self, cfg: SearchConfig, task, sampler, scorer=None):
+        if cfg.strategy in NEEDS_VALUE and scorer is None:
+            raise ValueError(f"search.strategy={cfg.strategy} needs a value model: give a checkpoint with value/ "
+                             f"(an OREO run's checkpoints/oreo)")
+        self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
+
+    def solve(self, problems: list, seed: int = 0) -> list[Choice]:
+        if self.cfg.strategy == "beam":
+            return self.beam(problems, seed)
+        if self.cfg.strategy == "greedy":
+            outs = self.sampler.generate([p.prompt for p in problems], n=1, temperature=0.0, seed=seed)
+        else:
+            outs = self.sampler.generate([p.prompt for p in problems], n=self.cfg.n,
+                                         temperature=self.cfg.temperature, seed=seed)
+        return [self.choose(p, completions) for p, completions in zip(problems, outs)]
+
+    def _key(self, problem, completion):
+        """The answer a finished completion gives, as the vote groups it; None if cut or no answer."""
+        if not completion.finished:
+            return None
+        answer, _ = self.task.grade(problem, completion.text)
+        return None if answer is None else getattr(self.task, "answer_key", str)(answer)
+
+    def values(self, problem, completions) -> list[float] | None:
+        """V of each whole completion (split into steps as training split it), or None without a value model."""
+        if self.scorer is None:
+            return None
+        return self.scorer([Context(problem.prompt, tuple(self.task.split_steps(c.text))) for c in completions])
+
+    def choose(self, problem, completions, values: list[float] | None = None) -> Choice:
+        """Apply the strategy's rule to one problem's samples (``values``: their V, if already computed)."""
+        finished = [c.finished for c in completions]
+        values = self.values(problem, completions) if values is None else values
+        strategy = self.cfg.strategy
+        if strategy in ("greedy", "best_of_n"):
+            pick = best_value_index(values, finished) if strategy == "best_of_n" else (0 if finished[0] else None)
+        elif strategy == "majority":
+            pick = majority_index([self._key(problem, c) for c in completions])
+        else:
+            pick = weighted_vote_index([self._key(problem, c) for c in completions], values)
+        return Choice(None if pick is None else completions[pick].text,
+                      None if pick is None or values is None else values[pick],
+                      sum(c.n_tokens for c in completions), len(completions))
+
+    def beam(self, problems: list, seed: int) -> list[Choice]:
+        """Step-level beam search (module docstring) over all ``problems`` at once."""
+        B, budget = self.cfg.width, self.sampler.max_new_tokens
+        beams = [[((), 0)] for _ in problems]  # per problem: (steps taken, tokens in them)
+        pools: list[list[tuple[str, float]]] = [[] for _ in problems]
+        tokens, samples = [0] * len(problems), [0] * len(problems)
+        for step in range(self.cfg.max_steps):
+            states = [(p, steps, used) for p, beam in enumerate(beams) for steps, used in beam]
+            if not states:
+                break
+            outs = self.sampler.generate([Context(problems[p].prompt, steps) for p, steps, _ in states], n=B,
+                                         temperature=self.cfg.temperature, seed=seed * 1009 + step,
+                                         stop=self.task.step_stops, max_new_tokens=self.cfg.step_max_tokens)
+            candidates, seen = [], set()  # (problem, steps, tokens used, finished)
+            for (p, steps, used), completions in zip(states, outs):
+                for c in completions:
+                    tokens[p] += c.n_tokens
+                    samples[p] += 1
+                    if c.truncated or used + c.n_tokens > budget:
+                        continue  # cut by a limit: never an answer, never continued
+                    key = (p, steps + (c.text,), c.finished)
+                    if self.cfg.dedupe and key in seen:
+                        continue
+                    seen.add(key)
+                    candidates.append((p, steps + (c.text,), used + c.n_tokens, c.finished))
+            values = self.scorer([Context(problems[p].prompt, steps) for p, steps, _, _ in candidates])
+            unfinished: list[list] = [[] for _ in problems]
+            for (p, steps, used, done), v in zip(candidates, values):
+                if done:
+                    pools[p].append(("".join(steps), v))
+                else:
+                    unfinished[p].append((v, steps, used))
+            beams = [[(steps, used) for _, steps, used in sorted(u, key=lambda x: -x[0])[:B]] for u in unfinished]
+        choices = []
+        for p, pool in enumerate(pools):
+            pick = best_value_index([v for _, v in pool], [True] * len(pool))
+            choices.append(Choice(None if pick is None else pool[pick][0], None if pick is None else pool[pick][1],
+                                  tokens[p], samples[p]))
+        return choices
+
+
+def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, temperature: float = 1.0, seed: int = 0,
+                      stop: list[str] | None = None) -> list[Choice]:
+    """The next action for each agent context (spec §6.3): ``k`` sampled actions, the one of highest value
+    executed; ``k == 1`` is the greedy action. A cut action is chosen only when every sample was cut."""
+    if k == 1:
+        outs = sampler.generate(contexts, n=1, temperature=0.0, seed=seed, stop=stop)
+        return [Choice(c.text, None, c.n_tokens, 1) for (c,) in outs]
+    outs = sampler.generate(contexts, n=k, temperature=temperature, seed=seed, stop=stop)
+    flat = [Context(ctx.prompt, tuple(ctx.steps) + (c.text,), ctx.observations) for ctx, cs in zip(contexts, outs)
+            for c in cs]
+    values = scorer(flat)
+    choices = []
+    for i, completions in enumerate(outs):
+        vs = values[i * k:(i + 1) * k]
+        whole = [not c.truncated for c in completions]
+        pick = best_value_index(vs, whole if any(whole) else [True] * k)
+        choices.append(Choice(completions[pick].text, vs[pick], sum(c.n_tokens for c in completions), k))
+    return choices

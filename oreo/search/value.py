@@ -1,0 +1,81 @@
+"""Value scoring of partial trajectories for test-time search.
+
+The value of a candidate is V at the **last token of its text**, with no EOS appended: V(x_≤t) for the
+prefix the candidate has written. That is a state the value loss trained:
+- an unfinished candidate ends with a step separator, so its last token is the state just before the
+  next step's first token (a trained state at token and at step granularity);
+- a finished candidate (its EOS not in the text) is read at the state just before its EOS, the last
+  state of the trajectory (trained at token granularity, where V ≈ the expected reward there).
+The reference instead reads V one position earlier (``values[:, -1]`` of a critic that drops the last
+position), which for an unfinished candidate is the state *before* its separator.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states
+from oreo.rollout.sampler import Context, context_ids
+
+
+class SharedBackboneValue(nn.Module):
+    """The value of a ``shared_backbone`` OREO run: its head over the policy's own hidden states."""
+
+    def __init__(self, policy: nn.Module, head: ValueHead):
+        super().__init__()
+        self.policy, self.head = policy, head
+
+    def forward(self, input_ids, attention_mask):
+        return self.head.values_from_hidden(hidden_states(self.policy, input_ids, attention_mask))
+
+
+def load_value_model(path: str | Path, *, dtype: str = "float32", policy: nn.Module | None = None) -> nn.Module:
+    """The value model OREO saved at ``path`` (``checkpoints/oreo/value``): a backbone with its head, or,
+    for a shared-backbone run (a head alone), that head over ``policy``."""
+    path = Path(path)
+    if not (path / VALUE_HEAD_FILE).exists():
+        raise FileNotFoundError(f"{path}: no {VALUE_HEAD_FILE}; a value model is the value/ folder that OREO writes "
+                                f"next to policy/ (checkpoints/oreo/value)")
+    if (path / "config.json").exists():
+        return ValueModel.from_pretrained(path, dtype=dtype)
+    if policy is None:
+        raise ValueError(f"{path} holds a shared-backbone value head: it needs the policy it was trained with")
+    state = load_file(str(path / VALUE_HEAD_FILE))
+    head = ValueHead(state["weight"].shape[1])
+    head.head.load_state_dict(state)
+    return SharedBackboneValue(policy, head.to(next(policy.parameters()).device))
+
+
+class ValueScorer:
+    """Batched V of prompts or ``Context``s, read at each one's last token (see the module docstring)."""
+
+    def __init__(self, value_model: nn.Module, encoder, *, batch_size: int = 64):
+        self.model, self.encoder, self.batch_size = value_model, encoder, batch_size
+        self.tokens_scored = 0
+
+    @torch.no_grad()
+    def __call__(self, items: list[Context]) -> list[float]:
+        ids = [context_ids(self.encoder, item) for item in items]
+        device = next(self.model.parameters()).device
+        pad = self.encoder.tokenizer.pad_token_id
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))  # similar lengths share a batch: less padding
+        values = [0.0] * len(ids)
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                length = max(len(ids[i]) for i in chunk)
+                input_ids = torch.tensor([ids[i] + [pad] * (length - len(ids[i])) for i in chunk], device=device)
+                mask = torch.tensor([[1] * len(ids[i]) + [0] * (length - len(ids[i])) for i in chunk], device=device)
+                v = self.model(input_ids, mask)
+                last = mask.sum(-1) - 1
+                for i, x in zip(chunk, v[torch.arange(len(chunk), device=device), last].float().tolist()):
+                    values[i] = x
+                self.tokens_scored += int(mask.sum())
+        finally:
+            self.model.train(was_training)
+        return values
