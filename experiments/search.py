@@ -1,0 +1,182 @@
+"""Accuracy against generated tokens per problem for the test-time strategies, with the OREO policy and
+value of a finished run (default: ``make demo``'s runs/demo).
+
+    python experiments/search.py --run-dir runs/demo --split test
+
+Sampling strategies (majority, best-of-N by value, value-weighted vote) are read off one set of
+``max(ns)`` samples per problem: the strategy at N uses the first N, and its tokens are those N
+samples' tokens. Beam search runs once per width. ``--oracle`` adds beam search guided by an exact
+value (1 while every step so far is right, else 0) to show what the search gains with a value that
+knows the arithmetic. Also reported: how well the learned value tells right from wrong finished
+samples (ROC AUC). Writes a markdown table and a PNG plot.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from oreo.encode import Encoder
+from oreo.pipeline import build_sampler, pick_device
+from oreo.progress import progress
+from oreo.search.strategies import SearchConfig, Searcher
+from oreo.search.value import ValueScorer, load_value_model
+from oreo.tasks import make_task
+from oreo.tasks.arithmetic import ANSWER_PREFIX, apply_op, parse_prompt, parse_step
+
+
+def oracle_value(prompt: str, steps) -> float:
+    """1.0 while every step so far applies the next operation right (and a final answer is the true
+    one), else 0.0: the value a perfect critic of the embedded task would give."""
+    value, ops = parse_prompt(prompt)
+    for k, step in enumerate(steps):
+        if step.startswith(ANSWER_PREFIX):
+            return float(k == len(ops) and step[len(ANSWER_PREFIX):].strip() == str(value))
+        parsed = parse_step(step)
+        if parsed is None or k >= len(ops) or parsed != (value, ops[k][0], ops[k][1], apply_op(value, *ops[k])):
+            return 0.0
+        value = parsed[3]
+    return 1.0
+
+
+def roc_auc(values: list[float], labels: list[bool]) -> float | None:
+    """P(value of a random right sample > value of a random wrong one), ties counting half."""
+    pos = [v for v, y in zip(values, labels) if y]
+    neg = [v for v, y in zip(values, labels) if not y]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--run-dir", default="runs/demo")
+    ap.add_argument("--split", default="test")
+    ap.add_argument("--limit", type=int, default=None, help="first N problems of the split")
+    ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
+    ap.add_argument("--widths", type=int, nargs="+", default=[3, 5, 7])
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--oracle", action="store_true", help="also beam search with an exact value (arithmetic)")
+    ap.add_argument("--block", type=int, default=64, help="problems per batch")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="experiments/results/search.md")
+    args = ap.parse_args()
+
+    run_dir = Path(args.run_dir)
+    ckpt = run_dir / "checkpoints" / "oreo"
+    if not (ckpt / "value").is_dir():
+        raise SystemExit(f"{ckpt}/value not found: run `make demo` (or pass --run-dir of a finished OREO run)")
+    cfg = OmegaConf.load(run_dir / "config.yaml")
+    device = pick_device("auto")
+    task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+    problems = task.problems(args.split)[:args.limit]
+    sampler = build_sampler(cfg, ckpt / "policy", cfg.evaluate, device)
+    value_model = load_value_model(ckpt / "value", dtype=cfg.model.dtype).to(device)
+    scorer = ValueScorer(value_model, Encoder(sampler.tokenizer, max_len=10**9))
+    blocks = [problems[i:i + args.block] for i in range(0, len(problems), args.block)]
+    rows = []  # (strategy, parameter, accuracy, tokens per problem, wall seconds)
+
+    def run(name, param, searcher) -> None:
+        start, right, tokens = time.perf_counter(), 0, 0
+        for b, block in enumerate(progress(iterable=blocks, desc=f"{name} {param}", leave=False)):
+            for p, choice in zip(block, searcher.solve(block, seed=args.seed * 7919 + b)):
+                right += choice.response is not None and task.grade(p, choice.response)[1]
+                tokens += choice.tokens
+        rows.append((name, param, right / len(problems), tokens / len(problems), time.perf_counter() - start))
+        print(f"{name:<14} {param:>4}  accuracy {100 * rows[-1][2]:5.1f}%  tokens/problem {rows[-1][3]:7.1f}",
+              flush=True)
+
+    run("greedy", "", Searcher(SearchConfig("greedy"), task, sampler))
+
+    # sampling strategies: one set of samples, read at every N
+    n_max = max(args.ns)
+    searchers = {s: Searcher(SearchConfig(s, n=n_max, temperature=args.temperature), task, sampler, scorer)
+                 for s in ("majority", "best_of_n", "weighted_vote")}
+    tally = {(s, n): [0, 0] for s in searchers for n in args.ns}
+    sample_values, sample_right = [], []
+    start = time.perf_counter()
+    for b, block in enumerate(progress(iterable=blocks, desc=f"{n_max} samples", leave=False)):
+        outs = sampler.generate([p.prompt for p in block], n=n_max, temperature=args.temperature,
+                                seed=args.seed * 7919 + b)
+        for p, completions in zip(block, outs):
+            values = searchers["best_of_n"].values(p, completions)
+            for c, v in zip(completions, values):
+                if c.finished:
+                    sample_values.append(v)
+                    sample_right.append(task.grade(p, c.text)[1])
+            for s, searcher in searchers.items():
+                for n in args.ns:
+                    choice = searcher.choose(p, completions[:n], values[:n])
+                    tally[s, n][0] += choice.response is not None and task.grade(p, choice.response)[1]
+                    tally[s, n][1] += choice.tokens
+    sampling_wall = time.perf_counter() - start
+    for (s, n), (right, tokens) in tally.items():
+        rows.append((s, n, right / len(problems), tokens / len(problems), sampling_wall))
+
+    for width in args.widths:
+        run("beam", width, Searcher(SearchConfig("beam", width=width, temperature=args.temperature), task, sampler,
+                                    scorer))
+    if args.oracle:
+        def oracle(contexts):
+            return [oracle_value(c.prompt, c.steps) for c in contexts]
+
+        for width in args.widths:
+            run("beam (oracle)", width, Searcher(SearchConfig("beam", width=width, temperature=args.temperature),
+                                                 task, sampler, oracle))
+
+    auc = roc_auc(sample_values, sample_right)
+    right_v = [v for v, y in zip(sample_values, sample_right) if y]
+    wrong_v = [v for v, y in zip(sample_values, sample_right) if not y]
+    report(args, rows, auc, right_v, wrong_v, len(problems))
+
+
+def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
+    lines = [f"# Test-time search on the embedded task ({args.split}, {n_problems} problems)", "",
+             f"`python experiments/search.py {' '.join(_argv())}`", "",
+             f"Run: `{args.run_dir}`; sampling temperature {args.temperature}; seed {args.seed}.", "",
+             "| strategy | N or B | accuracy | generated tokens / problem |", "|---|---|---|---|"]
+    for name, param, acc, tokens, _ in rows:
+        lines.append(f"| {name} | {param} | {100 * acc:.1f}% | {tokens:.1f} |")
+    lines += ["", f"Learned value on finished samples: ROC AUC right vs wrong "
+              f"{'n/a' if auc is None else f'{auc:.3f}'}; mean V of right samples {mean(right_v):.3f} "
+              f"({len(right_v)}), of wrong ones {mean(wrong_v):.3f} ({len(wrong_v)})."]
+    out.write_text("\n".join(lines) + "\n")
+    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "auc": auc}, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for name in dict.fromkeys(r[0] for r in rows):
+        pts = sorted((r[3], 100 * r[2], r[1]) for r in rows if r[0] == name)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", label=name, markersize=6)
+        if name.startswith("beam"):
+            for x, y, b in pts:
+                ax.annotate(f"B={b}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("generated tokens per problem")
+    ax.set_ylabel(f"accuracy on {args.split} (%)")
+    ax.set_title("Test-time strategies, OREO policy and value (embedded task)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+    print(f"wrote {out}, {out.with_suffix('.png')}")
+
+
+def _argv() -> list[str]:
+    import sys
+
+    return sys.argv[1:]
+
+
+if __name__ == "__main__":
+    main()
