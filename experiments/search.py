@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     lines = [f"# Test-time search on the embedded task ({args.split}, {n_problems} problems)", "",
-             f"`python experiments/search.py {' '.join(_argv())}`", "",
+             f"`python experiments/search.py {' '.join(sys.argv[1:])}`", "",
              f"Run: `{args.run_dir}`; sampling temperature {args.temperature}; seed {args.seed}.", "",
              "| strategy | N or B | accuracy | generated tokens / problem |", "|---|---|---|---|"]
     for name, param, acc, tokens, _ in rows:
@@ -170,12 +171,6 @@ def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
     fig.tight_layout()
     fig.savefig(out.with_suffix(".png"), dpi=120)
     print(f"wrote {out}, {out.with_suffix('.png')}")
-
-
-def _argv() -> list[str]:
-    import sys
-
-    return sys.argv[1:]
 
 
 if __name__ == "__main__":

@@ -9,15 +9,47 @@ stage replays the same micro-batches (the data order is a function of the seed a
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
 import signal
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
+
+
+# ---------------------------------------------------------------- append-only progress files
+# Collection and search evaluation append one JSON line per finished unit of work and flush it, so a
+# kill leaves whole lines and at most one cut line, which is skipped (its unit is redone).
+@contextmanager
+def append_lines(path: Path):
+    """``path`` opened for appending; a line cut by a kill is ended first, so the next one is whole."""
+    path = Path(path)
+    with path.open("a") as out:
+        if path.stat().st_size:
+            with path.open("rb") as f:
+                f.seek(-1, 2)
+                if f.read(1) != b"\n":
+                    out.write("\n")
+        yield out
+
+
+def whole_lines(path: Path) -> list:
+    """The JSON objects of ``path``'s lines, skipping a line cut by a kill; ``[]`` if there is no file."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    items = []
+    for line in path.read_text().splitlines():
+        try:
+            items.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return items
 
 
 def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:

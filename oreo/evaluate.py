@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_gather_objects, barrier, rank_world
 from oreo.progress import progress
 from oreo.search.strategies import majority_index
@@ -122,23 +123,14 @@ def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int
     out_path = Path(out_path)
     rank, _ = rank_world()
     partials = sorted(out_path.parent.glob(f"{out_path.stem}.partial*.jsonl"))
-    done = {}
-    for path in partials:  # a line cut by a kill is ignored: its block is redone
-        for line in path.read_text().splitlines():
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if item.get("fingerprint") == fingerprint:
-                done[item["block"]] = item
+    done = {item["block"]: item for path in partials for item in whole_lines(path)
+            if item.get("fingerprint") == fingerprint}
     mine = _my_blocks(len(problems), searcher.cfg.problems_per_batch)
     todo = [(b, block) for b, block in mine if b not in done]
     bar = progress(total=sum(len(b) for _, b in todo), desc=desc, unit="problem", leave=False, disable=rank != 0)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f"{out_path.stem}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl")
-    with partial.open("a") as out:
-        if partial.stat().st_size and not partial.read_bytes().endswith(b"\n"):
-            out.write("\n")
+    with append_lines(partial) as out:
         for b, block in todo:
             start = time.perf_counter()
             choices = searcher.solve([problems[i] for i in block], seed=seed * 7919 + b)

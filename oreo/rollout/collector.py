@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from oreo.buffer import Buffer
+from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
 from oreo.progress import progress
 
@@ -57,9 +58,7 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
     tokens, start = 0, time.perf_counter()
     bar = progress(total=n_todo * n, desc=f"collect round {round}", unit="sample", leave=False, disable=rank != 0)
     partial = folder / f"round_{round:03d}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl"
-    with partial.open("a") as out:
-        if _ends_mid_line(partial):
-            out.write("\n")  # end a line cut by a kill: it stays unreadable (ignored), the next one is whole
+    with append_lines(partial) as out:
         for c in mine:
             # Only a partial file written with another problems_per_chunk has part of a chunk done.
             chunk = [p for p in chunks[c] if p.id not in done]
@@ -105,14 +104,6 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
             "tokens": int(totals["tokens"]), "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9)}
 
 
-def _ends_mid_line(path: Path) -> bool:
-    if path.stat().st_size == 0:
-        return False
-    with path.open("rb") as f:
-        f.seek(-1, 2)
-        return f.read(1) != b"\n"
-
-
 def _read_partials(folder: Path, pattern: str) -> dict[str, list[dict]]:
     """Problems already collected, from every rank's partial file."""
     done = {}
@@ -128,13 +119,7 @@ def _read_partial(path: Path) -> dict[str, list[dict]]:
     one-problem-per-line form ``{"problem_id", "records"}`` is read too.
     """
     done = {}
-    if not path.exists():
-        return done
-    for line in path.read_text().splitlines():
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError:
-            continue
+    for item in whole_lines(path):
         for entry in item["problems"] if "problems" in item else [item]:
             done[entry["problem_id"]] = entry["records"]
     return done
