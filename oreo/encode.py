@@ -4,6 +4,13 @@ Each segment (prompt, every step, every observation) is tokenized on its own, so
 exact: no boundary ever falls inside a token. A finished trajectory ends with the EOS token, which is
 part of the last action, so the model learns to stop.
 
+Multi-turn records (agents) have an observation after each turn. A turn followed by an observation has
+ended, so it gets the end-of-turn token (the tokenizer's EOS, ``<|im_end|>`` for ChatML models) as its
+last action token: the model learns to end its turns, and a sampler stops at it. The observation is
+laid out as the prompt is: plain text on its own line, or, for a chat prompt, a user message of the
+model's chat template followed by the assistant header. Observation tokens are never actions.
+The observation after the last turn is not encoded (no action follows it).
+
 Conventions (spec §0). For tokens x_0..x_{L-1}, masks over prediction positions t = 0..L-2:
 - ``action_mask[t] = 1`` iff token t+1 is an action token (a step or turn token, or the final EOS);
 - ``state_mask[t] = 1`` iff the prefix x_≤t is a trained MDP state:
@@ -68,40 +75,60 @@ class Encoder:
 
     def context_ids(self, prompt, steps=(), observations=()) -> list[int]:
         """Ids of a partial trajectory (prompt, the steps taken, the observations between them) exactly as
-        ``encode`` lays it out, without EOS: what a sampler continues and a value model scores."""
-        ids = list(self.prompt_ids(prompt))
-        for k, step in enumerate(steps):
-            ids += self._ids(step)
-            if k < len(observations):
-                ids += self._ids(observations[k])
-        return ids
+        ``encode`` lays it out, without a final EOS: what a sampler continues and a value model scores."""
+        return [i for ids, _ in self._segments(prompt, list(steps), list(observations), finished=False,
+                                                last_observation=True) for i in ids]
 
     def _ids(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
+    def observation_text(self, prompt, observation: str) -> str:
+        """An observation as the model reads it between two turns (see the module docstring)."""
+        if isinstance(prompt, str):
+            return f"\n{observation}\n"
+        before, after = self._chat_observation_glue()
+        return before + observation + after
+
+    def _chat_observation_glue(self) -> tuple[str, str]:
+        """The chat template's text around a user message that follows an assistant turn, up to the next
+        assistant header; the end-of-turn token that closes the assistant turn is not part of it."""
+        if not hasattr(self, "_glue"):
+            act, obs = "\x00ACT\x00", "\x00OBS\x00"
+            text = self.tokenizer.apply_chat_template(
+                [{"role": "user", "content": "U"}, {"role": "assistant", "content": act},
+                 {"role": "user", "content": obs}], tokenize=False, add_generation_prompt=True)
+            tail = text.split(act, 1)[1]
+            eos = self.tokenizer.eos_token or ""
+            tail = tail[len(eos):] if eos and tail.startswith(eos) else tail
+            self._glue = tuple(tail.split(obs, 1))
+        return self._glue
+
+    def _segments(self, prompt, steps: list[str], observations: list[str], *, finished: bool,
+                  last_observation: bool = False):
+        """``(ids, is_action)`` per segment: the prompt, then each turn (with its end-of-turn token when an
+        observation follows it, or when it is the last and ``finished``) and the observation after it."""
+        yield list(self.prompt_ids(prompt)), False
+        for k, step in enumerate(steps):
+            last = k == len(steps) - 1
+            ended = k < len(observations) or (last and finished)
+            yield self._ids(step) + ([self.tokenizer.eos_token_id] if ended else []), True
+            if k < len(observations) and (not last or last_observation):
+                yield self._ids(self.observation_text(prompt, observations[k])), False
+
     def encode(self, record: dict, index: int = 0) -> Encoded | None:
         """Encode one record; ``None`` (and counted in ``stats``) if it is too long or has no state."""
         self.stats.seen += 1
-        ids = list(self.prompt_ids(record["prompt"]))
-        is_action = [0] * len(ids)
-        step_starts = []
         observations = record.get("observations") or []
         finished = (record.get("meta") or {}).get("finished", True)
         # An empty response that ended with EOS is still one action (the EOS): the model must learn
         # from stopping at once too.
         steps = list(record["steps"]) or ([""] if finished else [])
-        for k, step in enumerate(steps):
-            step_ids = self._ids(step)
-            if k == len(steps) - 1 and finished:
-                step_ids = step_ids + [self.tokenizer.eos_token_id]
-            if step_ids:
+        ids, is_action, step_starts = [], [], []
+        for segment, action in self._segments(record["prompt"], steps, observations, finished=finished):
+            if action and segment:
                 step_starts.append(len(ids))
-            ids += step_ids
-            is_action += [1] * len(step_ids)
-            if k < len(observations) and k < len(steps) - 1:
-                obs_ids = self._ids(observations[k])
-                ids += obs_ids
-                is_action += [0] * len(obs_ids)
+            ids += segment
+            is_action += [int(action)] * len(segment)
         if len(ids) > self.max_len:
             self.stats.too_long += 1
             return None

@@ -1,6 +1,7 @@
 """Evaluation: greedy accuracy on a split, with a per-problem jsonl (prompt, response, answer, gold,
-correct); from n samples per problem, pass@k (unbiased estimator) and maj@k (majority vote); and any
-test-time search strategy (oreo.search) with the tokens it spent.
+correct); from n samples per problem, pass@k (unbiased estimator) and maj@k (majority vote); any
+test-time search strategy (oreo.search) with the tokens it spent; and, for agent tasks, the success
+rate of episodes played greedily or with value-guided best-of-K actions, with a per-episode jsonl.
 
 Under ``torchrun`` the problems are shared out between ranks in blocks of the sampler's batch size
 (the batches a single process would make), the rows are gathered, and rank 0 writes the file.
@@ -62,6 +63,37 @@ def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = No
     n = max(1, len(rows))
     return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows),
             "mean_tokens": sum(r["n_tokens"] for r in rows) / n}
+
+
+def evaluate_episodes(task, games, act, *, out_path: str | Path | None = None, seed: int = 0,
+                      games_per_batch: int = 64, desc: str = "episodes") -> dict:
+    """Success rate of the agent ``act`` (``oreo.rollout.episodes``) on ``games``, one episode each, with
+    mean turns and tokens, and success per goal kind. Rows: game, kind, turns, success, invalid, actions."""
+    from oreo.rollout.episodes import run_episodes
+    from oreo.tasks.agent import parse_action
+
+    rank, _ = rank_world()
+    mine = _my_blocks(len(games), games_per_batch)
+    bar = progress(total=sum(len(b) for _, b in mine), desc=desc, unit="episode", leave=False, disable=rank != 0)
+    rows = []
+    for b, block in mine:
+        episodes = run_episodes(task, [games[i] for i in block], act, seed=seed * 7919 + b, progress=bar)
+        for i, e in zip(block, episodes):
+            rows.append((i, {"game": e.game.id, "kind": e.game.kind, "turns": len(e.steps), "success": e.won,
+                             "invalid": e.invalid, "tokens": e.tokens,
+                             "actions": [parse_action(t) for t in e.steps], "last_observation":
+                             e.observations[-1] if e.observations else None}))
+    bar.close()
+    rows = _gather_in_order(rows)
+    if out_path is not None and rank == 0:
+        _write_rows(out_path, rows)
+    n = max(1, len(rows))
+    kinds = sorted({r["kind"] for r in rows})
+    return {"success": sum(r["success"] for r in rows) / n, "n": len(rows),
+            "mean_turns": sum(r["turns"] for r in rows) / n, "mean_tokens": sum(r["tokens"] for r in rows) / n,
+            "invalid": sum(r["invalid"] for r in rows) / n,
+            "by_kind": {k: sum(r["success"] for r in rows if r["kind"] == k) / sum(r["kind"] == k for r in rows)
+                        for k in kinds}}
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -205,7 +237,6 @@ def search_run(cfg: DictConfig) -> dict:
                              batch_size=search.value_batch_size)
     elif search.strategy in NEEDS_VALUE:
         raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/")
-    searcher = Searcher(search, task, sampler, scorer)
     out_dir = Path(cfg.run_dir) / "search" / search.tag
     metrics_path = out_dir / "metrics.json"
     # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
@@ -217,8 +248,15 @@ def search_run(cfg: DictConfig) -> dict:
     for split in cfg.evaluate.splits:
         if split in metrics:
             continue
-        metrics[split] = evaluate_search(task, task.problems(split), searcher, out_path=out_dir / f"{split}.jsonl",
-                                         seed=int(cfg.seed), desc=f"{search.tag}/{split}", fingerprint=fingerprint)
+        if getattr(task, "is_agent", False):
+            metrics[split] = evaluate_episodes(task, task.problems(split), agent_act(search, sampler, scorer),
+                                               out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
+                                               games_per_batch=search.problems_per_batch,
+                                               desc=f"{search.tag}/{split}")
+        else:
+            metrics[split] = evaluate_search(task, task.problems(split), Searcher(search, task, sampler, scorer),
+                                             out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
+                                             desc=f"{search.tag}/{split}", fingerprint=fingerprint)
         metrics["fingerprint"] = fingerprint
         if rank_world()[0] == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -229,10 +267,27 @@ def search_run(cfg: DictConfig) -> dict:
     if rank_world()[0] == 0:
         for split in cfg.evaluate.splits:
             m = metrics[split]
-            print(f"{search.tag:<18} {split:<8} accuracy {100 * m['accuracy']:5.1f}%  "
-                  f"tokens/problem {m['mean_tokens']:8.1f}  wall {m['wall_s']:7.1f}s")
+            if "success" in m:
+                print(f"{search.tag:<18} {split:<8} success {100 * m['success']:5.1f}%  "
+                      f"turns/episode {m['mean_turns']:5.1f}  tokens/episode {m['mean_tokens']:8.1f}")
+            else:
+                print(f"{search.tag:<18} {split:<8} accuracy {100 * m['accuracy']:5.1f}%  "
+                      f"tokens/problem {m['mean_tokens']:8.1f}  wall {m['wall_s']:7.1f}s")
         print(f"results: {metrics_path}")
     return {s: metrics[s] for s in cfg.evaluate.splits}
+
+
+def agent_act(search, sampler, scorer):
+    """An agent's per-turn choice for ``search``: greedy, or ``best_of_n``: the highest-valued of ``n``
+    sampled actions (spec §6.3)."""
+    from oreo.search.strategies import best_of_k_actions
+
+    if search.strategy not in ("greedy", "best_of_n"):
+        raise ValueError(f"agent tasks take search=greedy or search=best_of_n (best-of-K actions per turn), "
+                         f"not {search.strategy}")
+    k = 1 if search.strategy == "greedy" else search.n
+    return lambda contexts, seed: best_of_k_actions(sampler, scorer, contexts, k=k,
+                                                    temperature=search.temperature, seed=seed)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

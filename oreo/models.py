@@ -24,18 +24,43 @@ def char_tokenizer(alphabet: str = string.printable):
 
     It saves and loads with ``save_pretrained`` / ``AutoTokenizer.from_pretrained`` like any other.
     """
+    return _piece_tokenizer(sorted(set(alphabet)), r"[\s\S]")
+
+
+# a word with the space before it, a digit or a punctuation mark (with its space), or one whitespace character
+WORD_PATTERN = r" ?[A-Za-z]+| ?[0-9]| ?[^\sA-Za-z0-9]|\s"
+
+
+def word_tokenizer(words: list[str]):
+    """A word-level tokenizer for a closed vocabulary (an embedded environment's words): about three times
+    shorter sequences than characters. Digits and punctuation are tokens of their own; a word outside
+    ``words`` would decode as nothing, so a task that uses this tokenizer tests that its texts round-trip."""
+    singles = list(string.digits + string.punctuation)
+    pieces = sorted({p for w in list(words) + singles for p in (w, " " + w)} | {" ", "\n", "\t"})
+    return _piece_tokenizer(pieces, WORD_PATTERN)
+
+
+def _piece_tokenizer(pieces: list[str], pattern: str):
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    chars = sorted(set(alphabet))
-    vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIALS) + chars)}
+    vocab = {tok: i for i, tok in enumerate(list(TINY_SPECIALS) + pieces)}
     backend = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
-    backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
+    backend.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
     backend.decoder = decoders.Fuse()
     return PreTrainedTokenizerFast(
         tokenizer_object=backend, pad_token="<pad>", eos_token="<eos>", bos_token="<bos>",
         clean_up_tokenization_spaces=False,
     )
+
+
+def tiny_tokenizer(vocabulary: str = "chars"):
+    """``chars``: one token per printable character; a task name (``household``): that task's words."""
+    if vocabulary == "chars":
+        return char_tokenizer()
+    from oreo.tasks import task_vocabulary
+
+    return word_tokenizer(task_vocabulary(vocabulary))
 
 
 def tiny_causal_lm(vocab_size: int, *, hidden_size: int = 96, num_layers: int = 4, num_heads: int = 4,
@@ -119,16 +144,17 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None 
                 trust_remote_code: bool = False, attn_implementation: str | None = "auto", seed: int = 0):
     """Return ``(model, tokenizer)``.
 
-    ``name_or_path == "tiny"`` builds a random tiny model with a character tokenizer (``tiny`` holds its
-    sizes); anything else is a local folder or hub id loaded with ``from_pretrained``.
+    ``name_or_path == "tiny"`` builds a random tiny model (``tiny`` holds its sizes and its tokenizer's
+    ``vocabulary``, see ``tiny_tokenizer``); anything else is a local folder or hub id loaded with ``from_pretrained``.
     """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     if name_or_path == "tiny":
-        tokenizer = char_tokenizer()
+        sizes = dict(tiny or {})
+        tokenizer = tiny_tokenizer(sizes.pop("vocabulary", "chars"))
         model = tiny_causal_lm(len(tokenizer), seed=seed, pad_token_id=tokenizer.pad_token_id,
                                eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
-                               **(tiny or {}))
+                               **sizes)
         return model.to(getattr(torch, dtype)), tokenizer
     name_or_path = resolve_model_path(name_or_path)
     if not Path(name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":

@@ -16,11 +16,12 @@ from omegaconf import DictConfig, OmegaConf
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.distributed import barrier, init_distributed, local_rank, rank_world
 from oreo.encode import Encoder
-from oreo.evaluate import evaluate_greedy, evaluate_sampled
+from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
 from oreo.metrics import MetricsLogger
 from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy, resolve_model_path
 from oreo.rollout.collector import collect
+from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.sampler import HFSampler
 from oreo.rollout.vllm_sampler import vllm_available
 from oreo.rollout.selection import balanced_selection
@@ -80,6 +81,7 @@ class Run:
             torch.set_num_threads(int(cfg.threads))
         self.device = pick_device(cfg.device)
         self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+        self.agent = getattr(self.task, "is_agent", False)  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
                                     config=OmegaConf.to_container(cfg, resolve=True), enabled=self.main)
@@ -223,19 +225,27 @@ class Run:
         return out / "policy"
 
     def evaluate(self, method: str, policy_dir: Path) -> dict:
-        """Greedy accuracy per split (``metrics.json``) and, with ``evaluate.sampled.n > 0``, pass@k and
-        maj@k (``run.json``, "sampled"); what a previous run already measured is kept."""
+        """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
+        ``evaluate.sampled.n > 0``, pass@k and maj@k (``run.json``, "sampled"; agents: turns, tokens and
+        success per goal kind, "episodes"); what a previous run already measured is kept."""
         splits = list(self.cfg.evaluate.splits)
         have = self.results.get("accuracy", {}).get(method, {})
         sampled_cfg = self.cfg.evaluate.get("sampled") or {}
         n_samples = int(sampled_cfg.get("n", 0))
         have_sampled = self.results.get("sampled", {}).get(method, {})
         todo = [s for s in splits if s not in have]
-        todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 else []
+        todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 and not self.agent else []
         if not todo and not todo_sampled:
             return have
         sampler = self.sampler(policy_dir, self.cfg.evaluate)
-        for split in todo:
+        for split in todo if self.agent else []:
+            r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
+                                  out_path=self.dir / "eval" / f"{method}-{split}.jsonl", seed=int(self.cfg.seed),
+                                  games_per_batch=int(self.cfg.evaluate.batch_size), desc=f"evaluate {method}/{split}")
+            have[split] = r["success"]
+            self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
+            self.logger.log("evaluate", 0, {f"{method}/{split}": r["success"]})
+        for split in todo if not self.agent else []:
             r = evaluate_greedy(self.task, self.task.problems(split), sampler,
                                 out_path=self.dir / "eval" / f"{method}-{split}.jsonl", desc=f"evaluate {method}/{split}")
             have[split] = r["accuracy"]

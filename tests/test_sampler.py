@@ -182,4 +182,6 @@ def test_a_context_is_continued_as_training_encodes_it(tiny):
     a = s.generate([Context("1 +2\n", ("1+2=3\n",))], n=2, temperature=1.0, seed=4)
     b = s.generate(["1 +2\n1+2=3\n"], n=2, temperature=1.0, seed=4)  # char tokens: the same ids
     assert [c.text for c in a[0]] == [c.text for c in b[0]]
-    assert Encoder(tok).context_ids("1 +2\n", ["1+2=3\n"], ["obs"]) == tok("1 +2\n1+2=3\nobs")["input_ids"]
+    # an agent's context: each turn ended by the end-of-turn token, the observation on its own line
+    assert Encoder(tok).context_ids("1 +2\n", ["go"], ["obs"]) == (
+        tok("1 +2\ngo")["input_ids"] + [tok.eos_token_id] + tok("\nobs\n", add_special_tokens=False)["input_ids"])

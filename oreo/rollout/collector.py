@@ -1,4 +1,5 @@
-"""Single-turn collection: N samples per problem, graded, written as trajectory records.
+"""Collection: N samples per problem, graded (single-turn tasks), or N episodes per game (agents,
+``oreo.rollout.episodes``), written as trajectory records.
 
 Collection is resumable: each finished chunk of problems is appended to a ``.partial.jsonl`` file, and
 a restarted collection skips the chunks found there, so there are no duplicates and no gaps, and the
@@ -20,19 +21,58 @@ from oreo.buffer import Buffer
 from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
 from oreo.progress import progress
+from oreo.rollout.episodes import episode_record, run_episodes, sampled_actions
 
 
 def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: float, seed: int,
             round: int | None = None, problems_per_chunk: int = 64, meta: dict | None = None) -> dict:
-    """Sample ``n`` completions per problem, grade them, and append them to ``buffer`` as one round.
+    """Sample ``n`` completions per problem (``n`` episodes per game for an agent task), grade them, and
+    append them to ``buffer`` as one round.
 
     Problems are sampled in fixed chunks of ``problems_per_chunk`` consecutive problems, each with a
     seed derived from ``seed`` and the chunk's position, so a resumed collection draws exactly the
     samples an uninterrupted one would. Each finished chunk is one line of the partial file (written
     at once and flushed), so a kill leaves whole chunks and at most one cut line, which is ignored.
 
-    Returns statistics: records, accuracy, tokens generated and tokens/s.
+    Returns statistics: records, accuracy (agents: success rate), tokens generated and tokens/s.
     """
+    if getattr(task, "is_agent", False):
+        def produce(chunk, chunk_seed, bar):
+            act = sampled_actions(sampler, temperature=temperature)
+            episodes = run_episodes(task, chunk, act, repeats=n, seed=chunk_seed, progress=bar)
+            records = [episode_record(task, e, round=round_, meta={"temperature": temperature, "seed": seed,
+                                                                    **(meta or {})}) for e in episodes]
+            return records, sum(e.tokens for e in episodes)
+    else:
+        def produce(chunk, chunk_seed, bar):
+            outs = sampler.generate([p.prompt for p in chunk], n=n, temperature=temperature, seed=chunk_seed,
+                                    progress=bar)
+            records = [graded_record(task, problem, comp, k, round=round_, meta={
+                           "temperature": temperature, "seed": seed, **(meta or {})})
+                       for problem, completions in zip(chunk, outs) for k, comp in enumerate(completions)]
+            return records, sum(c.n_tokens for cs in outs for c in cs)
+    round_ = buffer.next_round() if round is None else round
+    return collect_in_chunks(buffer, problems, produce, n=n, seed=seed, round=round_,
+                             problems_per_chunk=problems_per_chunk,
+                             unit="episode" if getattr(task, "is_agent", False) else "sample")
+
+
+def graded_record(task, problem, comp, k: int, *, round: int, meta: dict) -> dict:
+    answer, correct = task.grade(problem, comp.text)
+    correct = correct and comp.finished  # a cut completion is never rewarded
+    return {
+        "id": f"r{round}-{problem.id}-{k}", "task": task.name, "problem_id": problem.id,
+        "prompt": problem.prompt, "steps": task.split_steps(comp.text), "observations": [],
+        "reward": 1.0 if correct else 0.0, "correct": correct,
+        "answer": None if answer is None else str(answer),
+        "meta": {"finished": comp.finished, "n_tokens": comp.n_tokens, **meta},
+    }
+
+
+def collect_in_chunks(buffer: Buffer, problems, produce, *, n: int, seed: int, round: int,
+                      problems_per_chunk: int = 64, unit: str = "sample") -> dict:
+    """The resumable, rank-sharded loop of ``collect``: ``produce(chunk, chunk_seed, bar)`` returns one
+    chunk's records (those of a problem carry its ``problem_id``) and the tokens generated."""
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids must be unique within one collection")
@@ -47,7 +87,6 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
             for stale in folder.glob(f"round_{r:03d}.partial*.jsonl"):
                 stale.unlink()
     barrier()
-    round = buffer.next_round() if round is None else round
     if round in buffer.rounds():
         raise FileExistsError(f"round {round} already exists in {buffer.path}; rounds are immutable")
     partials = f"round_{round:03d}.partial*.jsonl"
@@ -56,7 +95,7 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
     mine = [c for c in range(len(chunks)) if c % world == rank]
     n_todo = sum(p.id not in done for c in mine for p in chunks[c])
     tokens, start = 0, time.perf_counter()
-    bar = progress(total=n_todo * n, desc=f"collect round {round}", unit="sample", leave=False, disable=rank != 0)
+    bar = progress(total=n_todo * n, desc=f"collect round {round}", unit=unit, leave=False, disable=rank != 0)
     partial = folder / f"round_{round:03d}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl"
     with append_lines(partial) as out:
         for c in mine:
@@ -64,25 +103,12 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
             chunk = [p for p in chunks[c] if p.id not in done]
             if not chunk:
                 continue
-            chunk_seed = seed * 7919 + c * problems_per_chunk
-            outs = sampler.generate([p.prompt for p in chunk], n=n, temperature=temperature, seed=chunk_seed,
-                                    progress=bar)
-            items = []
-            for problem, completions in zip(chunk, outs):
-                records = []
-                for k, comp in enumerate(completions):
-                    answer, correct = task.grade(problem, comp.text)
-                    correct = correct and comp.finished  # a cut completion is never rewarded
-                    tokens += comp.n_tokens
-                    records.append({
-                        "id": f"r{round}-{problem.id}-{k}", "task": task.name, "problem_id": problem.id,
-                        "prompt": problem.prompt, "steps": task.split_steps(comp.text), "observations": [],
-                        "reward": 1.0 if correct else 0.0, "correct": correct,
-                        "answer": None if answer is None else str(answer),
-                        "meta": {"finished": comp.finished, "temperature": temperature, "seed": seed,
-                                 "n_tokens": comp.n_tokens, **(meta or {})},
-                    })
-                items.append({"problem_id": problem.id, "records": records})
+            records, chunk_tokens = produce(chunk, seed * 7919 + c * problems_per_chunk, bar)
+            tokens += chunk_tokens
+            by_problem = {p.id: [] for p in chunk}
+            for record in records:
+                by_problem[record["problem_id"]].append(record)
+            items = [{"problem_id": pid, "records": rs} for pid, rs in by_problem.items()]
             out.write(json.dumps({"chunk": c, "problems": items}) + "\n")
             out.flush()
     bar.close()

@@ -57,6 +57,7 @@ class Choice:
     value: float | None      # V of the chosen response (None without a value model)
     tokens: int              # tokens generated for this problem, every candidate included
     samples: int             # completions generated for this problem
+    truncated: bool = False  # an agent action cut by the token limit (chosen only when every sample was)
 
 
 # ------------------------------------------------------------------ selection rules (pure)
@@ -187,7 +188,7 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
     executed; ``k == 1`` is the greedy action. A cut action is chosen only when every sample was cut."""
     if k == 1:
         outs = sampler.generate(contexts, n=1, temperature=0.0, seed=seed, stop=stop)
-        return [Choice(c.text, None, c.n_tokens, 1) for (c,) in outs]
+        return [Choice(c.text, None, c.n_tokens, 1, c.truncated) for (c,) in outs]
     outs = sampler.generate(contexts, n=k, temperature=temperature, seed=seed, stop=stop)
     flat = [Context(ctx.prompt, tuple(ctx.steps) + (c.text,), ctx.observations) for ctx, cs in zip(contexts, outs)
             for c in cs]
@@ -197,5 +198,6 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
         vs = values[i * k:(i + 1) * k]
         whole = [not c.truncated for c in completions]
         pick = best_value_index(vs, whole if any(whole) else [True] * k)
-        choices.append(Choice(completions[pick].text, vs[pick], sum(c.n_tokens for c in completions), k))
+        choices.append(Choice(completions[pick].text, vs[pick], sum(c.n_tokens for c in completions), k,
+                              completions[pick].truncated))
     return choices

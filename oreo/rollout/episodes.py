@@ -1,0 +1,90 @@
+"""Multi-turn rollouts: many environments step together, one batch of generations per turn.
+
+Every live episode's context (prompt, turns so far, observations after them) goes into one sampler call;
+each environment then takes its turn's action. An episode ends when the environment says so (success
+or the step limit), or, as in the paper's collector (spec §4.4), when a turn has no ``Action:`` or is
+cut by the token limit: such an episode is ``invalid`` and gets reward 0.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from oreo.rollout.sampler import Context
+from oreo.search.strategies import Choice
+from oreo.tasks.agent import Game, format_observation, parse_action
+
+
+@dataclass
+class Episode:
+    game: Game
+    repeat: int
+    prompt: object
+    steps: list[str] = field(default_factory=list)          # assistant turns
+    observations: list[str] = field(default_factory=list)   # "Observation: …" after each turn
+    won: bool = False
+    invalid: bool = False       # a turn without an action, or cut by the token limit
+    finished: bool = True       # the last turn ended with the end-of-turn token
+    tokens: int = 0             # tokens generated, every candidate of a best-of-K choice included
+    done: bool = False
+
+    @property
+    def context(self) -> Context:
+        return Context(self.prompt, tuple(self.steps), tuple(self.observations))
+
+
+def sampled_actions(sampler, *, temperature: float):
+    """``act`` for ``run_episodes``: one sampled (``temperature`` 0: greedy) turn per context."""
+    def act(contexts: list[Context], seed: int) -> list[Choice]:
+        outs = sampler.generate(contexts, n=1, temperature=temperature, seed=seed)
+        return [Choice(c.text, None, c.n_tokens, 1, c.truncated) for (c,) in outs]
+    return act
+
+
+def run_episodes(task, games: list[Game], act, *, repeats: int = 1, seed: int = 0, progress=None) -> list[Episode]:
+    """Play each game ``repeats`` times; ``act(contexts, seed) → [Choice]`` picks every live episode's next
+    turn in one call. Episodes come back game by game, repeats in order; deterministic given ``seed``."""
+    episodes, envs = [], []
+    for game in games:
+        for r in range(repeats):
+            env = task.make_env()
+            first = env.reset(game)
+            episodes.append(Episode(game, r, task.prompt(game, first)))
+            envs.append(env)
+    turn = 0
+    try:
+        while live := [i for i, e in enumerate(episodes) if not e.done]:
+            choices = act([episodes[i].context for i in live], seed * 1_000_003 + turn)
+            for i, choice in zip(live, choices):
+                _take_turn(episodes[i], envs[i], choice)
+                if episodes[i].done and progress is not None:
+                    progress.update(1)
+            turn += 1
+    finally:
+        for env in envs:
+            env.close()
+    return episodes
+
+
+def _take_turn(episode: Episode, env, choice: Choice) -> None:
+    episode.steps.append(choice.response or "")
+    episode.tokens += choice.tokens
+    action = parse_action(choice.response or "")
+    if choice.truncated or action is None:
+        episode.invalid, episode.done = True, True
+        episode.finished = not choice.truncated
+        return
+    observation, _, done, info = env.step(action)
+    episode.observations.append(format_observation(observation))
+    episode.won, episode.done = bool(info["won"]), bool(done)
+
+
+def episode_record(task, episode: Episode, *, round: int, meta: dict | None = None) -> dict:
+    """A buffer record of an episode: the turns as ``steps``, the observations after them (the last one too)."""
+    e = episode
+    return {
+        "id": f"r{round}-{e.game.id}-{e.repeat}", "task": task.name, "problem_id": e.game.id,
+        "prompt": e.prompt, "steps": e.steps, "observations": e.observations,
+        "reward": float(e.won), "correct": e.won, "answer": None,
+        "meta": {"finished": e.finished, "invalid": e.invalid, "turns": len(e.steps), "kind": e.game.kind,
+                 "n_tokens": e.tokens, **(meta or {})},
+    }

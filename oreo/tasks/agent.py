@@ -1,0 +1,74 @@
+"""Agent tasks: text environments, one interface, and the multi-turn format the policy reads and writes.
+
+An environment plays one ``Game`` at a time::
+
+    observation = env.reset(game)
+    observation, reward, done, info = env.step(action)
+
+``info`` holds ``won`` (the goal is reached), ``steps`` (actions taken), ``limit`` (the episode ended at
+the step limit) and ``admissible_actions`` (the commands valid now, or ``None`` where the environment
+does not know them). Reward is 1 on success and 0 otherwise, given when the episode ends; an episode
+ends on success or after ``max_steps`` actions. ``env.expert_action()`` is the built-in expert's next
+action from the current state.
+
+The format follows the paper's ALFWorld runs (spec §4.4): the prompt is the task instruction, an "OK"
+from the assistant and the first observation; then every assistant turn is ``"Thought: …\\nAction: …"``
+(the thought is optional) and every environment turn is ``"Observation: …"``. A trajectory record keeps
+the turns as ``steps`` and the observations after them as ``observations`` (the last one too), and the
+encoder ends every turn with the end-of-turn token (``oreo.encode``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+ACTION_PREFIX = "Action:"
+OBSERVATION_PREFIX = "Observation: "
+
+
+@dataclass(frozen=True)
+class Game:
+    """One task instance: an id unique within its task, the split, the goal type and what the
+    environment needs to build it (a layout seed, a game folder, ...)."""
+    id: str
+    split: str
+    kind: str = ""                                  # goal type: put, clean, heat, cool, examine, puttwo
+    spec: Any = field(default=None, hash=False, compare=False)
+
+
+class Env(Protocol):
+    max_steps: int
+
+    def reset(self, game: Game) -> str: ...
+
+    def step(self, action: str) -> tuple[str, float, bool, dict]: ...
+
+    def expert_action(self) -> str | None: ...
+
+    def close(self) -> None: ...
+
+
+def parse_action(turn: str) -> str | None:
+    """The command of an assistant turn: the first line after its last ``"Action:"``, stripped;
+    ``None`` if the turn has none (the episode then ends as invalid, with reward 0)."""
+    if ACTION_PREFIX not in turn:
+        return None
+    action = turn.rsplit(ACTION_PREFIX, 1)[1].strip().split("\n", 1)[0].strip()
+    return action or None
+
+
+def format_turn(action: str, thought: str | None = None) -> str:
+    return (f"Thought: {thought}\n" if thought else "") + f"{ACTION_PREFIX} {action}"
+
+
+def format_observation(text: str) -> str:
+    return OBSERVATION_PREFIX + text.strip()
+
+
+def format_prompt(instruction: str, first_observation: str, *, chat: bool) -> str | list[dict]:
+    """The conversation before the first action: the instruction (user), "OK" (assistant) and the first
+    observation (user), as chat messages, or as plain text for a model without a chat template."""
+    if chat:
+        return [{"role": "user", "content": instruction}, {"role": "assistant", "content": "OK"},
+                {"role": "user", "content": first_observation}]
+    return f"{instruction}\n{first_observation}\n"

@@ -1,0 +1,152 @@
+"""Multi-turn rollouts: batched episodes, invalid turns, collection into the buffer (resumable), training
+and evaluation on episode records."""
+import json
+import random
+
+import pytest
+
+from oreo.buffer import Buffer, validate_record
+from oreo.encode import Encoder
+from oreo.evaluate import evaluate_episodes
+from oreo.models import load_policy
+from oreo.rollout.collector import collect
+from oreo.rollout.episodes import episode_record, run_episodes, sampled_actions
+from oreo.rollout.sampler import Completion, HFSampler
+from oreo.search.strategies import Choice
+from oreo.tasks.agent import format_turn, parse_action
+from oreo.tasks.household import HouseholdConfig, HouseholdTask
+
+
+@pytest.fixture(scope="module")
+def task():
+    return HouseholdTask(HouseholdConfig(n_train=12, n_test=6, max_steps=12))
+
+
+def expert_act(task, calls=None, noise=0.0):
+    """An ``act`` that replays each context in an environment and answers with the expert's action (or,
+    with probability ``noise``, "look"); it records the batch size of every call."""
+    def act(contexts, seed):
+        if calls is not None:
+            calls.append(len(contexts))
+        rng = random.Random(seed)
+        out = []
+        for ctx in contexts:
+            game = next(g for split in ("train", "test") for g in task.games(split)
+                        if task.prompt(g, task.make_env().reset(g)) == ctx.prompt)
+            env = task.make_env()
+            env.reset(game)
+            for turn in ctx.steps:
+                env.step(parse_action(turn))
+            action = "look" if rng.random() < noise else env.expert_action()
+            out.append(Choice(format_turn(action), None, 3, 1))
+        return out
+    return act
+
+
+def test_episodes_step_together_one_call_per_turn(task):
+    calls = []
+    episodes = run_episodes(task, task.games("train")[:4], expert_act(task, calls), repeats=2, seed=0)
+    assert len(episodes) == 8 and all(e.won and not e.invalid for e in episodes)
+    assert [e.repeat for e in episodes[:2]] == [0, 1] and episodes[0].game == episodes[1].game
+    assert len(calls) == max(len(e.steps) for e in episodes)  # one generation call per turn
+    assert calls[0] == 8 and calls == sorted(calls, reverse=True)  # finished episodes drop out
+    for e in episodes:
+        assert len(e.observations) == len(e.steps) and e.observations[0].startswith("Observation: ")
+
+
+def test_a_turn_without_action_or_cut_ends_the_episode_as_invalid(task):
+    def act(contexts, seed):
+        return [Choice("Thought: hmm", None, 2, 1) if len(c.steps) == 1 else
+                Choice("Action: look", None, 2, 1) for c in contexts]
+    (e,) = run_episodes(task, task.games("train")[:1], act)
+    assert e.invalid and not e.won and e.finished and len(e.steps) == 2 and len(e.observations) == 1
+    (cut,) = run_episodes(task, task.games("train")[:1], lambda cs, s: [Choice("Action: go t", None, 24, 1, True)
+                                                                        for _ in cs])
+    assert cut.invalid and not cut.finished
+    record = episode_record(task, cut, round=0)
+    enc = Encoder(word_tok(task)).encode(record)
+    assert enc.input_ids[-1] != word_tok(task).eos_token_id  # a cut turn has no end-of-turn token
+
+
+def word_tok(task):
+    from oreo.models import tiny_tokenizer
+    return tiny_tokenizer("household")
+
+
+def test_episode_records_encode_observations_as_non_actions(task):
+    (e,) = run_episodes(task, task.games("train")[:1], expert_act(task))
+    record = episode_record(task, e, round=3)
+    validate_record(record)
+    assert record["reward"] == 1.0 and record["meta"]["turns"] == len(e.steps)
+    tok = word_tok(task)
+    for gran in ("token", "turn"):
+        enc = Encoder(tok, granularity=gran, max_len=4096).encode(record)
+        actions = tok.decode([i for i, a in zip(enc.input_ids[1:], enc.action_mask) if a])
+        assert actions == "".join(s + tok.eos_token for s in e.steps)
+        if gran == "turn":
+            assert sum(enc.state_mask) == len(e.steps)
+
+
+class ScriptedSampler:
+    """A deterministic stand-in sampler: per context, the expert's action or a random admissible one."""
+    def __init__(self, task):
+        self.task, self.calls = task, 0
+
+    def generate(self, contexts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+        self.calls += 1
+        choices = expert_act(self.task, noise=0.3)(contexts, seed)
+        return [[Completion(c.response, True, 3)] for c in choices]
+
+
+def test_collect_writes_episodes_to_the_buffer_and_resumes(task, tmp_path):
+    games = task.games("train")
+    whole = Buffer(tmp_path / "whole")
+    info = collect(task, games, ScriptedSampler(task), whole, n=2, temperature=1.0, seed=5, problems_per_chunk=4)
+    records = whole.load()
+    assert info["records"] == len(records) == 2 * len(games)
+    assert 0 < info["accuracy"] < 1  # the noisy actor wins some, not all
+    for r in records:
+        validate_record(r)
+        assert r["correct"] == (r["reward"] == 1.0) and r["meta"]["temperature"] == 1.0
+
+    class Killed(Exception):
+        pass
+
+    second_chunk = {task.prompt(g, task.make_env().reset(g)) for g in games[4:8]}
+
+    class Dying(ScriptedSampler):
+        def generate(self, contexts, **kw):
+            if any(c.prompt in second_chunk for c in contexts) and self.calls >= 2:  # dies inside chunk 2
+                raise Killed
+            return super().generate(contexts, **kw)
+
+    cut = Buffer(tmp_path / "cut")
+    with pytest.raises(Killed):
+        collect(task, games, Dying(task), cut, n=2, temperature=1.0, seed=5, problems_per_chunk=4)
+    partial = next((tmp_path / "cut").glob("round_000.partial*.jsonl"))
+    assert len(partial.read_text().splitlines()) == 1  # the first chunk survived
+    collect(task, games, ScriptedSampler(task), cut, n=2, temperature=1.0, seed=5, problems_per_chunk=4)
+    assert [json.dumps(r, sort_keys=True) for r in cut.load()] == [json.dumps(r, sort_keys=True) for r in records]
+
+
+def test_a_tiny_model_collects_and_is_evaluated_on_episodes(task, tmp_path):
+    model, tok = load_policy("tiny", tiny={"vocabulary": "household", "hidden_size": 32, "num_layers": 1,
+                                           "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 2048})
+    sampler = HFSampler(model, tok, Encoder(tok, max_len=10**9), batch_size=64, max_new_tokens=8)
+    buffer = Buffer(tmp_path / "buffer")
+    info = collect(task, task.games("train")[:3], sampler, buffer, n=2, temperature=1.0, seed=0)
+    assert info["records"] == 6 and info["tokens"] > 0
+    for r in buffer.load():
+        validate_record(r)
+        assert r["meta"]["invalid"] or len(r["observations"]) == len(r["steps"])
+    result = evaluate_episodes(task, task.games("test"), sampled_actions(sampler, temperature=0.0),
+                               out_path=tmp_path / "eval.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
+    assert len(rows) == result["n"] == 6 and set(rows[0]) >= {"game", "kind", "turns", "success"}
+    assert result["success"] == sum(r["success"] for r in rows) / 6
+
+
+def test_evaluation_counts_the_expert_as_always_successful(task, tmp_path):
+    result = evaluate_episodes(task, task.games("test"), expert_act(task), games_per_batch=4)
+    assert result["success"] == 1.0 and result["invalid"] == 0.0 and result["n"] == 6
+    assert set(result["by_kind"]) <= {"put", "clean", "heat", "cool", "examine"}
