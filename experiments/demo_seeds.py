@@ -1,8 +1,9 @@
-"""The demo's table over several seeds: ``python experiments/demo_seeds.py --seeds 0 1 2 [overrides...]``.
+"""An experiment's table over several seeds: ``python experiments/demo_seeds.py --seeds 0 1 2 [overrides...]``.
 
-Runs ``python -m oreo.train seed=S run_dir=runs/seeds/S`` for each seed (finished runs are reused),
-then prints method × split accuracy as mean ± standard deviation and the per-seed values, and writes
-the same as markdown to ``experiments/results/demo_seeds.md``.
+Runs ``python -m oreo.train seed=S run_dir=OUT/S [overrides]`` for each seed (finished runs are reused),
+then prints method × split greedy accuracy (agents: success rate) as mean ± standard deviation and the
+per-seed values, and writes the same as markdown to ``experiments/results/NAME.md``. The household
+agents: ``python experiments/demo_seeds.py --out runs/household_seeds --name household_seeds +experiment=household``.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/seeds")
+    parser.add_argument("--name", default="demo_seeds", help="the table's file: experiments/results/NAME.md")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = parser.parse_args()
     results, times = {}, {}
@@ -33,7 +35,7 @@ def main() -> None:
         results[seed] = json.loads((run_dir / "metrics.json").read_text())
     table = format_markdown(results, times, args.overrides)
     print(table)
-    out = ROOT / "experiments" / "results" / "demo_seeds.md"
+    out = ROOT / "experiments" / "results" / f"{args.name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(table + "\n")
 
@@ -41,7 +43,7 @@ def main() -> None:
 def format_markdown(results: dict, times: dict, overrides: list[str]) -> str:
     methods = [m for m in ("sft", "rft", "oreo") if all(m in r for r in results.values())]
     splits = list(next(iter(results.values()))["sft"])
-    lines = [f"Greedy accuracy (%) over seeds {sorted(results)}, mean ± std (per-seed values)",
+    lines = [f"Greedy accuracy or success rate (%) over seeds {sorted(results)}, mean ± std (per-seed values)",
              f"overrides: {' '.join(overrides) or '(none)'}", "",
              "| method | " + " | ".join(splits) + " |", "|---|" + "---|" * len(splits)]
     for m in methods:

@@ -150,3 +150,35 @@ def test_evaluation_counts_the_expert_as_always_successful(task, tmp_path):
     result = evaluate_episodes(task, task.games("test"), expert_act(task), games_per_batch=4)
     assert result["success"] == 1.0 and result["invalid"] == 0.0 and result["n"] == 6
     assert set(result["by_kind"]) <= {"put", "clean", "heat", "cool", "examine"}
+
+
+def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level(task, tmp_path):
+    """Token level: the state before a turn's end-of-turn token bootstraps from the state just before the
+    next turn, skipping the observation; turn level: one state per turn. Both train."""
+    import copy
+
+    import torch
+
+    from oreo.losses import next_state_index
+    from oreo.trainers.common import TrainConfig
+    from oreo.trainers.oreo import OREOConfig, OREOTrainer
+
+    records = task.sft_records(0)[:4]
+    policy, tok = load_policy("tiny", tiny={"vocabulary": "household", "hidden_size": 32, "num_layers": 1,
+                                            "num_heads": 2, "intermediate_size": 64})
+    enc = Encoder(tok, granularity="token", max_len=4096).encode(records[0])
+    nxt = next_state_index(torch.tensor([enc.state_mask]))[0].tolist()
+    ends = [j - 1 for j, i in enumerate(enc.input_ids) if i == tok.eos_token_id]  # states before end-of-turn
+    starts = [t + 1 for t in range(len(enc.action_mask)) if enc.action_mask[t] and not enc.action_mask[t - 1]]
+    assert len(ends) == len(starts) == len(records[0]["steps"])
+    for k, t in enumerate(ends[:-1]):
+        assert nxt[t] == starts[k + 1] - 1  # the last observation token: the next turn's first state
+        assert not any(enc.action_mask[t + 1:starts[k + 1] - 1])
+    assert nxt[ends[-1]] == len(enc.action_mask)  # the last turn's end: terminal
+    turn = Encoder(tok, granularity="turn", max_len=4096).encode(records[0])
+    assert sum(turn.state_mask) == len(records[0]["steps"])
+    for granularity in ("token", "turn"):
+        trainer = OREOTrainer(copy.deepcopy(policy), tok, OREOConfig(granularity=granularity, max_len=4096),
+                              TrainConfig(epochs=1, batch_size=2, micro_batch_size=2))
+        info = trainer.fit(records, out_dir=tmp_path / granularity)
+        assert info["steps"] == 2 and (tmp_path / granularity / "value").exists()
