@@ -72,3 +72,14 @@ def format_prompt(instruction: str, first_observation: str, *, chat: bool) -> st
         return [{"role": "user", "content": instruction}, {"role": "assistant", "content": "OK"},
                 {"role": "user", "content": first_observation}]
     return f"{instruction}\n{first_observation}\n"
+
+
+def expert_record(task, game: Game, record_id: str, first_observation: str, actions: list[str],
+                  observations: list[str], won: bool) -> dict:
+    """A buffer record of an expert's episode: its actions as turns (no thoughts), the observations after
+    them, reward 1 if it won."""
+    return {"id": record_id, "task": task.name, "problem_id": game.id,
+            "prompt": task.prompt(game, first_observation), "steps": [format_turn(a) for a in actions],
+            "observations": [format_observation(o) for o in observations],
+            "reward": float(won), "correct": won, "answer": None,
+            "meta": {"source": "expert", "kind": game.kind, "turns": len(actions)}}

@@ -44,7 +44,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oreo.tasks.agent import Game, format_observation, format_prompt, format_turn
+from oreo.tasks.agent import Game, expert_record, format_prompt
 
 # ETO's ALFWorld instruction, verbatim with its typos ("task {obj} from {recep}", "envrionment"): the
 # first version of eval_agent/prompt/instructions/alfworld_inst.txt in github.com/Yifan-Song793/ETO
@@ -318,12 +318,7 @@ class AlfworldTask:
                     actions.append(action)
                     observations.append(observation)
                     won = info["won"]
-                records.append({
-                    "id": f"expert-{game.id}", "task": self.name, "problem_id": game.id,
-                    "prompt": self.prompt(game, first), "steps": [format_turn(a) for a in actions],
-                    "observations": [format_observation(o) for o in observations],
-                    "reward": float(won), "correct": won, "answer": None,
-                    "meta": {"source": "expert", "kind": game.kind, "turns": len(actions)}})
+                records.append(expert_record(self, game, f"expert-{game.id}", first, actions, observations, won))
         finally:
             env.close()
         return records

@@ -13,11 +13,12 @@ and a goal of one of five kinds::
 The commands and the observations follow ALFWorld's text games ("go to fridge 1", "open fridge 1",
 "take apple 1 from fridge 1", "put apple 1 in/on countertop 1", "clean apple 1 with sinkbasin 1",
 "use desklamp 1", "look", "inventory"; "Nothing happened." for anything else). Objects are where
-their kind usually is (apples in the fridge or on a counter, books on desks and shelves), so a good
-agent searches the likely places first; nothing but the observations tells it where they are.
+their kind usually is (apples in the fridge or on a counter, books on desks and shelves); nothing but
+the observations tells the agent where they are.
 
-The built-in expert does not peek either: it searches the receptacles in the order of those priors,
-opening closed ones, then does what the goal needs. Like the arithmetic task's teacher it is imperfect
+The built-in expert does not peek either: it looks into the receptacles in the order the first
+observation lists them, opening closed ones, until it finds the object, then does what the goal needs
+(an agent that learned where things usually are could search faster). Like the arithmetic task's teacher it is imperfect
 (``teacher_error_rate``: at random it puts the object in a wrong place; ``teacher_skip_rate``: when it
 finds the object inside the very appliance the goal needs, it takes it as already clean/hot/cool and
 skips that step). The skip is systematic: above 0.5, imitating the expert makes it the most likely
@@ -29,7 +30,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from oreo.tasks.agent import Game, format_observation, format_prompt, format_turn
+from oreo.tasks.agent import Game, expert_record, format_prompt
 
 KINDS = ("put", "clean", "heat", "cool", "examine")
 SPLITS = ("train", "test")
@@ -84,9 +85,9 @@ class HouseholdConfig:
     n_train: int = 400               # training games (expert episodes for SFT, rollouts for OREO)
     n_test: int = 200                # held-out games: other seeds, same generator
     max_steps: int = 20              # actions per episode
-    min_receptacles: int = 4
-    max_receptacles: int = 6
-    distractors: int = 3             # other objects in the room
+    min_receptacles: int = 3
+    max_receptacles: int = 5
+    distractors: int = 2             # other objects in the room
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     teacher_error_rate: float = 0.1  # chance the expert puts the object in a wrong receptacle (random)
     teacher_skip_rate: float = 0.7   # chance it skips cleaning/heating/cooling an object found in that appliance
@@ -247,9 +248,10 @@ class HouseholdEnv:
                 return nothing
             self.at = r
             self.visited.append(r)
+            # ALFWorld says "You arrive at loc N. " first; the paper's collector strips it (spec §4.4)
             if r in self.closed:
-                return f"You arrive at {r}. The {r} is closed."
-            return f"You arrive at {r}. On the {r}, you see {_listing(self.contents[r])}."
+                return f"The {r} is closed."
+            return f"On the {r}, you see {_listing(self.contents[r])}."
         m = re.fullmatch(r"(open|close) (\w+ \d)", action)
         if m:
             verb, r = m.groups()
@@ -341,14 +343,12 @@ class HouseholdEnv:
         return f"open {nxt}" if nxt == self.at else f"go to {nxt}"
 
     def _search_order(self) -> list[str]:
-        """Receptacles not yet looked into, the one the agent stands at first (it is closed), then the
-        most likely places for the object, then in the order the first observation listed them."""
+        """Receptacles not yet looked into: the one the agent stands at first (it is closed), then in the
+        order the first observation listed them."""
         s = self.scene
         seen = {r for r in self.visited if r not in self.closed}
-        rank = {p: i for i, p in enumerate(PLACES[s.target])}
         todo = [r for r in s.receptacles if r not in seen]
-        todo.sort(key=lambda r: (r != self.at, rank.get(r.split()[0], len(rank)), s.receptacles.index(r)))
-        return todo
+        return sorted(todo, key=lambda r: (r != self.at, s.receptacles.index(r)))
 
     def teacher_episode(self, game: Game, rng: random.Random) -> tuple[str, list[str], list[str], bool]:
         """Play ``game`` with the imperfect teacher: ``(first observation, actions, observations, won)``."""
@@ -410,13 +410,7 @@ class HouseholdTask:
         rng, env, records = random.Random(rng_seed), self.make_env(), []
         for game in self.games("train"):
             for k in range(n_per_problem):
-                first, actions, observations, won = env.teacher_episode(game, rng)
-                records.append({
-                    "id": f"expert-{game.id}-{k}", "task": self.name, "problem_id": game.id,
-                    "prompt": self.prompt(game, first), "steps": [format_turn(a) for a in actions],
-                    "observations": [format_observation(o) for o in observations],
-                    "reward": float(won), "correct": won, "answer": None,
-                    "meta": {"source": "expert", "kind": game.kind, "turns": len(actions)}})
+                records.append(expert_record(self, game, f"expert-{game.id}-{k}", *env.teacher_episode(game, rng)))
         return records
 
 
