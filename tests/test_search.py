@@ -182,6 +182,11 @@ def test_value_strategies_need_a_value_model():
         SearchConfig(strategy="mcts")
 
 
+def test_the_tag_tells_settings_apart():
+    assert SearchConfig().tag == "greedy" and SearchConfig(strategy="beam", width=5).tag == "beam-w5"
+    assert SearchConfig(strategy="best_of_n", n=5, temperature=0.3).tag == "best_of_n-n5-t0.3"
+
+
 def test_best_of_k_actions_executes_the_highest_valued_action():
     contexts = [Context("task\n", ("go\n",), ("you see a key\n",))]
     script = {"go\n": [step("open\n"), step("take key\n"), cut("tak")], "greedy": [step("open\n")]}

@@ -45,10 +45,12 @@ class SearchConfig:
 
     @property
     def tag(self) -> str:
-        """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``."""
+        """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``,
+        and ``best_of_n-n5-t0.3`` for a sampling temperature other than 1."""
         if self.strategy == "greedy":
             return "greedy"
-        return f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
+        tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
+        return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
 
 
 @dataclass
