@@ -19,7 +19,7 @@ from oreo.tasks.household import HouseholdConfig, HouseholdTask
 
 @pytest.fixture(scope="module")
 def task():
-    return HouseholdTask(HouseholdConfig(n_train=12, n_test=6, max_steps=12))
+    return HouseholdTask(HouseholdConfig(n_train=12, n_test=6, max_receptacles=4, max_steps=20))
 
 
 def expert_act(task, calls=None, noise=0.0):
