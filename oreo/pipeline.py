@@ -238,18 +238,18 @@ class Run:
         if not todo and not todo_sampled:
             return have
         sampler = self.sampler(policy_dir, self.cfg.evaluate)
-        for split in todo if self.agent else []:
-            r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
-                                  out_path=self.dir / "eval" / f"{method}-{split}.jsonl", seed=int(self.cfg.seed),
-                                  games_per_batch=int(self.cfg.evaluate.batch_size), desc=f"evaluate {method}/{split}")
-            have[split] = r["success"]
-            self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
-            self.logger.log("evaluate", 0, {f"{method}/{split}": r["success"]})
-        for split in todo if not self.agent else []:
-            r = evaluate_greedy(self.task, self.task.problems(split), sampler,
-                                out_path=self.dir / "eval" / f"{method}-{split}.jsonl", desc=f"evaluate {method}/{split}")
-            have[split] = r["accuracy"]
-            self.logger.log("evaluate", 0, {f"{method}/{split}": r["accuracy"]})
+        for split in todo:
+            out_path, desc = self.dir / "eval" / f"{method}-{split}.jsonl", f"evaluate {method}/{split}"
+            if self.agent:
+                r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
+                                      out_path=out_path, seed=int(self.cfg.seed),
+                                      games_per_batch=int(self.cfg.evaluate.batch_size), desc=desc)
+                self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
+                have[split] = r["success"]
+            else:
+                have[split] = evaluate_greedy(self.task, self.task.problems(split), sampler, out_path=out_path,
+                                              desc=desc)["accuracy"]
+            self.logger.log("evaluate", 0, {f"{method}/{split}": have[split]})
         self.results.setdefault("accuracy", {})[method] = have
         for split in todo_sampled:
             r = evaluate_sampled(self.task, self.task.problems(split), sampler, n=n_samples,

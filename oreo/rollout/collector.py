@@ -36,19 +36,18 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
 
     Returns statistics: records, accuracy (agents: success rate), tokens generated and tokens/s.
     """
+    settings = {"temperature": temperature, "seed": seed, **(meta or {})}  # every record's meta
     if getattr(task, "is_agent", False):
         def produce(chunk, chunk_seed, bar):
             act = sampled_actions(sampler, temperature=temperature)
             episodes = run_episodes(task, chunk, act, repeats=n, seed=chunk_seed, progress=bar)
-            records = [episode_record(task, e, round=round_, meta={"temperature": temperature, "seed": seed,
-                                                                    **(meta or {})}) for e in episodes]
+            records = [episode_record(task, e, round=round_, meta=settings) for e in episodes]
             return records, sum(e.tokens for e in episodes)
     else:
         def produce(chunk, chunk_seed, bar):
             outs = sampler.generate([p.prompt for p in chunk], n=n, temperature=temperature, seed=chunk_seed,
                                     progress=bar)
-            records = [graded_record(task, problem, comp, k, round=round_, meta={
-                           "temperature": temperature, "seed": seed, **(meta or {})})
+            records = [graded_record(task, problem, comp, k, round=round_, meta=settings)
                        for problem, completions in zip(chunk, outs) for k, comp in enumerate(completions)]
             return records, sum(c.n_tokens for cs in outs for c in cs)
     round_ = buffer.next_round() if round is None else round

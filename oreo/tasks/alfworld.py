@@ -197,6 +197,7 @@ class AlfworldEnv:
         self._steps = 0
         self._done = True
         self._expert = None
+        self._unseen: list[tuple[dict, str]] = []  # (state, action that led to it) the expert has not read
         self._expert_next = None
         self._rng_state = None
 
@@ -214,7 +215,7 @@ class AlfworldEnv:
         self._expert.reset(game.spec)  # reads the task from traj_data.json next to the game file
         self._expert.observe(self._state["feedback"])
         self._rng_state = random.Random(f"{self.seed}/{game.id}").getstate()
-        self._expert_next = self._expert_act("")
+        self._unseen, self._expert_next = [(self._state, "")], None
         return "\n".join(self._state["feedback"].removeprefix(WELCOME).split("\n\n"))
 
     def step(self, action: str) -> tuple[str, float, bool, dict]:
@@ -224,25 +225,33 @@ class AlfworldEnv:
         self._steps += 1
         won = bool(self._state["won"])
         self._done = won or self._steps >= self.max_steps
-        self._expert_next = None if self._done else self._expert_act(action)
+        self._unseen.append((self._state, action))
         info = {"won": won, "steps": self._steps, "limit": self._done and not won,
                 "admissible_actions": list(self._state["admissible_commands"])}
         return _ARRIVE.sub("", self._state["feedback"]), float(won), self._done, info
 
     def expert_action(self) -> str | None:
-        """The hand-coded expert's next action; ``None`` once it has given up or the episode is over."""
+        """The hand-coded expert's next action; ``None`` once it has given up or the episode is over.
+        The expert reads the steps only when asked, so rollouts that never ask do not pay for it; it
+        reads them in order, so its answers (and its random draws) are those of an expert that had
+        followed every step."""
+        if self._done:
+            return None
+        for state, last_action in self._unseen:
+            self._expert_next = self._expert_act(state, last_action)
+        self._unseen = []
         return self._expert_next
 
-    def _expert_act(self, last_action: str) -> str | None:
-        """Advance the expert by the last step (it tracks the episode) and return its next command
+    def _expert_act(self, state: dict, last_action: str) -> str | None:
+        """Advance the expert by one step (it tracks the episode) and return its next command
         ("look" where that is not admissible, as ``AlfredExpert`` does)."""
         from alfworld.agents.expert import HandCodedAgentFailed, HandCodedAgentTimeout
 
         if self._expert is None:
             return None
-        admissible = self._state["admissible_commands"]
+        admissible = state["admissible_commands"]
         as_move = {_PUT.sub(r"move \1 to \2", c): c for c in admissible}
-        view = {**self._state, "admissible_commands": list(as_move)}
+        view = {**state, "admissible_commands": list(as_move)}
         outer = random.getstate()
         random.setstate(self._rng_state)
         try:
@@ -260,6 +269,7 @@ class AlfworldEnv:
         if self._engine is not None:
             _IDLE_ENGINES.append(self._engine)
         self._engine = self._state = self._expert = self._expert_next = None
+        self._unseen = []
         self._done = True
 
 

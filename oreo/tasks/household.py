@@ -226,16 +226,15 @@ class HouseholdEnv:
                     acts += [f"take {o} from {r}" for o in self.contents[r] if not o.startswith("desklamp")]
                 else:
                     acts.append(f"put {self.holding} in/on {r}")
-            if self.holding is not None and r.split()[0] in ("sinkbasin", "microwave", "fridge"):
-                verb = {"sinkbasin": "clean", "microwave": "heat", "fridge": "cool"}[r.split()[0]]
-                acts.append(f"{verb} {self.holding} with {r}")
+            for verb, appliance in APPLIANCE.items():
+                if self.holding is not None and r.split()[0] == appliance:
+                    acts.append(f"{verb} {self.holding} with {r}")
             if "desklamp 1" in self.contents.get(r, []):
                 acts.append("use desklamp 1")
         return acts
 
     def _act(self, action: str) -> str:
         nothing = "Nothing happened."
-        words = action.split()
         here = self.at
         if action == "look":
             return f"You are facing the {here}." if here else "You are in the middle of a room."
@@ -285,12 +284,11 @@ class HouseholdEnv:
         m = re.fullmatch(r"(clean|heat|cool) (\w+ \d) with (\w+ \d)", action)
         if m:
             verb, obj, r = m.groups()
-            appliance = {"clean": "sinkbasin", "heat": "microwave", "cool": "fridge"}[verb]
-            if r != here or obj != self.holding or r.split()[0] != appliance:
+            if r != here or obj != self.holding or r.split()[0] != APPLIANCE[verb]:
                 return nothing
             self.state.add(STATE[verb])
             return f"{VERB[verb][1]} the {obj} using the {r}."
-        if words[:1] == ["use"] and action == "use desklamp 1":
+        if action == "use desklamp 1":
             if here is None or "desklamp 1" not in self.contents[here]:
                 return nothing
             s = self.scene
