@@ -96,6 +96,14 @@ def save_atomically(path: str | Path, write) -> Path:
     return path
 
 
+def weights_stamp(folder: str | Path | None) -> int | None:
+    """The latest modification time (ns) of the files in ``folder``: it tells a retrained checkpoint
+    from an earlier one at the same path, so results measured on the earlier one are not reused."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    return max((f.stat().st_mtime_ns for f in Path(folder).iterdir() if f.is_file()), default=None)
+
+
 def progress_dir(out_dir: str | Path) -> Path:
     out_dir = Path(out_dir)
     return out_dir.with_name(out_dir.name + ".progress")

@@ -21,7 +21,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from oreo.checkpoint import append_lines, whole_lines
+from oreo.checkpoint import append_lines, weights_stamp, whole_lines
 from oreo.distributed import all_gather_objects, barrier, rank_world
 from oreo.progress import progress
 from oreo.search.strategies import majority_index
@@ -65,28 +65,23 @@ def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = No
             "mean_tokens": sum(r["n_tokens"] for r in rows) / n}
 
 
-def evaluate_episodes(task, games, act, *, out_path: str | Path | None = None, seed: int = 0,
-                      games_per_batch: int = 64, desc: str = "episodes") -> dict:
+def evaluate_episodes(task, games, act, *, out_path: str | Path, seed: int = 0, games_per_batch: int = 64,
+                      desc: str = "episodes", fingerprint: dict | None = None) -> dict:
     """Success rate of the agent ``act`` (``oreo.rollout.episodes``) on ``games``, one episode each, with
-    mean turns and tokens, and success per goal kind. Rows: game, kind, turns, success, invalid, actions."""
+    mean turns and tokens, and success per goal kind. Rows: game, kind, turns, success, invalid, actions.
+    Resumes by block of ``games_per_batch`` games, as ``evaluate_search`` does."""
     from oreo.rollout.episodes import run_episodes
     from oreo.tasks.agent import parse_action
 
-    rank, _ = rank_world()
-    mine = _my_blocks(len(games), games_per_batch)
-    bar = progress(total=sum(len(b) for _, b in mine), desc=desc, unit="episode", leave=False, disable=rank != 0)
-    rows = []
-    for b, block in mine:
+    def play(b, block, bar):
         episodes = run_episodes(task, [games[i] for i in block], act, seed=seed * 7919 + b, progress=bar)
-        for i, e in zip(block, episodes):
-            rows.append((i, {"game": e.game.id, "kind": e.game.kind, "turns": len(e.steps), "success": e.won,
-                             "invalid": e.invalid, "tokens": e.tokens,
-                             "actions": [parse_action(t) for t in e.steps], "last_observation":
-                             e.observations[-1] if e.observations else None}))
-    bar.close()
-    rows = _gather_in_order(rows)
-    if out_path is not None and rank == 0:
-        _write_rows(out_path, rows)
+        return [(i, {"game": e.game.id, "kind": e.game.kind, "turns": len(e.steps), "success": e.won,
+                     "invalid": e.invalid, "tokens": e.tokens, "actions": [parse_action(t) for t in e.steps],
+                     "last_observation": e.observations[-1] if e.observations else None})
+                for i, e in zip(block, episodes)]
+
+    rows, _ = _run_blocks(play, len(games), games_per_batch, out_path=out_path, fingerprint=fingerprint,
+                          desc=desc, unit="episode")
     n = max(1, len(rows))
     kinds = sorted({r["kind"] for r in rows})
     return {"success": sum(r["success"] for r in rows) / n, "n": len(rows),
@@ -145,39 +140,59 @@ def evaluate_sampled(task, problems, sampler, *, n: int, temperature: float, ks:
 def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int = 0, desc: str = "search",
                     fingerprint: dict | None = None) -> dict:
     """Accuracy of ``searcher``'s choices on ``problems``, with generated tokens per problem and wall time.
+    Rows: problem, response, answer, gold, correct, value, tokens, samples. Problems go in blocks of
+    ``searcher.cfg.problems_per_batch`` and an interrupted evaluation resumes by block (``_run_blocks``)."""
+    def solve(b, block, bar):
+        rows = []
+        for i, choice in zip(block, searcher.solve([problems[i] for i in block], seed=seed * 7919 + b)):
+            problem = problems[i]
+            answer, correct = task.grade(problem, choice.response) if choice.response is not None else (None, False)
+            rows.append((i, {"problem_id": problem.id, "prompt": problem.prompt, "response": choice.response,
+                             "answer": answer, "gold": problem.answer, "correct": bool(correct),
+                             "value": choice.value, "tokens": choice.tokens, "samples": choice.samples}))
+        return rows
 
-    Problems go in blocks of ``searcher.cfg.problems_per_batch`` (seeded by block number, so results do
-    not depend on resuming or on the number of ranks). Each finished block is appended to
-    ``OUT.partial[.rankR].jsonl`` with ``fingerprint`` (what must match to reuse it: the settings and the
-    checkpoint); a rerun skips the matching blocks found there. At the end the rows (problem,
-    response, answer, gold, correct, value, tokens, samples) go to ``out_path`` and the partials are removed.
+    rows, wall = _run_blocks(solve, len(problems), searcher.cfg.problems_per_batch, out_path=out_path,
+                             fingerprint=fingerprint, desc=desc, unit="problem")
+    n = max(1, len(rows))
+    tokens = sum(r["tokens"] for r in rows)
+    values = [r["value"] for r in rows if r["value"] is not None]
+    return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows), "mean_tokens": tokens / n,
+            "mean_samples": sum(r["samples"] for r in rows) / n, "answered": sum(r["response"] is not None for r in rows) / n,
+            "mean_value": sum(values) / len(values) if values else None,
+            "wall_s": wall, "tokens_per_s": tokens / max(wall, 1e-9)}
+
+
+def _run_blocks(solve, n_items: int, block_size: int, *, out_path: str | Path, fingerprint: dict | None,
+                desc: str, unit: str) -> tuple[list[dict], float]:
+    """Runs ``solve(block number, item indices, bar) → [(index, row)]`` on this rank's blocks (it may
+    advance the progress ``bar`` item by item); returns every
+    rank's rows in index order, written to ``out_path``, and the total wall time.
+
+    Blocks are seeded by their number, so results do not depend on resuming or on the number of ranks.
+    Each finished block is appended to ``OUT.partial[.rankR].jsonl`` with ``fingerprint`` (what must
+    match to reuse it: settings, checkpoint, seed); a rerun skips the matching blocks found there. The
+    partials are removed once ``out_path`` is written.
     """
     out_path = Path(out_path)
     rank, _ = rank_world()
     partials = sorted(out_path.parent.glob(f"{out_path.stem}.partial*.jsonl"))
     done = {item["block"]: item for path in partials for item in whole_lines(path)
             if item.get("fingerprint") == fingerprint}
-    mine = _my_blocks(len(problems), searcher.cfg.problems_per_batch)
+    mine = _my_blocks(n_items, block_size)
     todo = [(b, block) for b, block in mine if b not in done]
-    bar = progress(total=sum(len(b) for _, b in todo), desc=desc, unit="problem", leave=False, disable=rank != 0)
+    bar = progress(total=sum(len(b) for _, b in todo), desc=desc, unit=unit, leave=False, disable=rank != 0)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     partial = out_path.with_name(f"{out_path.stem}.partial{'' if rank == 0 else f'.rank{rank}'}.jsonl")
     with append_lines(partial) as out:
         for b, block in todo:
-            start = time.perf_counter()
-            choices = searcher.solve([problems[i] for i in block], seed=seed * 7919 + b)
-            rows = []
-            for i, choice in zip(block, choices):
-                problem = problems[i]
-                answer, correct = task.grade(problem, choice.response) if choice.response is not None else (None, False)
-                rows.append((i, {"problem_id": problem.id, "prompt": problem.prompt, "response": choice.response,
-                                 "answer": answer, "gold": problem.answer, "correct": bool(correct),
-                                 "value": choice.value, "tokens": choice.tokens, "samples": choice.samples}))
-            item = {"block": b, "rows": rows, "wall_s": time.perf_counter() - start, "fingerprint": fingerprint}
+            start, shown = time.perf_counter(), bar.n
+            item = {"block": b, "rows": solve(b, block, bar), "wall_s": time.perf_counter() - start,
+                    "fingerprint": fingerprint}
             out.write(json.dumps(item, default=str) + "\n")
             out.flush()
             done[b] = item
-            bar.update(len(block))
+            bar.update(len(block) - (bar.n - shown))
     bar.close()
     mine_done = [done[b] for b, _ in mine]
     rows = _gather_in_order([tuple(r) for item in mine_done for r in item["rows"]])
@@ -188,13 +203,7 @@ def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int
     if rank == 0:
         for path in out_path.parent.glob(f"{out_path.stem}.partial*.jsonl"):
             path.unlink()
-    n = max(1, len(rows))
-    tokens = sum(r["tokens"] for r in rows)
-    values = [r["value"] for r in rows if r["value"] is not None]
-    return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows), "mean_tokens": tokens / n,
-            "mean_samples": sum(r["samples"] for r in rows) / n, "answered": sum(r["response"] is not None for r in rows) / n,
-            "mean_value": sum(values) / len(values) if values else None,
-            "wall_s": wall, "tokens_per_s": tokens / max(wall, 1e-9)}
+    return rows, wall
 
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -241,7 +250,8 @@ def search_run(cfg: DictConfig) -> dict:
     metrics_path = out_dir / "metrics.json"
     # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
     fingerprint = {"search": search_cfg, "policy": str(policy_dir), "value": str(value_dir), "seed": int(cfg.seed),
-                   "max_new_tokens": int(cfg.evaluate.max_new_tokens)}
+                   "max_new_tokens": int(cfg.evaluate.max_new_tokens),
+                   "weights": [weights_stamp(policy_dir), weights_stamp(value_dir)]}
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and cfg.resume else {}
     if metrics.get("fingerprint") != fingerprint:
         metrics = {}
@@ -252,7 +262,7 @@ def search_run(cfg: DictConfig) -> dict:
             metrics[split] = evaluate_episodes(task, task.problems(split), agent_act(search, sampler, scorer),
                                                out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
                                                games_per_batch=search.problems_per_batch,
-                                               desc=f"{search.tag}/{split}")
+                                               desc=f"{search.tag}/{split}", fingerprint=fingerprint)
         else:
             metrics[split] = evaluate_search(task, task.problems(split), Searcher(search, task, sampler, scorer),
                                              out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),

@@ -14,6 +14,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
+from oreo.checkpoint import weights_stamp
 from oreo.distributed import barrier, init_distributed, local_rank, rank_world
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
@@ -171,7 +172,8 @@ class Run:
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             sampler = self.sampler(policy_dir, c)
-            info = collect(self.task, self.task.problems("train"), sampler, self.buffer,
+            problems = self.task.problems("train")[:c.get("max_problems")]
+            info = collect(self.task, problems, sampler, self.buffer,
                            n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed) + 1000 * round,
                            round=round, meta={"policy": str(policy_dir)})
             close_sampler(sampler)
@@ -241,8 +243,10 @@ class Run:
         for split in todo:
             out_path, desc = self.dir / "eval" / f"{method}-{split}.jsonl", f"evaluate {method}/{split}"
             if self.agent:
+                fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir),
+                               "seed": int(self.cfg.seed), "max_new_tokens": int(self.cfg.evaluate.max_new_tokens)}
                 r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
-                                      out_path=out_path, seed=int(self.cfg.seed),
+                                      out_path=out_path, seed=int(self.cfg.seed), fingerprint=fingerprint,
                                       games_per_batch=int(self.cfg.evaluate.batch_size), desc=desc)
                 self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
                 have[split] = r["success"]

@@ -147,9 +147,45 @@ def test_a_tiny_model_collects_and_is_evaluated_on_episodes(task, tmp_path):
 
 
 def test_evaluation_counts_the_expert_as_always_successful(task, tmp_path):
-    result = evaluate_episodes(task, task.games("test"), expert_act(task), games_per_batch=4)
+    result = evaluate_episodes(task, task.games("test"), expert_act(task), games_per_batch=4,
+                               out_path=tmp_path / "eval.jsonl")
     assert result["success"] == 1.0 and result["invalid"] == 0.0 and result["n"] == 6
     assert set(result["by_kind"]) <= {"put", "clean", "heat", "cool", "examine"}
+
+
+def test_an_interrupted_evaluation_resumes_by_block_with_the_same_rows(task, tmp_path):
+    """Blocks of 2 games; a kill in the second block keeps the first, which a rerun with the same
+    fingerprint reuses (its games are not played again) and a rerun with another fingerprint replays."""
+    games, fp = task.games("test"), {"policy": "noisy expert"}
+    whole = evaluate_episodes(task, games, expert_act(task, noise=0.3), games_per_batch=2,
+                              out_path=tmp_path / "a/test.jsonl", fingerprint=fp)
+
+
+    def recording(played, die_after=None):
+        def act(contexts, seed):
+            played.extend(c.prompt for c in contexts)
+            if die_after is not None and len(set(played)) > die_after:
+                raise KeyboardInterrupt
+            return expert_act(task, noise=0.3)(contexts, seed)
+        return act
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_episodes(task, games, recording([], die_after=2), games_per_batch=2,
+                          out_path=tmp_path / "b/test.jsonl", fingerprint=fp)
+    assert len((tmp_path / "b/test.partial.jsonl").read_text().splitlines()) == 1
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c/test.partial.jsonl").write_text((tmp_path / "b/test.partial.jsonl").read_text())
+
+    replayed, other = [], []
+    resumed = evaluate_episodes(task, games, recording(replayed), games_per_batch=2,
+                                out_path=tmp_path / "b/test.jsonl", fingerprint=fp)
+    first_block = {task.prompt(g, task.make_env().reset(g)) for g in games[:2]}
+    assert len(set(replayed)) == 4 and not set(replayed) & first_block
+    evaluate_episodes(task, games, recording(other), games_per_batch=2, out_path=tmp_path / "c/test.jsonl",
+                      fingerprint={"policy": "another"})
+    assert len(set(other)) == 6
+    assert (tmp_path / "a/test.jsonl").read_text() == (tmp_path / "b/test.jsonl").read_text()
+    assert resumed == whole and not list((tmp_path / "b").glob("*.partial*"))
 
 
 def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level(task, tmp_path):

@@ -178,7 +178,7 @@ def test_imported_reference_data_balanced_selection_and_sampled_evaluation(tmp_p
 HOUSEHOLD_TRIM = ["+experiment=household", "task.n_train=16", "task.n_test=6", "task.max_steps=6",
                   "model.tiny.hidden_size=32", "model.tiny.num_layers=1", "model.tiny.num_heads=2",
                   "model.tiny.intermediate_size=64", "sft.train.epochs=1", "sft.train.batch_size=8",
-                  "sft.train.micro_batch_size=8", "collect.n=2", "rft.train.batch_size=2",
+                  "sft.train.micro_batch_size=8", "collect.n=2", "collect.max_problems=12", "rft.train.batch_size=2",
                   "rft.train.micro_batch_size=2", "oreo.train.batch_size=8", "oreo.train.micro_batch_size=8",
                   "evaluate.max_new_tokens=12", "collect.max_new_tokens=12", "threads=1"]
 
@@ -189,7 +189,7 @@ def test_household_agents_run_end_to_end_and_search_with_best_of_k(tmp_path):
     success = json.loads((tmp_path / "metrics.json").read_text())
     details = json.loads((tmp_path / "run.json").read_text())
     assert {"sft", "oreo"} <= set(success) and all(set(row) == {"test"} for row in success.values())
-    assert details["buffer"]["n"] == 16 * 2
+    assert details["buffer"]["n"] == 12 * 2 and details["buffer"]["n_problems"] == 12  # the first 12 of 16 games
     assert set(details["episodes"]["sft"]["test"]) >= {"success", "mean_turns", "by_kind", "invalid"}
     rows = [json.loads(line) for line in (tmp_path / "eval" / "oreo-test.jsonl").read_text().splitlines()]
     assert len(rows) == 6 and all(r["turns"] <= 6 for r in rows)

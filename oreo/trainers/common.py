@@ -25,6 +25,7 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     seed: int = 0
     padding_side: str = "right"
+    group_by_length: bool = False  # batches of similar lengths (less padding; see epoch_order)
     log_every: int = 10
     save_every: int = 0           # optimizer steps between in-stage checkpoints (0: none; SIGTERM still saves)
     engine: str = "torch"         # torch | deepspeed
@@ -59,12 +60,31 @@ def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
     return max(1, math.floor(cfg.epochs * per_epoch))
 
 
-def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int, start_step: int = 0):
-    """Yield ``(step, micro_index, indices)`` for this rank: seeded per-epoch shuffles, global batches
+def epoch_order(n_examples: int, cfg: TrainConfig, epoch: int, lengths: list[int] | None = None) -> list[int]:
+    """The examples of ``epoch`` in training order: a shuffle seeded by ``cfg.seed`` and the epoch.
+
+    With ``cfg.group_by_length`` (and ``lengths``), each run of 64 global batches of the shuffle is
+    sorted by length and cut into batches, and those batches are shuffled: a batch holds examples of
+    similar length (padding is wasted compute) while the batches still come in random order."""
+    generator = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+    order = torch.randperm(n_examples, generator=generator).tolist()
+    if not (cfg.group_by_length and lengths):
+        return order
+    size = cfg.batch_size
+    batches = []
+    for start in range(0, n_examples - n_examples % size, 64 * size):
+        chunk = sorted(order[start:start + 64 * size], key=lambda i: -lengths[i])
+        batches += [chunk[b:b + size] for b in range(0, len(chunk) - len(chunk) % size, size)]
+    return [i for b in torch.randperm(len(batches), generator=generator).tolist() for i in batches[b]]
+
+
+def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int, start_step: int = 0,
+                  lengths: list[int] | None = None):
+    """Yield ``(step, micro_index, indices)`` for this rank: each epoch in ``epoch_order``, global batches
     split into equal micro-batches, rank r taking its contiguous share of each global batch.
 
-    The order depends only on ``cfg.seed``, so starting at ``start_step`` yields exactly the tail of a
-    run started at 0 (how an interrupted stage resumes)."""
+    The order depends only on ``cfg.seed`` (and the lengths), so starting at ``start_step`` yields exactly
+    the tail of a run started at 0 (how an interrupted stage resumes)."""
     rank, size = world()
     per_epoch = n_examples // cfg.batch_size
     accumulation = cfg.batch_size // (cfg.micro_batch_size * size)
@@ -72,7 +92,7 @@ def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int, start_ste
     step = start_step
     while step < total_steps:
         epoch, b = divmod(step, per_epoch)
-        order = torch.randperm(n_examples, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch)).tolist()
+        order = epoch_order(n_examples, cfg, epoch, lengths)
         for b in range(b, per_epoch):
             if step >= total_steps:
                 return

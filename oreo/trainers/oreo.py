@@ -208,7 +208,8 @@ class OREOTrainer:
             start = ckpt.restore()
             bar = progress(total=total, initial=start, desc=stage, unit="step", leave=False, disable=rank != 0)
             tokens, t0, running = 0, time.perf_counter(), {}
-            for step, _, idx in micro_batches(len(data), tcfg, total, start_step=start):
+            for step, _, idx in micro_batches(len(data), tcfg, total, start_step=start,
+                                              lengths=[len(d.input_ids) for d in data]):
                 batch = collate([data[i] for i in idx], self.tokenizer.pad_token_id, tcfg.padding_side,
                                 ref_logprobs=[ref_logps[i] for i in idx])
                 batch = {k: v.to(device) for k, v in batch.items()}

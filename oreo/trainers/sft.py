@@ -44,7 +44,8 @@ def train_sft(model, tokenizer, records: list[dict], cfg: TrainConfig, *, max_le
         start = ckpt.restore()
         bar = progress(total=total, initial=start, desc=stage, unit="step", leave=False, disable=rank != 0)
         tokens, t0, running = 0, time.perf_counter(), []
-        for step, _, idx in micro_batches(len(data), cfg, total, start_step=start):
+        for step, _, idx in micro_batches(len(data), cfg, total, start_step=start,
+                                          lengths=[len(d.input_ids) for d in data]):
             batch = {k: v.to(device) for k, v in collate([data[i] for i in idx], tokenizer.pad_token_id,
                                                          cfg.padding_side).items()}
             hidden = hidden_states(engine.module, batch["input_ids"], batch["attention_mask"])
