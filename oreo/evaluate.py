@@ -166,8 +166,8 @@ def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int
 def _run_blocks(solve, n_items: int, block_size: int, *, out_path: str | Path, fingerprint: dict | None,
                 desc: str, unit: str) -> tuple[list[dict], float]:
     """Runs ``solve(block number, item indices, bar) → [(index, row)]`` on this rank's blocks (it may
-    advance the progress ``bar`` item by item); returns every
-    rank's rows in index order, written to ``out_path``, and the total wall time.
+    advance the progress ``bar`` item by item); returns every rank's rows in index order, written to
+    ``out_path``, and the total wall time.
 
     Blocks are seeded by their number, so results do not depend on resuming or on the number of ranks.
     Each finished block is appended to ``OUT.partial[.rankR].jsonl`` with ``fingerprint`` (what must
