@@ -240,11 +240,12 @@ class Run:
         if not todo and not todo_sampled:
             return have
         sampler = self.sampler(policy_dir, self.cfg.evaluate)
+        # what an interrupted episode evaluation's finished blocks must match to be reused
+        fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir), "seed": int(self.cfg.seed),
+                       "max_new_tokens": int(self.cfg.evaluate.max_new_tokens)}
         for split in todo:
             out_path, desc = self.dir / "eval" / f"{method}-{split}.jsonl", f"evaluate {method}/{split}"
             if self.agent:
-                fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir),
-                               "seed": int(self.cfg.seed), "max_new_tokens": int(self.cfg.evaluate.max_new_tokens)}
                 r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
                                       out_path=out_path, seed=int(self.cfg.seed), fingerprint=fingerprint,
                                       games_per_batch=int(self.cfg.evaluate.batch_size), desc=desc)
