@@ -14,6 +14,7 @@ per-step credit assignment degenerates to a per-trajectory baseline.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tempfile
 from pathlib import Path
@@ -26,23 +27,22 @@ from oreo.trainers.common import TrainConfig
 from oreo.trainers.oreo import OREOConfig, OREOTrainer
 
 
-def valid_steps(record: dict) -> float:
-    steps = [parse_step(s) for s in record["steps"][:-1]]
+def valid_steps(record) -> float:
+    steps = [parse_step(s) for s in record.steps[:-1]]
     return float(all(p is not None and apply_op(p[0], p[1], p[2]) == p[3] for p in steps))
 
 
 REWARDS = {
-    "outcome": lambda r: r["reward"],
+    "outcome": lambda r: r.reward,
     "valid_steps": valid_steps,
-    "prompt_digit": lambda r: float(r["prompt"][0] in "12"),
+    "prompt_digit": lambda r: float(r.prompt[0] in "12"),
 }
 
 
 def probe(run_dir: Path, name: str, n: int, epochs: float) -> dict:
     records = Buffer(run_dir / "buffer").load()[:n]
     rewards = [REWARDS[name](r) for r in records]
-    for r, reward in zip(records, rewards):
-        r["reward"] = reward
+    records = [dataclasses.replace(r, reward=reward) for r, reward in zip(records, rewards)]
     mean = sum(rewards) / len(rewards)
     policy, tokenizer = load_policy(str(run_dir / "checkpoints" / "sft"))
     trainer = OREOTrainer(policy, tokenizer, OREOConfig(beta=0.3, kl_type="none"),

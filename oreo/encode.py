@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from oreo.trajectory import Trajectory
+
 GRANULARITIES = ("token", "step", "turn")
 
 
@@ -115,16 +117,19 @@ class Encoder:
             if k < len(observations) and (not last or last_observation):
                 yield self._ids(self.observation_text(prompt, observations[k])), False
 
-    def encode(self, record: dict, index: int = 0) -> Encoded | None:
-        """Encode one record; ``None`` (and counted in ``stats``) if it is too long or has no state."""
+    def encode(self, record: Trajectory | dict, index: int = 0) -> Encoded | None:
+        """Encode one trajectory (a plain dict record is read with ``Trajectory.from_dict``); ``None``
+        (and counted in ``stats``) if it is too long or has no state."""
+        if not isinstance(record, Trajectory):
+            record = Trajectory.from_dict(record, f"record {index}")
         self.stats.seen += 1
-        observations = record.get("observations") or []
-        finished = (record.get("meta") or {}).get("finished", True)
+        observations = record.observations
+        finished = record.meta.get("finished", True)
         # An empty response that ended with EOS is still one action (the EOS): the model must learn
         # from stopping at once too.
-        steps = list(record["steps"]) or ([""] if finished else [])
+        steps = list(record.steps) or ([""] if finished else [])
         ids, is_action, step_starts = [], [], []
-        for segment, action in self._segments(record["prompt"], steps, observations, finished=finished):
+        for segment, action in self._segments(record.prompt, steps, observations, finished=finished):
             if action and segment:
                 step_starts.append(len(ids))
             ids += segment
@@ -144,9 +149,9 @@ class Encoder:
             self.stats.no_state += 1
             return None
         self.stats.kept += 1
-        return Encoded(ids, action_mask, state_mask, float(record["reward"]), index)
+        return Encoded(ids, action_mask, state_mask, record.reward, index)
 
-    def encode_all(self, records: list[dict]) -> list[Encoded]:
+    def encode_all(self, records: list[Trajectory | dict]) -> list[Encoded]:
         out = [self.encode(r, i) for i, r in enumerate(records)]
         return [e for e in out if e is not None]
 

@@ -185,7 +185,7 @@ class Run:
         """SFT on the buffer's correct samples; ``None`` (and the reason in run.json) if too few."""
         out = self.checkpoint("rft")
         if not self.done(out):
-            records = [r for r in self.training_records() if r["correct"]]
+            records = [r for r in self.training_records() if r.correct]
             batch = int(self.cfg.rft.train.batch_size)
             if len(records) < batch:
                 reason = f"{len(records)} correct samples in the buffer, fewer than one batch ({batch})"

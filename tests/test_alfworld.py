@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from oreo.buffer import validate_record
 from oreo.tasks import make_task
 from oreo.tasks.agent import format_observation, parse_action
 from oreo.tasks.alfworld import (ETO_INSTRUCTION, AlfworldConfig, AlfworldEnv, AlfworldTask,
                                  alfworld_data_dir, alfworld_game, alfworld_games)
+from oreo.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]
 ARCHIVES = [ROOT / "shared/data/alfworld.tar.gz", ROOT.parent / "shared/data/alfworld.tar.gz"]
@@ -129,25 +129,25 @@ def test_expert_records_replay(data_dir):
     pytest.importorskip("alfworld", reason="the alfworld extra is not installed")
     task = AlfworldTask(AlfworldConfig(data_dir=str(data_dir), limits={"train": 3}))
     records = task.sft_records(0)
-    assert [r["problem_id"] for r in records] == [g.id for g in task.games("train")]
-    assert [r["reward"] for r in records] == [1.0, 1.0, 1.0]
+    assert [r.problem_id for r in records] == [g.id for g in task.games("train")]
+    assert [r.reward for r in records] == [1.0, 1.0, 1.0]
     for r in records:
-        validate_record(r)
-        assert len(r["observations"]) == len(r["steps"]) == r["meta"]["turns"] > 0
-        assert r["prompt"][0] == {"role": "user", "content": ETO_INSTRUCTION}
-        assert r["prompt"][1] == {"role": "assistant", "content": "OK"}
+        assert isinstance(r, Trajectory) and r.step_rewards == [0.0] * (len(r.steps) - 1) + [1.0]
+        assert len(r.observations) == len(r.steps) == r.meta["turns"] > 0
+        assert r.prompt[0] == {"role": "user", "content": ETO_INSTRUCTION}
+        assert r.prompt[1] == {"role": "assistant", "content": "OK"}
 
     # replay every record's actions in its own environment, all stepping together as in a rollout
     envs = [task.make_env() for _ in records]
     try:
         for env, r in zip(envs, records):
-            assert env.reset(task.game(r["problem_id"])) == r["prompt"][2]["content"]
-        for t in range(max(len(r["steps"]) for r in records)):
+            assert env.reset(task.game(r.problem_id)) == r.prompt[2]["content"]
+        for t in range(max(len(r.steps) for r in records)):
             for env, r in zip(envs, records):
-                if t < len(r["steps"]):
-                    observation, reward, done, _ = env.step(parse_action(r["steps"][t]))
-                    assert format_observation(observation) == r["observations"][t]
-                    assert (reward, done) == ((r["reward"], True) if t == len(r["steps"]) - 1 else (0.0, False))
+                if t < len(r.steps):
+                    observation, reward, done, _ = env.step(parse_action(r.steps[t]))
+                    assert format_observation(observation) == r.observations[t]
+                    assert (reward, done) == ((r.reward, True) if t == len(r.steps) - 1 else (0.0, False))
     finally:
         for env in envs:
             env.close()
@@ -171,7 +171,7 @@ def test_one_collection_round_with_a_tiny_model(data_dir, tmp_path):
     records = buffer.load()
     assert info["records"] == len(records) == 4 and info["tokens"] > 0
     for r in records:
-        validate_record(r)
-        assert r["prompt"].startswith(ETO_INSTRUCTION) and r["reward"] == 0.0  # random text never wins
-        assert 1 <= len(r["steps"]) <= 3
-        assert r["meta"]["invalid"] or len(r["observations"]) == len(r["steps"])
+        assert isinstance(r, Trajectory) and len(r.step_rewards) == len(r.steps)
+        assert r.prompt.startswith(ETO_INSTRUCTION) and r.reward == 0.0  # random text never wins
+        assert 1 <= len(r.steps) <= 3
+        assert r.meta["invalid"] or len(r.observations) == len(r.steps)

@@ -1,10 +1,12 @@
 """Tests for the offline buffer (oreo/buffer.py)."""
 
+import dataclasses
 import json
 
 import pytest
 
-from oreo.buffer import Buffer, RecordError, import_jsonl, validate_record
+from oreo.buffer import Buffer, RecordError, import_jsonl
+from oreo.trajectory import Trajectory
 
 CHAT = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "2+2? ünï"}]
 
@@ -14,14 +16,14 @@ def rec(id, problem_id="p1", reward=1.0, steps=None, **kw):
             "steps": ["4"] if steps is None else steps, "reward": reward, **kw}
 
 
-def test_validate_fills_defaults_without_mutating():
+def test_from_dict_fills_defaults_without_mutating():
     raw = rec("a", reward=0.0)
-    out = validate_record(raw)
-    assert out == {**raw, "round": None, "observations": [], "correct": False,
-                   "answer": None, "meta": {}}
+    out = Trajectory.from_dict(raw).to_dict()
+    assert out == {**raw, "round": None, "observations": [], "correct": False, "answer": None, "meta": {},
+                   "step_rewards": [], "step_values": [], "tree_id": None, "node_ids": [], "parent_ids": []}
     assert "meta" not in raw
-    assert validate_record(rec("b", reward=1))["correct"] is True
-    assert isinstance(validate_record(rec("b", reward=1))["reward"], float)
+    assert Trajectory.from_dict(rec("b", reward=1)).correct is True
+    assert isinstance(Trajectory.from_dict(rec("b", reward=1)).reward, float)
 
 
 def test_append_and_load_round_trip(tmp_path):
@@ -35,11 +37,11 @@ def test_append_and_load_round_trip(tmp_path):
     assert buf.rounds() == [0, 1]
     assert len(buf) == 3
 
-    expected = [{**validate_record(r), "round": 0} for r in r0] + \
-               [{**validate_record(r), "round": 1} for r in r1]
+    expected = [Trajectory.from_dict({**r, "round": 0}) for r in r0] + \
+               [Trajectory.from_dict({**r, "round": 1}) for r in r1]
     loaded = Buffer(tmp_path / "buffer").load()
-    assert loaded == expected
-    assert loaded[0]["prompt"] == "What is 2+2?" and loaded[2]["prompt"] == CHAT
+    assert loaded == expected and all(isinstance(r, Trajectory) for r in loaded)
+    assert loaded[0].prompt == "What is 2+2?" and loaded[2].prompt == CHAT
     assert buf.load([1]) == expected[2:]
     assert buf.load([1, 0]) == expected  # round order regardless of the order asked
 
@@ -53,7 +55,7 @@ def test_round_numbering_and_existing_round_refused(tmp_path):
     assert buf.append([rec("b")]) == 6
     assert buf.append([rec("c")], round=2) == 2
     assert buf.rounds() == [2, 5, 6]
-    assert [r["id"] for r in buf.load()] == ["c", "a", "b"]
+    assert [r.id for r in buf.load()] == ["c", "a", "b"]
     with pytest.raises(FileExistsError, match="round_005"):
         buf.append([rec("d")], round=5)
     with pytest.raises(KeyError, match=r"\[3\]"):
@@ -101,7 +103,7 @@ def test_missing_field():
     bad = rec("x")
     del bad["reward"]
     with pytest.raises(RecordError, match=r"here \(id 'x'\): field 'reward': missing"):
-        validate_record(bad, where="here")
+        Trajectory.from_dict(bad, where="here")
 
 
 def hand_made(tmp_path):
@@ -135,23 +137,26 @@ def test_stats(tmp_path):
 
 def test_filter(tmp_path):
     buf = hand_made(tmp_path)
-    assert [r["id"] for r in buf.filter(lambda r: r["correct"])] == ["a", "d"]
-    assert [r["id"] for r in buf.filter(lambda r: r["correct"], rounds=[0])] == ["a"]
+    assert [r.id for r in buf.filter(lambda r: r.correct)] == ["a", "d"]
+    assert [r.id for r in buf.filter(lambda r: r.correct, rounds=[0])] == ["a"]
     assert buf.filter(lambda r: False) == []
 
 
 def test_export_import_round_trip(tmp_path):
     buf = hand_made(tmp_path / "buffer")
-    buf.append([rec("e", prompt=CHAT, steps=["s1", "s2"], observations=["o1", "o2"])])
+    buf.append([rec("e", prompt=CHAT, steps=["s1", "s2"], observations=["o1", "o2"], step_rewards=[0.25, 0.5],
+                    step_values=[-1.0, 2.5], tree_id="t", node_ids=["n1", "n2"], parent_ids=[None, "n1"])])
     out = tmp_path / "out" / "records.jsonl"
     assert buf.export_jsonl(out) == 5
     assert len(out.read_text(encoding="utf-8").splitlines()) == 5
     records = import_jsonl(out)
     assert records == buf.load()
+    assert (records[-1].step_rewards, records[-1].step_values, records[-1].tree_id, records[-1].parent_ids) == \
+        ([0.25, 0.5], [-1.0, 2.5], "t", [None, "n1"])
 
     other = Buffer(tmp_path / "other")
     other.append(records)
-    assert other.load() == [{**r, "round": 0} for r in records]
+    assert other.load() == [dataclasses.replace(r, round=0) for r in records]
     assert buf.export_jsonl(tmp_path / "r1.jsonl", rounds=[1]) == 1
 
 
@@ -183,7 +188,7 @@ def test_leftover_temp_folder_is_ignored_and_cleaned(tmp_path):
     reopened = Buffer(tmp_path)
     assert not leftover.exists()
     assert reopened.append([rec("b")]) == 1
-    assert [r["id"] for r in reopened.load()] == ["a", "b"]
+    assert [r.id for r in reopened.load()] == ["a", "b"]
 
 
 def test_empty_buffer(tmp_path):
@@ -210,9 +215,10 @@ def test_import_reference_format(tmp_path):
              {"prompt": "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n", "response": "", "reward": 0}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     records = import_reference_jsonl(path, lambda t: t.splitlines(keepends=True), task="gsm8k")
-    assert [r["problem_id"] for r in records] == ["ref-000000", "ref-000000", "ref-000001"]
-    assert records[0]["steps"] == ["a\n", "b\n", "#### 3"] and records[0]["correct"] is True
-    assert records[2]["steps"] == [] and records[2]["reward"] == 0.0
+    assert all(isinstance(r, Trajectory) for r in records)
+    assert [r.problem_id for r in records] == ["ref-000000", "ref-000000", "ref-000001"]
+    assert records[0].steps == ["a\n", "b\n", "#### 3"] and records[0].correct is True
+    assert records[2].steps == [] and records[2].reward == 0.0
     with path.open("a") as f:
         f.write(json.dumps({"prompt": "x", "response": "y", "reward": "high"}) + "\n")
     with pytest.raises(RecordError, match=r"train-n5-t1.jsonl:4.*reward"):

@@ -57,7 +57,7 @@ class ScriptedSampler:
 def by_problem(records):
     out = {}
     for r in records:
-        out.setdefault(r["problem_id"], []).append(r)
+        out.setdefault(r.problem_id, []).append(r)
     return out
 
 
@@ -76,21 +76,21 @@ def test_collect_writes_one_graded_round(tmp_path, task):
         rs = groups[p.id]
         assert len(rs) == 4
         for r in rs:
-            text = "".join(r["steps"])
+            text = "".join(r.steps)
             answer, correct = task.grade(p, text)
-            assert r["prompt"] == p.prompt and r["task"] == "arithmetic" and r["round"] == 0
-            assert r["steps"] == task.split_steps(text)
-            assert r["answer"] == (None if answer is None else str(answer))
-            assert r["correct"] == (correct and r["meta"]["finished"])
-            assert r["reward"] == (1.0 if r["correct"] else 0.0)
-            if not r["meta"]["finished"]:
-                assert r["reward"] == 0.0
+            assert r.prompt == p.prompt and r.task == "arithmetic" and r.round == 0
+            assert r.steps == task.split_steps(text)
+            assert r.answer == (None if answer is None else str(answer))
+            assert r.correct == (correct and r.meta["finished"])
+            assert r.reward == (1.0 if r.correct else 0.0)
+            if not r.meta["finished"]:
+                assert r.reward == 0.0
                 truncated_right += correct
-            assert r["meta"]["temperature"] == 0.7 and r["meta"]["seed"] == 3 and r["meta"]["model"] == "scripted"
+            assert r.meta["temperature"] == 0.7 and r.meta["seed"] == 3 and r.meta["model"] == "scripted"
     assert truncated_right == 5  # the cut-but-right completions exist and got no reward
-    assert {r["reward"] for r in records} == {0.0, 1.0}
-    assert stats["accuracy"] == pytest.approx(sum(r["correct"] for r in records) / 20)
-    assert len({r["id"] for r in records}) == 20
+    assert {r.reward for r in records} == {0.0, 1.0}
+    assert stats["accuracy"] == pytest.approx(sum(r.correct for r in records) / 20)
+    assert len({r.id for r in records}) == 20
     assert not list((tmp_path / "buffer").glob("*.partial.jsonl"))
 
     # a second collection is the next round, with fresh ids
@@ -122,12 +122,32 @@ def test_resume_after_interruption(tmp_path, task):
     resumed = buffer.load()
     groups = by_problem(resumed)
     assert list(groups) == [p.id for p in problems] and all(len(g) == 3 for g in groups.values())
-    assert len({r["id"] for r in resumed}) == 21
+    assert len({r.id for r in resumed}) == 21
 
     # ... and it equals an uninterrupted collection
     fresh = Buffer(tmp_path / "b" / "buffer")
     collect(task, problems, ScriptedSampler(task), fresh, **kw)
     assert resumed == fresh.load()
+
+
+def test_resume_from_a_partial_file_of_the_older_record_format(tmp_path, task):
+    """Partial records written before trajectories had per-step and tree fields (plain dicts without
+    them) are read back as trajectories: the resumed round equals an uninterrupted one."""
+    problems = task.problems("train")
+    kw = dict(n=2, temperature=1.0, seed=9, problems_per_chunk=3)
+    buffer, partial = run_interrupted(tmp_path / "a", task, problems, kill_after_calls=1, **kw)
+    new_fields = ("step_rewards", "step_values", "tree_id", "node_ids", "parent_ids")
+    lines = [json.loads(line) for line in partial.read_text().splitlines()]
+    for line in lines:
+        for item in line["problems"]:
+            assert all(set(new_fields) <= set(r) for r in item["records"])  # written as Trajectory.to_dict
+            item["records"] = [{k: v for k, v in r.items() if k not in new_fields} for r in item["records"]]
+    partial.write_text("".join(json.dumps(line) + "\n" for line in lines))
+
+    collect(task, problems, ScriptedSampler(task), buffer, **kw)
+    fresh = Buffer(tmp_path / "b" / "buffer")
+    collect(task, problems, ScriptedSampler(task), fresh, **kw)
+    assert buffer.load() == fresh.load()
 
 
 def test_resume_after_kill_mid_write(tmp_path, task):
@@ -188,7 +208,7 @@ def test_collect_with_hf_sampler_resumes_identically(tmp_path, task):
     assert len(resumed) == 10
     assert [len(g) for g in by_problem(resumed).values()] == [2] * 5
     for r in resumed:  # a random model is cut by the token limit: never rewarded
-        if not r["meta"]["finished"]:
-            assert r["reward"] == 0.0 and r["meta"]["n_tokens"] == 6
-    texts = {"".join(r["steps"]) for r in resumed}
+        if not r.meta["finished"]:
+            assert r.reward == 0.0 and r.meta["n_tokens"] == 6
+    texts = {"".join(r.steps) for r in resumed}
     assert len(texts) == 10  # samples differ across problems and within a problem

@@ -8,6 +8,7 @@ import torch
 from oreo import losses
 from oreo.encode import Encoder, collate
 from oreo.models import char_tokenizer
+from oreo.trajectory import RecordError, Trajectory
 
 PROMPT, STEPS = "1 +2\n", ["1+2=3\n", "#### 3"]
 
@@ -37,6 +38,18 @@ def test_token_masks_hand_written(tok):
     assert e.action_mask == expected
     assert e.state_mask == expected
     assert e.reward == 1.0
+
+
+def test_a_trajectory_and_its_plain_dict_encode_the_same(tok):
+    record = rec(prompt="go\n", steps=["a", "bb"], observations=["o"], reward=0.5, meta={"finished": False})
+    enc = Encoder(tok, granularity="turn")
+    from_dict, from_trajectory = enc.encode(record, 3), enc.encode(Trajectory.from_dict(record), 3)
+    assert from_dict == from_trajectory and from_dict.reward == 0.5 and from_dict.index == 3
+    both = enc.encode_all([record, Trajectory.from_dict(record)])
+    assert [(e.input_ids, e.action_mask, e.state_mask, e.index) for e in both] == \
+        [(from_dict.input_ids, from_dict.action_mask, from_dict.state_mask, i) for i in (0, 1)]
+    with pytest.raises(RecordError, match=r"record 4 \(id 'x'\): field 'steps'"):  # a dict is validated
+        enc.encode(rec(steps=[1]), 4)
 
 
 def test_token_masks_finished_absent_and_false(tok):

@@ -1,20 +1,22 @@
 """Multi-turn rollouts: batched episodes, invalid turns, collection into the buffer (resumable), training
 and evaluation on episode records."""
+import dataclasses
 import json
 import random
 
 import pytest
 
-from oreo.buffer import Buffer, validate_record
+from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_episodes
 from oreo.models import load_policy
 from oreo.rollout.collector import collect
-from oreo.rollout.episodes import episode_record, run_episodes, sampled_actions
+from oreo.rollout.episodes import run_episodes, sampled_actions
 from oreo.rollout.sampler import Completion, HFSampler
 from oreo.search.strategies import Choice
-from oreo.tasks.agent import format_turn, parse_action
+from oreo.tasks.agent import Game, format_turn, parse_action
 from oreo.tasks.household import HouseholdConfig, HouseholdTask
+from oreo.trajectory import Trajectory
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +65,8 @@ def test_a_turn_without_action_or_cut_ends_the_episode_as_invalid(task):
     (cut,) = run_episodes(task, task.games("train")[:1], lambda cs, s: [Choice("Action: go t", None, 24, 1, True)
                                                                         for _ in cs])
     assert cut.invalid and not cut.finished
-    record = episode_record(task, cut, round=0)
+    record = cut.record(task, round=0)
+    assert record.step_rewards == [0.0] and record.reward == 0.0 and not record.correct
     enc = Encoder(word_tok(task)).encode(record)
     assert enc.input_ids[-1] != word_tok(task).eos_token_id  # a cut turn has no end-of-turn token
 
@@ -75,9 +78,10 @@ def word_tok(task):
 
 def test_episode_records_encode_observations_as_non_actions(task):
     (e,) = run_episodes(task, task.games("train")[:1], expert_act(task))
-    record = episode_record(task, e, round=3)
-    validate_record(record)
-    assert record["reward"] == 1.0 and record["meta"]["turns"] == len(e.steps)
+    record = e.record(task, round=3)
+    assert isinstance(record, Trajectory) and record.id == f"r3-{e.game.id}-0"
+    assert record.reward == 1.0 and record.correct and record.meta["turns"] == len(e.steps)
+    assert record.step_rewards == [0.0] * (len(e.steps) - 1) + [1.0]  # the household pays on success
     tok = word_tok(task)
     for gran in ("token", "turn"):
         enc = Encoder(tok, granularity=gran, max_len=4096).encode(record)
@@ -85,6 +89,66 @@ def test_episode_records_encode_observations_as_non_actions(task):
         assert actions == "".join(s + tok.eos_token for s in e.steps)
         if gran == "turn":
             assert sum(enc.state_mask) == len(e.steps)
+
+
+class ScoredEnv:
+    """An environment that scores every turn, in [0, 1] over an episode: "work" earns 0.25, "rest" 0.1,
+    anything else 0; an episode is 3 turns and is won with a total of at least 0.75."""
+    max_steps = 3
+
+    def reset(self, game):
+        self.turns, self.total = 0, 0.0
+        return f"Day 0 of {game.id}."
+
+    def step(self, action):
+        reward = {"work": 0.25, "rest": 0.1}.get(action, 0.0)
+        self.turns, self.total = self.turns + 1, self.total + reward
+        done = self.turns == self.max_steps
+        won = done and self.total >= 0.75
+        return f"Day {self.turns}.", reward, done, {"won": won, "steps": self.turns, "limit": done and not won,
+                                                    "admissible_actions": ["work", "rest"]}
+
+    def expert_action(self):
+        return "work"
+
+    def close(self):
+        pass
+
+
+class ScoredTask:
+    name, is_agent, max_steps = "scored", True, 3
+
+    def games(self, split):
+        return [Game(f"g{i}", split, "chores") for i in range(3)]
+
+    def make_env(self):
+        return ScoredEnv()
+
+    def prompt(self, game, first_observation):
+        return f"Earn what you can.\n{first_observation}\n"
+
+
+def test_episode_records_keep_the_environments_fractional_per_turn_reward(tmp_path):
+    plans = {"g0": ["work", "work", "work"], "g1": ["work", "rest", "work"], "g2": ["rest", "work", None]}
+
+    def act(contexts, seed):
+        out = []
+        for c in contexts:
+            action = plans[c.prompt.split("Day 0 of ")[1][:2]][len(c.steps)]
+            out.append(Choice("Thought: no action" if action is None else format_turn(action), None, 1, 1))
+        return out
+
+    task = ScoredTask()
+    episodes = run_episodes(task, task.games("train"), act)
+    records = [e.record(task, round=0) for e in episodes]
+    assert [r.step_rewards for r in records] == [[0.25, 0.25, 0.25], [0.25, 0.1, 0.25], [0.1, 0.25, 0.0]]
+    assert [r.reward for r in records] == pytest.approx([0.75, 0.6, 0.35])  # not binarised
+    assert [r.correct for r in records] == [True, False, False]  # correct: the environment said won
+    assert records[2].meta["invalid"] and len(records[2].observations) == 2
+    buffer = Buffer(tmp_path)
+    buffer.append(records)
+    assert buffer.load() == [dataclasses.replace(r, round=0) for r in records]  # kept through the buffer
+    assert buffer.stats()["mean_reward"] == pytest.approx((0.75 + 0.6 + 0.35) / 3)
 
 
 class ScriptedSampler:
@@ -106,8 +170,8 @@ def test_collect_writes_episodes_to_the_buffer_and_resumes(task, tmp_path):
     assert info["records"] == len(records) == 2 * len(games)
     assert 0 < info["accuracy"] < 1  # the noisy actor wins some, not all
     for r in records:
-        validate_record(r)
-        assert r["correct"] == (r["reward"] == 1.0) and r["meta"]["temperature"] == 1.0
+        assert isinstance(r, Trajectory) and len(r.step_rewards) == len(r.steps) and sum(r.step_rewards) == r.reward
+        assert r.correct == (r.reward == 1.0) and r.meta["temperature"] == 1.0
 
     class Killed(Exception):
         pass
@@ -126,7 +190,8 @@ def test_collect_writes_episodes_to_the_buffer_and_resumes(task, tmp_path):
     partial = next((tmp_path / "cut").glob("round_000.partial*.jsonl"))
     assert len(partial.read_text().splitlines()) == 1  # the first chunk survived
     collect(task, games, ScriptedSampler(task), cut, n=2, temperature=1.0, seed=5, problems_per_chunk=4)
-    assert [json.dumps(r, sort_keys=True) for r in cut.load()] == [json.dumps(r, sort_keys=True) for r in records]
+    assert [json.dumps(r.to_dict(), sort_keys=True) for r in cut.load()] == \
+        [json.dumps(r.to_dict(), sort_keys=True) for r in records]
 
 
 def test_a_tiny_model_collects_and_is_evaluated_on_episodes(task, tmp_path):
@@ -137,8 +202,8 @@ def test_a_tiny_model_collects_and_is_evaluated_on_episodes(task, tmp_path):
     info = collect(task, task.games("train")[:3], sampler, buffer, n=2, temperature=1.0, seed=0)
     assert info["records"] == 6 and info["tokens"] > 0
     for r in buffer.load():
-        validate_record(r)
-        assert r["meta"]["invalid"] or len(r["observations"]) == len(r["steps"])
+        assert isinstance(r, Trajectory) and len(r.step_rewards) == len(r.steps)
+        assert r.meta["invalid"] or len(r.observations) == len(r.steps)
     result = evaluate_episodes(task, task.games("test"), sampled_actions(sampler, temperature=0.0),
                                out_path=tmp_path / "eval.jsonl")
     rows = [json.loads(line) for line in (tmp_path / "eval.jsonl").read_text().splitlines()]
@@ -206,13 +271,13 @@ def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level
     nxt = next_state_index(torch.tensor([enc.state_mask]))[0].tolist()
     ends = [j - 1 for j, i in enumerate(enc.input_ids) if i == tok.eos_token_id]  # states before end-of-turn
     starts = [t + 1 for t in range(len(enc.action_mask)) if enc.action_mask[t] and not enc.action_mask[t - 1]]
-    assert len(ends) == len(starts) == len(records[0]["steps"])
+    assert len(ends) == len(starts) == len(records[0].steps)
     for k, t in enumerate(ends[:-1]):
         assert nxt[t] == starts[k + 1] - 1  # the last observation token: the next turn's first state
         assert not any(enc.action_mask[t + 1:starts[k + 1] - 1])
     assert nxt[ends[-1]] == len(enc.action_mask)  # the last turn's end: terminal
     turn = Encoder(tok, granularity="turn", max_len=4096).encode(records[0])
-    assert sum(turn.state_mask) == len(records[0]["steps"])
+    assert sum(turn.state_mask) == len(records[0].steps)
     for granularity in ("token", "turn"):
         trainer = OREOTrainer(copy.deepcopy(policy), tok, OREOConfig(granularity=granularity, max_len=4096),
                               TrainConfig(epochs=1, batch_size=2, micro_batch_size=2))

@@ -7,6 +7,7 @@ from oreo.evaluate import evaluate_sampled, majority_correct, pass_at_k
 from oreo.rollout.sampler import Completion
 from oreo.rollout.selection import balanced_selection
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+from oreo.trajectory import Trajectory
 
 
 def test_pass_at_k_hand_values():
@@ -63,19 +64,21 @@ def _records(spec):
     """spec: problem -> (n correct, n wrong)."""
     out = []
     for pid, (c, w) in spec.items():
-        out += [{"problem_id": pid, "correct": True, "id": f"{pid}-c{i}"} for i in range(c)]
-        out += [{"problem_id": pid, "correct": False, "id": f"{pid}-w{i}"} for i in range(w)]
+        out += [Trajectory(problem_id=pid, reward=1.0, id=f"{pid}-c{i}", task="t", prompt="q", steps=[])
+                for i in range(c)]
+        out += [Trajectory(problem_id=pid, reward=0.0, id=f"{pid}-w{i}", task="t", prompt="q", steps=[])
+                for i in range(w)]
     return out
 
 
 def test_balanced_selection_follows_the_reference_rule():
     records = _records({"a": (6, 2), "b": (0, 9), "c": (3, 0), "d": (5, 5)})
     kept = balanced_selection(records, k=4, seed=0)
-    count = {(r["problem_id"], r["correct"]): 0 for r in records}
+    count = {(r.problem_id, r.correct): 0 for r in records}
     for r in kept:
-        count[(r["problem_id"], r["correct"])] += 1
+        count[(r.problem_id, r.correct)] += 1
     # min(c, max(w, 1), k) correct, min(w, k) wrong
     assert count == {("a", True): 2, ("a", False): 2, ("b", False): 4, ("c", True): 1, ("d", True): 4,
                      ("d", False): 4}
-    assert [r["id"] for r in kept] == [r["id"] for r in records if r in kept]  # input order kept
+    assert [r.id for r in kept] == [r.id for r in records if r in kept]  # input order kept
     assert kept == balanced_selection(records, k=4, seed=0) != balanced_selection(records, k=4, seed=1)

@@ -4,7 +4,6 @@ from collections import Counter
 
 import pytest
 
-from oreo.buffer import validate_record
 from oreo.models import word_tokenizer
 from oreo.tasks import make_task
 from oreo.tasks.agent import Game, parse_action
@@ -16,6 +15,7 @@ from oreo.tasks.household import (
     generate_scene,
     vocabulary,
 )
+from oreo.trajectory import Trajectory
 
 
 @pytest.fixture(scope="module")
@@ -105,13 +105,15 @@ def test_expert_records_are_valid_multi_turn_records_in_the_word_vocabulary(task
     records = task.sft_records(0, 1)
     assert len(records) == len(task.games("train"))
     tok = word_tokenizer(vocabulary())
-    success = sum(r["correct"] for r in records) / len(records)
+    success = sum(r.correct for r in records) / len(records)
     assert 0.6 < success < 1.0  # an imperfect teacher
     for r in records:
-        validate_record(r)
-        assert len(r["observations"]) == len(r["steps"]) == r["meta"]["turns"]
-        assert all(parse_action(s) for s in r["steps"])
-        text = r["prompt"] + "".join(s + o for s, o in zip(r["steps"], r["observations"]))
+        assert isinstance(r, Trajectory) and r.meta["source"] == "expert"
+        assert len(r.observations) == len(r.steps) == len(r.step_rewards) == r.meta["turns"]
+        # the environment's reward of each turn: 1 on the winning turn, 0 before (and on a lost episode)
+        assert r.step_rewards == [0.0] * (len(r.steps) - 1) + [float(r.correct)] and r.reward == float(r.correct)
+        assert all(parse_action(s) for s in r.steps)
+        text = r.prompt + "".join(s + o for s, o in zip(r.steps, r.observations))
         ids = tok(text, add_special_tokens=False)["input_ids"]
         assert tok.pad_token_id not in ids and tok.decode(ids) == text  # every word is in the vocabulary
 

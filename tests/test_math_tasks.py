@@ -37,8 +37,8 @@ def test_gsm8k_from_local_files():
     assert task.grade(p, p.solution) == (p.answer, True)
     assert task.grade(p, "so the answer is 0.123456")[1] is False
     records = task.sft_records(0)
-    assert len(records) == 20 and all("".join(r["steps"]) == p.solution for r, p in zip(records, train))
-    assert all(len(r["steps"]) > 1 for r in records)  # one step per line
+    assert len(records) == 20 and all("".join(r.steps) == p.solution for r, p in zip(records, train))
+    assert all(len(r.steps) > 1 and r.answer == p.answer and r.correct for r, p in zip(records, train))
 
 
 @needs_data
@@ -81,7 +81,7 @@ def test_gsm8k_smollm_pipeline_trimmed(tmp_path):
     from oreo.buffer import Buffer
 
     records = Buffer(tmp_path / "buffer").load()
-    assert len(records) == 8 and all(isinstance(r["prompt"], list) for r in records)
+    assert len(records) == 8 and all(isinstance(r.prompt, list) for r in records)
     rows = [json.loads(line) for line in (tmp_path / "eval" / "oreo-test.jsonl").read_text().splitlines()]
     assert len(rows) == 4 and all(r["response"] for r in rows)
     logged = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]

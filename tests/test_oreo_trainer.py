@@ -2,6 +2,7 @@
 reference log-probs, and a short end-to-end fit with its checkpoint."""
 
 import copy
+import dataclasses
 import math
 from types import SimpleNamespace
 
@@ -42,9 +43,9 @@ def tiny_gpt2(tiny):
 def records():
     task = ArithmeticTask(ArithmeticConfig(seed=2, n_train=16, n_test=1, n_heldout=1, teacher_error_rate=0.5))
     recs = task.sft_records(rng_seed=0)
-    recs[3]["meta"] = {"finished": False}  # a cut trajectory: no EOS action
-    recs[3]["steps"] = recs[3]["steps"][:-1]
-    assert {r["reward"] for r in recs} == {0.0, 1.0}
+    # a cut trajectory: no EOS action
+    recs[3] = dataclasses.replace(recs[3], meta={"finished": False}, steps=recs[3].steps[:-1])
+    assert {r.reward for r in recs} == {0.0, 1.0}
     return recs
 
 

@@ -18,10 +18,11 @@ import time
 from pathlib import Path
 
 from oreo.buffer import Buffer
+from oreo.trajectory import Trajectory
 from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
 from oreo.progress import progress
-from oreo.rollout.episodes import episode_record, run_episodes, sampled_actions
+from oreo.rollout.episodes import run_episodes, sampled_actions
 
 
 def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: float, seed: int,
@@ -41,7 +42,7 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
         def produce(chunk, chunk_seed, bar):
             act = sampled_actions(sampler, temperature=temperature)
             episodes = run_episodes(task, chunk, act, repeats=n, seed=chunk_seed, progress=bar)
-            records = [episode_record(task, e, round=round_, meta=settings) for e in episodes]
+            records = [e.record(task, round=round_, meta=settings) for e in episodes]
             return records, sum(e.tokens for e in episodes)
     else:
         def produce(chunk, chunk_seed, bar):
@@ -56,22 +57,22 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
                              unit="episode" if getattr(task, "is_agent", False) else "sample")
 
 
-def graded_record(task, problem, comp, k: int, *, round: int, meta: dict) -> dict:
+def graded_record(task, problem, comp, k: int, *, round: int, meta: dict) -> Trajectory:
     answer, correct = task.grade(problem, comp.text)
     correct = correct and comp.finished  # a cut completion is never rewarded
-    return {
-        "id": f"r{round}-{problem.id}-{k}", "task": task.name, "problem_id": problem.id,
-        "prompt": problem.prompt, "steps": task.split_steps(comp.text), "observations": [],
-        "reward": 1.0 if correct else 0.0, "correct": correct,
-        "answer": None if answer is None else str(answer),
-        "meta": {"finished": comp.finished, "n_tokens": comp.n_tokens, **meta},
-    }
+    return Trajectory(
+        id=f"r{round}-{problem.id}-{k}", task=task.name, problem_id=problem.id,
+        prompt=problem.prompt, steps=task.split_steps(comp.text), observations=[],
+        reward=1.0 if correct else 0.0, correct=correct,
+        answer=None if answer is None else str(answer),
+        meta={"finished": comp.finished, "n_tokens": comp.n_tokens, **meta},
+    )
 
 
 def collect_in_chunks(buffer: Buffer, problems, produce, *, n: int, seed: int, round: int,
                       problems_per_chunk: int = 64, unit: str = "sample") -> dict:
     """The resumable, rank-sharded loop of ``collect``: ``produce(chunk, chunk_seed, bar)`` returns one
-    chunk's records (those of a problem carry its ``problem_id``) and the tokens generated."""
+    chunk's trajectories (those of a problem carry its ``problem_id``) and the tokens generated."""
     ids = [p.id for p in problems]
     if len(set(ids)) != len(ids):
         raise ValueError("problem ids must be unique within one collection")
@@ -106,7 +107,7 @@ def collect_in_chunks(buffer: Buffer, problems, produce, *, n: int, seed: int, r
             tokens += chunk_tokens
             by_problem = {p.id: [] for p in chunk}
             for record in records:
-                by_problem[record["problem_id"]].append(record)
+                by_problem[record.problem_id].append(record.to_dict())
             items = [{"problem_id": pid, "records": rs} for pid, rs in by_problem.items()]
             out.write(json.dumps({"chunk": c, "problems": items}) + "\n")
             out.flush()
@@ -125,11 +126,11 @@ def collect_in_chunks(buffer: Buffer, problems, produce, *, n: int, seed: int, r
         for f in folder.glob(partials):
             f.unlink()
     barrier()
-    return {"round": round, "records": len(records), "accuracy": sum(r["correct"] for r in records) / max(1, len(records)),
+    return {"round": round, "records": len(records), "accuracy": sum(r.correct for r in records) / max(1, len(records)),
             "tokens": int(totals["tokens"]), "tokens_per_s": totals["tokens"] / max(elapsed, 1e-9)}
 
 
-def _read_partials(folder: Path, pattern: str) -> dict[str, list[dict]]:
+def _read_partials(folder: Path, pattern: str) -> dict[str, list[Trajectory]]:
     """Problems already collected, from every rank's partial file."""
     done = {}
     for path in sorted(folder.glob(pattern)):
@@ -137,14 +138,15 @@ def _read_partials(folder: Path, pattern: str) -> dict[str, list[dict]]:
     return done
 
 
-def _read_partial(path: Path) -> dict[str, list[dict]]:
+def _read_partial(path: Path) -> dict[str, list[Trajectory]]:
     """Problems already collected; a line cut by a kill is ignored (its chunk is redone).
 
-    A line is one chunk ``{"chunk", "problems": [{"problem_id", "records"}, ...]}``; the older
+    A line is one chunk ``{"chunk", "problems": [{"problem_id", "records"}, ...]}`` (records as
+    ``Trajectory.to_dict``; those of an older version, without the newer fields, read too); the older
     one-problem-per-line form ``{"problem_id", "records"}`` is read too.
     """
     done = {}
     for item in whole_lines(path):
         for entry in item["problems"] if "problems" in item else [item]:
-            done[entry["problem_id"]] = entry["records"]
+            done[entry["problem_id"]] = [Trajectory.from_dict(r, str(path)) for r in entry["records"]]
     return done

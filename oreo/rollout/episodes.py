@@ -3,7 +3,8 @@
 Every live episode's context (prompt, turns so far, observations after them) goes into one sampler call;
 each environment then takes its turn's action. An episode ends when the environment says so (success
 or the step limit), or, as in the paper's collector (spec §4.4), when a turn has no ``Action:`` or is
-cut by the token limit: such an episode is ``invalid`` and gets reward 0.
+cut by the token limit: such an episode is ``invalid``, its last turn (never taken) gets reward 0 and it
+is not won. An episode keeps the environment's reward of every turn it took.
 """
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ from dataclasses import dataclass, field
 
 from oreo.rollout.sampler import Context
 from oreo.search.strategies import Choice
-from oreo.tasks.agent import Game, format_observation, parse_action
+from oreo.tasks.agent import Game, episode_record, format_observation, parse_action
+from oreo.trajectory import Trajectory
 
 
 @dataclass
@@ -21,6 +23,7 @@ class Episode:
     prompt: object
     steps: list[str] = field(default_factory=list)          # assistant turns
     observations: list[str] = field(default_factory=list)   # "Observation: …" after each turn
+    rewards: list[float] = field(default_factory=list)      # the environment's reward for each turn
     won: bool = False
     invalid: bool = False       # a turn without an action, or cut by the token limit
     finished: bool = True       # the last turn ended with the end-of-turn token
@@ -30,6 +33,14 @@ class Episode:
     @property
     def context(self) -> Context:
         return Context(self.prompt, tuple(self.steps), tuple(self.observations))
+
+    def record(self, task, *, round: int, meta: dict | None = None) -> Trajectory:
+        """This episode as the trajectory record of collection ``round`` (``oreo.tasks.agent.episode_record``);
+        ``meta`` gets ``finished``, ``invalid`` and ``n_tokens``, then ``meta``'s items."""
+        return episode_record(task, self.game, f"r{round}-{self.game.id}-{self.repeat}", self.prompt, self.steps,
+                              self.observations, self.rewards, won=self.won,
+                              meta={"finished": self.finished, "invalid": self.invalid, "n_tokens": self.tokens,
+                                    **(meta or {})})
 
 
 def sampled_actions(sampler, *, temperature: float):
@@ -72,19 +83,10 @@ def _take_turn(episode: Episode, env, choice: Choice) -> None:
     if choice.truncated or action is None:
         episode.invalid, episode.done = True, True
         episode.finished = not choice.truncated
+        episode.rewards.append(0.0)
         return
-    observation, _, done, info = env.step(action)
+    observation, reward, done, info = env.step(action)
     episode.observations.append(format_observation(observation))
+    episode.rewards.append(float(reward))
     episode.won, episode.done = bool(info["won"]), bool(done)
 
-
-def episode_record(task, episode: Episode, *, round: int, meta: dict | None = None) -> dict:
-    """A buffer record of an episode: the turns as ``steps``, the observations after them (the last one too)."""
-    e = episode
-    return {
-        "id": f"r{round}-{e.game.id}-{e.repeat}", "task": task.name, "problem_id": e.game.id,
-        "prompt": e.prompt, "steps": e.steps, "observations": e.observations,
-        "reward": float(e.won), "correct": e.won, "answer": None,
-        "meta": {"finished": e.finished, "invalid": e.invalid, "turns": len(e.steps), "kind": e.game.kind,
-                 "n_tokens": e.tokens, **(meta or {})},
-    }

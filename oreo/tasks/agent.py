@@ -7,20 +7,24 @@ An environment plays one ``Game`` at a time::
 
 ``info`` holds ``won`` (the goal is reached), ``steps`` (actions taken), ``limit`` (the episode ended at
 the step limit) and ``admissible_actions`` (the commands valid now, or ``None`` where the environment
-does not know them). Reward is 1 on success and 0 otherwise, given when the episode ends; an episode
-ends on success or after ``max_steps`` actions. ``env.expert_action()`` is the built-in expert's next
-action from the current state.
+does not know them). ``reward`` is the action's reward; an episode's reward is the sum over its actions
+(the built-in environments give 1 on success and 0 otherwise, when the episode ends; another may score
+in [0, 1], or turn by turn). An episode ends on success or after ``max_steps`` actions.
+``env.expert_action()`` is the built-in expert's next action from the current state.
 
 The format follows the paper's ALFWorld runs (spec §4.4): the prompt is the task instruction, an "OK"
 from the assistant and the first observation; then every assistant turn is ``"Thought: …\\nAction: …"``
-(the thought is optional) and every environment turn is ``"Observation: …"``. A trajectory record keeps
-the turns as ``steps`` and the observations after them as ``observations`` (the last one too), and the
-encoder ends every turn with the end-of-turn token (``oreo.encode``).
+(the thought is optional) and every environment turn is ``"Observation: …"``. A trajectory record
+(``episode_record``, the one builder for expert and sampled episodes) keeps the turns as ``steps``, the
+observations after them as ``observations`` (the last one too) and each turn's reward as
+``step_rewards``; the encoder ends every turn with the end-of-turn token (``oreo.encode``).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any, Protocol
+
+from oreo.trajectory import Trajectory
 
 ACTION_PREFIX = "Action:"
 OBSERVATION_PREFIX = "Observation: "
@@ -74,12 +78,19 @@ def format_prompt(instruction: str, first_observation: str, *, chat: bool) -> st
     return f"{instruction}\n{first_observation}\n"
 
 
-def expert_record(task, game: Game, record_id: str, first_observation: str, actions: list[str],
-                  observations: list[str], won: bool) -> dict:
-    """A buffer record of an expert's episode: its actions as turns (no thoughts), the observations after
-    them, reward 1 if it won."""
-    return {"id": record_id, "task": task.name, "problem_id": game.id,
-            "prompt": task.prompt(game, first_observation), "steps": [format_turn(a) for a in actions],
-            "observations": [format_observation(o) for o in observations],
-            "reward": float(won), "correct": won, "answer": None,
-            "meta": {"source": "expert", "kind": game.kind, "turns": len(actions)}}
+def episode_record(task, game: Game, record_id: str, prompt, steps: list[str], observations: list[str],
+                   rewards: list[float], *, won: bool, meta: dict | None = None) -> Trajectory:
+    """The trajectory record of an episode, the expert's or a sampled one: the assistant turns as ``steps``,
+    the observations after them (formatted; the last one too), each turn's reward from the environment as
+    ``step_rewards`` (0 for a turn the environment never took), the episode's reward as ``reward`` (their
+    sum, as the environment scored it: possibly fractional) and ``correct`` whether it was won.
+    ``meta`` gets the game's ``kind`` and the number of ``turns``, then ``meta``'s items."""
+    return Trajectory(id=record_id, task=task.name, problem_id=game.id, prompt=prompt, steps=list(steps),
+                      observations=list(observations), reward=float(sum(rewards)), correct=bool(won),
+                      answer=None, step_rewards=list(rewards),
+                      meta={"kind": game.kind, "turns": len(steps), **(meta or {})})
+
+
+def expert_turns(actions: list[str], observations: list[str]) -> tuple[list[str], list[str]]:
+    """An expert's raw actions and observations as turns (no thoughts) and formatted observations."""
+    return [format_turn(a) for a in actions], [format_observation(o) for o in observations]

@@ -44,7 +44,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oreo.tasks.agent import Game, expert_record, format_prompt
+from oreo.tasks.agent import Game, episode_record, expert_turns, format_prompt
+from oreo.trajectory import Trajectory
 
 # ETO's ALFWorld instruction, verbatim with its typos ("task {obj} from {recep}", "envrionment"): the
 # first version of eval_agent/prompt/instructions/alfworld_inst.txt in github.com/Yifan-Song793/ETO
@@ -315,24 +316,27 @@ class AlfworldTask:
     def prompt(self, game: Game, first_observation: str):
         return format_prompt(ETO_INSTRUCTION, first_observation, chat=self.chat)
 
-    def expert_records(self, split: str, seed: int) -> list[dict]:
+    def expert_records(self, split: str, seed: int) -> list[Trajectory]:
         """The hand-coded expert's episode on every game of ``split`` (reward: whether it won within
         ``max_steps``), as buffer records."""
         env, records = AlfworldEnv(self.max_steps, seed=seed), []
         try:
             for game in self.games(split):
                 first = env.reset(game)
-                actions, observations, done, won = [], [], False, False
+                actions, observations, rewards, done, won = [], [], [], False, False
                 while not done and (action := env.expert_action()) is not None:
-                    observation, _, done, info = env.step(action)
+                    observation, reward, done, info = env.step(action)
                     actions.append(action)
                     observations.append(observation)
+                    rewards.append(reward)
                     won = info["won"]
-                records.append(expert_record(self, game, f"expert-{game.id}", first, actions, observations, won))
+                records.append(episode_record(self, game, f"expert-{game.id}", self.prompt(game, first),
+                                              *expert_turns(actions, observations), rewards, won=won,
+                                              meta={"source": "expert"}))
         finally:
             env.close()
         return records
 
-    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """One expert episode per train game (``n_per_problem`` is ignored: the expert rarely varies)."""
         return self.expert_records("train", rng_seed)

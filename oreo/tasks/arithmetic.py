@@ -23,6 +23,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from oreo.trajectory import Trajectory
+
 __all__ = [
     "ANSWER_PREFIX",
     "ArithmeticConfig",
@@ -388,13 +390,13 @@ class ArithmeticTask:
         """The strings that end a step (a search generates one step at a time up to one of them)."""
         return ["\n"]
 
-    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The teacher's solutions as trajectory records (reward: whether the teacher got it right)."""
         records = []
         for k, (problem, steps) in enumerate(self.teacher_dataset(rng_seed, n_per_problem)):
             answer, correct = grade(problem, "".join(steps))
-            records.append({"id": f"teacher-{k}", "task": self.name, "problem_id": problem.id,
-                            "prompt": problem.prompt, "steps": steps, "reward": float(correct),
-                            "correct": correct, "answer": None if answer is None else str(answer),
-                            "meta": {"source": "teacher"}})
+            records.append(Trajectory(id=f"teacher-{k}", task=self.name, problem_id=problem.id,
+                                      prompt=problem.prompt, steps=steps, reward=float(correct),
+                                      correct=correct, answer=None if answer is None else str(answer),
+                                      meta={"source": "teacher"}))
         return records

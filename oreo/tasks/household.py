@@ -30,7 +30,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from oreo.tasks.agent import Game, expert_record, format_prompt
+from oreo.tasks.agent import Game, episode_record, expert_turns, format_prompt
+from oreo.trajectory import Trajectory
 
 KINDS = ("put", "clean", "heat", "cool", "examine")
 SPLITS = ("train", "test")
@@ -348,8 +349,10 @@ class HouseholdEnv:
         todo = [r for r in s.receptacles if r not in seen]
         return sorted(todo, key=lambda r: (r != self.at, s.receptacles.index(r)))
 
-    def teacher_episode(self, game: Game, rng: random.Random) -> tuple[str, list[str], list[str], bool]:
-        """Play ``game`` with the imperfect teacher: ``(first observation, actions, observations, won)``."""
+    def teacher_episode(self, game: Game,
+                        rng: random.Random) -> tuple[str, list[str], list[str], bool, list[float]]:
+        """Play ``game`` with the imperfect teacher: ``(first observation, actions, observations, won,
+        rewards)``, a reward per action."""
         first = self.reset(game)
         s = self.scene
         found_in = next(r for r, v in s.contents.items() if f"{s.target} 1" in v)
@@ -358,12 +361,14 @@ class HouseholdEnv:
         wrong = sorted({r.split()[0] for r in s.receptacles} - {s.place, "toilet"})
         place = rng.choice(wrong) if wrong and s.kind != "examine" and \
             rng.random() < self.cfg.teacher_error_rate else None
-        actions, observations = [], []
+        actions, observations, rewards = [], [], []
         while not self.done:
             action = self._expert(skip, place)
-            observations.append(self.step(action)[0])
+            observation, reward, _, _ = self.step(action)
             actions.append(action)
-        return first, actions, observations, self.won
+            observations.append(observation)
+            rewards.append(reward)
+        return first, actions, observations, self.won, rewards
 
     def close(self) -> None:
         self.scene = None
@@ -403,12 +408,15 @@ class HouseholdTask:
     def prompt(self, game: Game, first_observation: str):
         return format_prompt(INSTRUCTION, first_observation, chat=self.chat)
 
-    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The imperfect expert's episodes on the train games (reward: whether it won)."""
         rng, env, records = random.Random(rng_seed), self.make_env(), []
         for game in self.games("train"):
             for k in range(n_per_problem):
-                records.append(expert_record(self, game, f"expert-{game.id}-{k}", *env.teacher_episode(game, rng)))
+                first, actions, observations, won, rewards = env.teacher_episode(game, rng)
+                records.append(episode_record(self, game, f"expert-{game.id}-{k}", self.prompt(game, first),
+                                              *expert_turns(actions, observations), rewards, won=won,
+                                              meta={"source": "expert"}))
         return records
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from oreo.buffer import json_lines
 from oreo.tasks import grading
+from oreo.trajectory import Trajectory
 
 GSM8K_SYSTEM = "Please reason step by step, and produce a final answer following 4 '#', like '#### 0'"
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
@@ -162,12 +163,12 @@ class MathTask:
         """The strings that end a step: the step separators."""
         return list(self.separators)
 
-    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[dict]:
+    def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The dataset's own solutions of the train split as trajectories (reward 1)."""
         records = []
         for p in self.problems("train"):
             steps = self.split_steps(p.solution)
-            records.append({"id": f"gold-{p.id}", "task": self.name, "problem_id": p.id, "prompt": p.prompt,
-                            "steps": steps, "reward": 1.0, "correct": True, "answer": p.answer,
-                            "meta": {"source": "dataset"}})
+            records.append(Trajectory(id=f"gold-{p.id}", task=self.name, problem_id=p.id, prompt=p.prompt,
+                                      steps=steps, reward=1.0, correct=True, answer=p.answer,
+                                      meta={"source": "dataset"}))
         return records
