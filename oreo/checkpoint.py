@@ -6,14 +6,31 @@ A stage writing its result to ``OUT`` keeps its latest in-stage checkpoint at ``
 and on SIGTERM, and removed once ``OUT`` is written. Checkpoints are taken only at optimizer-step
 boundaries, so a kill mid-accumulation loses the partial accumulation and nothing else: the resumed
 stage replays the same micro-batches (the data order is a function of the seed and the step).
+
+Loading trusts nothing in the run directory: every ``.pt`` file is read with
+``torch.load(weights_only=True)`` (tensors and plain data only; a file holding any other Python
+object is refused before anything in it runs), and a damaged or refused file fails with a
+``CheckpointError`` that names it and says what to do.
+
+SIGTERM: the first one asks the loop to save at its next optimizer step and exit (status 143). If no
+optimizer step reads that request within the grace period (``sigterm_grace``, default
+``OREO_SIGTERM_GRACE_S`` or 30 s: a stuck loop), or a second SIGTERM arrives (a second or more after the
+first: closer ones are copies of the same request), the process exits at once
+with status 143, without saving, and says which in-stage checkpoint a rerun resumes from.
 """
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
+import re
+import select
 import shutil
 import signal
+import sys
+import threading
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,40 +38,140 @@ import torch
 
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
 
+SIGTERM_GRACE_ENV = "OREO_SIGTERM_GRACE_S"
+DEFAULT_SIGTERM_GRACE_S = 30.0
+# A SIGTERM this soon after the first is the same request: a launcher (torchrun, srun) forwarding the
+# scheduler's signal to a worker that got it too, as a member of the process group.
+SIGTERM_REPEAT_S = 1.0
+RESTART_HINT = "delete {dir} to restart the stage from its start"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or progress file that cannot be used: damaged, cut short, holding something other
+    than tensors and plain data, or not matching what loads it. The message names the file (and the
+    line, for a line of a progress file) and says what to do."""
+
+    def __init__(self, path: str | Path, problem: str, hint: str = "", *, line: int | None = None):
+        self.path, self.problem, self.hint, self.line = Path(path), problem, hint, line
+        where = f"{path}" + (f", line {line}" if line is not None else "")
+        super().__init__(f"{where}: {problem}" + (f"; {hint}" if hint else ""))
+
+    def with_hint(self, hint: str) -> CheckpointError:
+        """The same error with ``hint`` (what to do) in place of the one it had."""
+        return CheckpointError(self.path, self.problem, hint, line=self.line)
+
+
+def _load_failure(file: Path, error: Exception) -> CheckpointError:
+    """What went wrong when torch.load(weights_only=True) failed on ``file``, in one line."""
+    text = str(error)
+    unsafe = re.search(r"GLOBAL ([\w.]+)", text)
+    if unsafe:
+        return CheckpointError(file, f"refused: it holds a Python object ({unsafe.group(1)}) besides tensors and "
+                                     "plain data, which unpickling could use to run code (nothing in it was run); "
+                                     "it was not written by oreo, or was changed since")
+    if text.startswith("Weights only load failed"):
+        detail = re.search(r"(Unsupported operand[^\n]*|WeightsUnpickler error:[^\n]*\n*[^\n]+)", text)
+        reason = " ".join(detail.group(1).split()) if detail else "not a torch checkpoint"
+        reason = f"not a torch checkpoint of tensors and plain data ({reason}; nothing in it was run)"
+    elif isinstance(error, EOFError):
+        reason = "empty or cut short"
+    elif isinstance(error, FileNotFoundError):
+        reason = "missing"
+    else:
+        reason = f"{type(error).__name__}: {text.split('. ')[0]}" if text else type(error).__name__
+    return CheckpointError(file, f"damaged, cannot be loaded: {reason}")
+
+
+def safe_load(file: str | Path, *, map_location=None, safe_globals=()):
+    """``torch.load(file, weights_only=True)``: tensors and plain data (dicts, lists, tuples, numbers,
+    strings), plus the classes in ``safe_globals``; anything else is refused before it can run. Any
+    failure (missing, damaged, refused) raises ``CheckpointError`` naming ``file``."""
+    file = Path(file)
+    try:
+        if safe_globals:
+            with torch.serialization.safe_globals(list(safe_globals)):
+                return torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except Exception as e:  # noqa: BLE001: every failure is reported the same way, with the file
+        raise _load_failure(file, e) from e
+
 
 # ---------------------------------------------------------------- append-only progress files
 # Collection and search evaluation append one JSON line per finished unit of work and flush it, so a
-# kill leaves whole lines and at most one cut line, which is skipped (its unit is redone).
+# kill leaves whole lines and at most one cut line, the last, which is skipped (its unit is redone) and
+# dropped before the next append. Any other line that is not JSON is damage, and an error.
+def _tail_start(f, size: int) -> int:
+    """The offset just after the last newline of the open binary file ``f`` (0 if none)."""
+    pos = size
+    while pos > 0:
+        n = min(1 << 16, pos)
+        pos -= n
+        f.seek(pos)
+        i = f.read(n).rfind(b"\n")
+        if i >= 0:
+            return pos + i + 1
+    return 0
+
+
+def _parses(data: bytes) -> bool:
+    try:
+        json.loads(data)
+        return True
+    except ValueError:
+        return False
+
+
 @contextmanager
 def append_lines(path: Path):
-    """``path`` opened for appending; a line cut by a kill is ended first, so the next one is whole."""
+    """``path`` opened for appending JSON lines. A last line cut by a kill (no newline) is dropped
+    first (its unit of work is redone), or ended if it is whole JSON, so the file holds only whole
+    lines before the next one is appended."""
     path = Path(path)
+    if path.exists() and path.stat().st_size:
+        with path.open("rb+") as f:
+            size = f.seek(0, 2)
+            start = _tail_start(f, size)
+            if start < size:
+                f.seek(start)
+                if _parses(f.read()):
+                    f.write(b"\n")
+                else:
+                    f.truncate(start)
     with path.open("a") as out:
-        if path.stat().st_size:
-            with path.open("rb") as f:
-                f.seek(-1, 2)
-                if f.read(1) != b"\n":
-                    out.write("\n")
         yield out
 
 
 def whole_lines(path: Path) -> list:
-    """The JSON objects of ``path``'s lines, skipping a line cut by a kill; ``[]`` if there is no file."""
+    """The JSON objects of ``path``'s lines; ``[]`` if there is no file. A last line without its
+    newline that is not JSON was cut by a kill and is skipped; any other line that is not JSON is
+    damage: ``CheckpointError`` naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
+    *lines, tail = path.read_bytes().split(b"\n")
     items = []
-    for line in path.read_text().splitlines():
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
         try:
             items.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+        except ValueError as e:
+            raise CheckpointError(
+                path, f"damaged: not JSON ({e}); only the last line can be cut by a kill",
+                "delete that line to redo only its work, or delete the file to redo all of its work",
+                line=number) from e
+    if tail.strip():
+        try:
+            items.append(json.loads(tail))
+        except ValueError:
+            pass  # cut by a kill: its unit of work is redone
     return items
 
 
 def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
     """Each engine's state (weights, optimizer, scheduler) under ``path/NAME/``, plus ``path/state.pt``
-    (step, RNG). Called on every rank (DeepSpeed saves its partitioned state collectively)."""
+    (step, RNG: tensors, ints and tuples, so it loads with ``weights_only=True``). Called on every rank
+    (DeepSpeed saves its partitioned state collectively)."""
     path = Path(path)
     for name, engine in engines.items():
         (path / name).mkdir(parents=True, exist_ok=True)
@@ -64,15 +181,40 @@ def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
                    path / "state.pt")
 
 
+def _python_rng_state(value) -> tuple:
+    """``random.setstate``'s argument from what ``state.pt`` holds (a tuple; a list is accepted too)."""
+    version, internal, gauss = value
+    return int(version), tuple(int(v) for v in internal), None if gauss is None else float(gauss)
+
+
 def load_trainer_state(path: Path, engines: dict) -> dict:
-    """Restore what ``save_trainer_state`` wrote; returns ``{"step": ...}`` and restores the RNGs."""
+    """Restore what ``save_trainer_state`` wrote; returns ``{"step": ...}`` and restores the RNGs.
+
+    Every file loads with ``torch.load(weights_only=True)``. A missing, damaged or refused file, or a
+    state that does not fit the engines, raises ``CheckpointError`` naming the file; for an in-stage
+    checkpoint (``OUT.progress``) it says to delete that folder to restart the stage from its start."""
     path = Path(path)
-    for name, engine in engines.items():
-        engine.load_state(path / name)
-    state = torch.load(path / "state.pt", weights_only=False)
-    torch.set_rng_state(state["torch_rng"])
-    random.setstate(state["python_rng"])
-    return {"step": state["step"]}
+    hint = (RESTART_HINT.format(dir=path) if path.name.endswith(".progress")
+            else f"{path} cannot be resumed from; delete it and rerun what wrote it")
+    try:
+        for name, engine in engines.items():
+            engine.load_state(path / name)
+        file = path / "state.pt"
+        state = safe_load(file)
+        try:
+            step = state["step"]
+            step = None if step is None else int(step)
+            torch_rng, python_rng = state["torch_rng"], _python_rng_state(state["python_rng"])
+            if not isinstance(torch_rng, torch.Tensor):
+                raise TypeError(f"torch_rng is a {type(torch_rng).__name__}, not a tensor")
+            torch.set_rng_state(torch_rng)
+            random.setstate(python_rng)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(file, "damaged: not the step and RNG state oreo writes "
+                                        f"({type(e).__name__}: {e})") from e
+    except CheckpointError as e:
+        raise e.with_hint(hint) from e.__cause__
+    return {"step": step}
 
 
 def save_atomically(path: str | Path, write) -> Path:
@@ -117,6 +259,146 @@ class Terminated(SystemExit):
         self.path, self.step = path, step
 
 
+def sigterm_grace_from_env() -> float:
+    """Seconds a first SIGTERM waits for the training loop to act on it: ``OREO_SIGTERM_GRACE_S`` (a
+    number, ``inf`` to wait for ever), else 30."""
+    value = os.environ.get(SIGTERM_GRACE_ENV, "").strip()
+    if not value:
+        return DEFAULT_SIGTERM_GRACE_S
+    try:
+        grace = float(value)
+    except ValueError:
+        raise ValueError(f"{SIGTERM_GRACE_ENV}={value!r}: expected seconds (a number, or inf)") from None
+    if math.isnan(grace) or grace < 0:
+        raise ValueError(f"{SIGTERM_GRACE_ENV}={value!r}: expected seconds >= 0 (or inf)")
+    return grace
+
+
+def _hard_exit(message: str, status: int = 143) -> None:
+    """Write ``message`` to stderr and end the process now (no cleanup: the main thread may be stuck)."""
+    try:
+        os.write(2, message.encode(errors="replace") + b"\n")
+    except OSError:
+        pass
+
+    def flush():
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except Exception:  # noqa: BLE001: best effort
+                pass
+    flusher = threading.Thread(target=flush, daemon=True)  # may block on a lock the stuck thread holds
+    flusher.start()
+    flusher.join(1.0)
+    os._exit(status)
+
+
+_WATCHDOGS: list = []  # this process's active SIGTERM watchdogs, innermost last
+
+
+def _forget_watchdogs_in_child() -> None:
+    """After a fork (data-loader workers, multiprocessing): the child is not the stage's process; it
+    gets back the SIGTERM handling it had before the stage and does not signal the parent's watchdog."""
+    if not _WATCHDOGS:
+        return
+    outer = _WATCHDOGS[0]
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGTERM, outer.previous_handler)
+    except (ValueError, OSError, TypeError):
+        pass
+    for watchdog in _WATCHDOGS:
+        for fd in (watchdog.read_fd, watchdog.write_fd):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+    _WATCHDOGS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_watchdogs_in_child)
+
+
+class _SigtermWatchdog:
+    """Counts SIGTERMs at the C level, through ``signal.set_wakeup_fd``, in a thread of its own: it sees
+    them even when the main thread is stuck and never runs the Python handler. It ends the process
+    (status 143) on a second SIGTERM (``SIGTERM_REPEAT_S`` or more after the first), or when the
+    owner's grace passes after the first one without the loop acknowledging it (``acknowledge()``: the
+    loop read the request and is saving); a periodic save running at that moment holds the deadline
+    until it ends, then the grace starts again."""
+
+    def __init__(self, owner: StageCheckpoints, previous_handler):
+        self.owner, self.previous_handler = owner, previous_handler
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.write_fd, False)
+        try:
+            self.previous_wakeup_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
+        except (ValueError, OSError):
+            os.close(self.read_fd)
+            os.close(self.write_fd)
+            raise
+        self.count, self.first = 0, 0.0
+        self.acknowledged = False
+        self.closing = False
+        _WATCHDOGS.append(self)
+        self.thread = threading.Thread(target=self._run, name="oreo-sigterm-watchdog", daemon=True)
+        self.thread.start()
+
+    def acknowledge(self) -> None:
+        self.acknowledged = True
+
+    def _run(self) -> None:
+        deadline, saving = None, False
+        while True:
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                ready, _, _ = select.select([self.read_fd], [], [], timeout)
+                data = os.read(self.read_fd, 512) if ready else b""
+            except OSError:
+                return
+            if self.closing or (ready and not data):
+                return
+            for byte in data:
+                if byte != signal.SIGTERM:
+                    continue
+                if self.count and time.monotonic() - self.first < SIGTERM_REPEAT_S:
+                    continue  # the same request twice (the scheduler's and the launcher's copy)
+                self.count += 1
+                self.owner._terminate = True
+                if self.count >= 2:
+                    self.owner._exit_now("a second SIGTERM: exiting at once")
+                self.first = time.monotonic()
+                grace = self.owner.sigterm_grace
+                if not math.isinf(grace):
+                    deadline = time.monotonic() + grace
+                self.owner._announce(deadline is not None)
+            now = time.monotonic()
+            if self.acknowledged:
+                deadline = None
+            elif deadline is not None and now >= deadline:
+                if self.owner._saving_step is not None:  # a periodic save: the loop is alive; wait for it
+                    saving, deadline = True, now + 1.0
+                    continue
+                if saving:  # that save is done: the next step_done has a grace of its own to come
+                    saving, deadline = False, now + self.owner.sigterm_grace
+                    continue
+                self.owner._exit_now(f"SIGTERM not acted on within {self.owner.sigterm_grace:g} s "
+                                     f"(no optimizer step ended: is the loop stuck?): exiting without saving")
+
+    def close(self) -> None:
+        self.closing = True
+        try:
+            signal.set_wakeup_fd(self.previous_wakeup_fd)
+        except (ValueError, OSError):
+            pass
+        if self in _WATCHDOGS:
+            _WATCHDOGS.remove(self)
+        os.close(self.write_fd)  # wakes the thread: end of file
+        self.thread.join(5.0)
+        os.close(self.read_fd)
+
+
 class StageCheckpoints:
     """In-stage checkpoints of one training stage (see the module docstring).
 
@@ -124,32 +406,97 @@ class StageCheckpoints:
     ``torchrun`` send before killing) and turns it into a checkpoint at the next optimizer step.
     ``restore()`` returns the step to start from; ``step_done(step)`` after every optimizer step saves
     when due; ``finish()`` drops the in-stage checkpoint once the stage's result is written.
+
+    A stuck loop still stops: a second SIGTERM (a second or more after the first), or a first one that
+    no ``step_done`` reads within ``sigterm_grace`` seconds (default: ``OREO_SIGTERM_GRACE_S``, else 30;
+    ``inf`` waits for ever), ends the process at once with status 143 without saving; the last
+    in-stage checkpoint, if any, stays whole (saves are atomic) and a rerun resumes from it. Set the
+    grace above the time of one optimizer step (a periodic save in progress does not count). A SIGTERM
+    that arrives after the last ``step_done`` (while the stage writes its result) makes the block exit
+    with ``Terminated`` once the stage is done.
     """
 
     def __init__(self, out_dir: str | Path | None, engines: dict, *, every: int = 0, resume: bool = True,
-                 stage: str = ""):
+                 stage: str = "", sigterm_grace: float | None = None):
         self.dir = progress_dir(out_dir) if out_dir is not None else None
         self.engines, self.every, self.resume, self.stage = engines, int(every or 0), resume, stage
+        self.sigterm_grace = sigterm_grace_from_env() if sigterm_grace is None else float(sigterm_grace)
+        if math.isnan(self.sigterm_grace) or self.sigterm_grace < 0:
+            raise ValueError(f"sigterm_grace must be seconds >= 0 (or inf), got {sigterm_grace!r}")
         self._terminate = False
         self._previous_handler = None
+        self._watchdog = None
+        self._rank = 0
+        self._last_step = None     # the last optimizer step step_done saw
+        self._saved_step = None    # the step of the in-stage checkpoint on disk (restored or saved here)
+        self._saving_step = None   # the step being saved now, if a save is in progress
+        self._finished = False     # finish() ran: the stage's result is written
 
     def __enter__(self) -> StageCheckpoints:
         if self.dir is not None:
+            self._rank = rank_world()[0]
             try:
                 self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
             except ValueError:  # not the main thread: no signal handling
                 self._previous_handler = None
+                return self
+            try:
+                self._watchdog = _SigtermWatchdog(self, self._previous_handler)
+            except (ValueError, OSError):  # no wakeup fd: a second SIGTERM still exits (_on_sigterm)
+                self._watchdog = None
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._watchdog is not None:
+            self._watchdog.close()
+            self._watchdog = None
         if self._previous_handler is not None:
             signal.signal(signal.SIGTERM, self._previous_handler)
+            self._previous_handler = None
+        if exc_type is None and self._terminate:
+            # SIGTERM after the last optimizer step: the stage finished; stop here, not in the next stage
+            if self._rank == 0:
+                print(f"{self.stage}: SIGTERM: the stage finished first; exiting", flush=True)
+            raise Terminated(self.dir, self._last_step)
 
     def _on_sigterm(self, signum, frame) -> None:
+        if self._terminate and self._watchdog is None:
+            self._exit_now("a second SIGTERM: exiting at once")
         self._terminate = True
 
+    def _announce(self, with_deadline: bool) -> None:
+        if self._rank != 0:
+            return
+        limit = f"; exits without saving if none ends within {self.sigterm_grace:g} s" if with_deadline else ""
+        try:
+            os.write(2, f"{self.stage}: SIGTERM: saving at the next optimizer step, then exiting{limit} "
+                        f"(a second SIGTERM exits at once)\n".encode())
+        except OSError:
+            pass
+
+    def _exit_now(self, why: str) -> None:
+        """Exit with status 143 now, saying what was and was not saved."""
+        rank = f"rank {self._rank}: " if rank_world()[1] > 1 else ""
+        _hard_exit(f"{rank}{self.stage}: {why}; {self._on_disk()}")
+
+    def _on_disk(self) -> str:
+        if self._finished:
+            return "the stage's result is already written: a rerun skips the stage"
+        said = ""
+        if self._saving_step is not None:
+            said = (f"the save of step {self._saving_step} in progress is abandoned (saves are atomic: "
+                    "the previous checkpoint stays whole); ")
+        if self._saved_step is not None:
+            lost = f" (steps after {self._saved_step} are lost)" if (self._last_step or 0) > self._saved_step else ""
+            return said + (f"the in-stage checkpoint {self.dir} holds step {self._saved_step}: "
+                           f"a rerun resumes from it{lost}")
+        if self.dir is not None and (self.dir / "state.pt").exists():
+            return said + f"a rerun resumes from the in-stage checkpoint {self.dir}"
+        return said + "no in-stage checkpoint was saved: a rerun restarts the stage from its start"
+
     def restore(self) -> int:
-        """Load the in-stage checkpoint if there is one (and resuming is on); the step to start from."""
+        """Load the in-stage checkpoint if there is one (and resuming is on); the step to start from.
+        A damaged one raises ``CheckpointError`` naming the file (delete the folder to restart)."""
         if self.dir is None or not (self.dir / "state.pt").exists():
             return 0
         if not self.resume:
@@ -157,16 +504,20 @@ class StageCheckpoints:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return 0
         step = int(load_trainer_state(self.dir, self.engines)["step"])
+        self._saved_step = self._last_step = step
         if rank_world()[0] == 0:
             print(f"{self.stage}: resuming from step {step} ({self.dir})", flush=True)
         return step
 
     def step_done(self, step: int, total: int) -> None:
         """After optimizer step ``step`` (1-based): save if due or if SIGTERM arrived (then exit)."""
+        self._last_step = step
         if self.dir is None:
             return
         # Every rank must agree before the collective save: one rank may have caught the signal first.
         terminate = all_reduce_scalars({"t": float(self._terminate)}, op="sum")["t"] > 0
+        if terminate and self._watchdog is not None:
+            self._watchdog.acknowledge()  # the loop is alive and saving: no grace deadline now
         due = self.every > 0 and step % self.every == 0 and step < total
         if due or terminate:
             self.save(step)
@@ -176,8 +527,11 @@ class StageCheckpoints:
             raise Terminated(self.dir, step)
 
     def save(self, step: int) -> None:
+        self._saving_step = step
         save_atomically(self.dir, lambda tmp: save_trainer_state(tmp, self.engines, step))
+        self._saving_step, self._saved_step = None, step
 
     def finish(self) -> None:
         if self.dir is not None and rank_world()[0] == 0:
             shutil.rmtree(self.dir, ignore_errors=True)
+        self._finished = True

@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from oreo.checkpoint import CheckpointError, safe_load
 from oreo.distributed import full_parameters, init_distributed, rank_world
 
 
@@ -92,13 +93,22 @@ class TorchEngine:
         self.module.load_state_dict(state["module"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
-        self.micro_step = state["micro_step"]
+        self.micro_step = int(state["micro_step"])
 
     def save_state(self, path: Path) -> None:
         torch.save(self.state_dict(), Path(path) / "engine.pt")
 
     def load_state(self, path: Path) -> None:
-        self.load_state_dict(torch.load(Path(path) / "engine.pt", weights_only=False))
+        """Load ``path/engine.pt`` (``weights_only=True``: tensors and plain data only). A missing,
+        damaged or refused file, or one that does not fit this model and optimizer, raises
+        ``CheckpointError`` naming it."""
+        file = Path(path) / "engine.pt"
+        state = safe_load(file)
+        try:
+            self.load_state_dict(state)
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(file, "does not fit this stage's model and optimizer (written with other "
+                                        f"settings, or damaged): {type(e).__name__}: {e}") from e
 
 
 class DeepSpeedEngine:
@@ -161,7 +171,60 @@ class DeepSpeedEngine:
         self.ds.save_checkpoint(str(path), tag="engine")
 
     def load_state(self, path: Path) -> None:
-        self.ds.load_checkpoint(str(path), tag="engine", load_module_strict=True)
+        """DeepSpeed's ``load_checkpoint``, with every file it reads loaded ``weights_only=True``.
+
+        DeepSpeed itself calls ``torch.load(weights_only=False)`` (through its checkpoint engine's
+        ``load``), which would run any code pickled in the files. Here that ``load`` is replaced, for this
+        call, by ``safe_load`` allowing only the few plain-data classes DeepSpeed pickles into ZeRO
+        optimizer states (``DEEPSPEED_SAFE_GLOBALS``). A missing, damaged or refused file raises
+        ``CheckpointError`` naming it."""
+        folder = Path(path) / "engine"
+        if not any(folder.glob("*model_states.pt")):  # DeepSpeed would only assert or warn
+            raise CheckpointError(folder, "missing or incomplete: no DeepSpeed model states there")
+        checkpoint_engine = self.ds.checkpoint_engine
+        own = vars(checkpoint_engine).get("load")
+
+        def load(file, map_location=None):
+            return safe_load(file, map_location=map_location, safe_globals=deepspeed_safe_globals())
+
+        checkpoint_engine.load = load
+        try:
+            load_path, _ = self.ds.load_checkpoint(str(path), tag="engine", load_module_strict=True)
+        except CheckpointError:
+            raise
+        except (AssertionError, KeyError, ValueError, TypeError, RuntimeError) as e:
+            raise CheckpointError(folder, f"DeepSpeed could not load it (damaged, or written with other settings): "
+                                          f"{type(e).__name__}: {e}") from e
+        finally:
+            if own is None:
+                del checkpoint_engine.load
+            else:
+                checkpoint_engine.load = own
+        if load_path is None:
+            raise CheckpointError(folder, "missing or incomplete: DeepSpeed found no checkpoint to load there")
+
+
+DEEPSPEED_SAFE_GLOBALS = (
+    # the classes DeepSpeed's ZeRO / bf16 optimizers pickle into their state dicts: plain data holders
+    "deepspeed.runtime.fp16.loss_scaler.LossScaler",
+    "deepspeed.runtime.fp16.loss_scaler.DynamicLossScaler",
+    "deepspeed.runtime.zero.config.ZeroStageEnum",
+    "deepspeed.utils.tensor_fragment.fragment_address",
+)
+
+
+def deepspeed_safe_globals() -> list:
+    """The classes of ``DEEPSPEED_SAFE_GLOBALS`` that this DeepSpeed version has."""
+    import importlib
+
+    found = []
+    for name in DEEPSPEED_SAFE_GLOBALS:
+        module, _, attr = name.rpartition(".")
+        try:
+            found.append(getattr(importlib.import_module(module), attr))
+        except (ImportError, AttributeError):
+            continue
+    return found
 
 
 def make_engine(module: nn.Module, cfg: OptimConfig, *, backend: str, total_steps: int, accumulation: int,
