@@ -6,7 +6,7 @@
 Same models (random weights), same batch, same optimizers, same machine; the two step functions are
 interleaved (a, b, a, b, ...) after warm-up, and the medians are compared.
 
-(a) ``oreo``: ``OREOTrainer.losses`` + backward + step. The reference's per-token log-probs are
+(a) ``oreo``: ``OREOObjective.losses`` + backward + step. The reference's per-token log-probs are
     cached once per buffer (computed here before timing, as the trainer does); the exact reverse KL
     runs one no-grad reference forward; log-probs and KL are computed chunk by chunk, at action
     positions only.
@@ -37,11 +37,12 @@ from pathlib import Path
 import torch
 
 from oreo import losses
+from oreo.batch import Batch
 from oreo.engine import OptimConfig, TorchEngine
 from oreo.logprobs import token_logprobs
 from oreo.models import ValueModel, enable_gradient_checkpointing, hidden_states
 from oreo.trainers.common import TrainConfig
-from oreo.trainers.oreo import OREOConfig, OREOTrainer
+from oreo.trainers.oreo import OREOConfig, OREOObjective
 
 SHAPES = {
     # a small model whose cost is dominated, like real ones at long sequence, by the vocabulary
@@ -66,7 +67,7 @@ def build_model(shape: str, dtype: torch.dtype, device: torch.device, seed: int 
     return model.to(dtype)
 
 
-def make_batch(batch: int, seq: int, device, seed: int = 0, vocab: int = VOCAB) -> dict:
+def make_batch(batch: int, seq: int, device, seed: int = 0, vocab: int = VOCAB) -> Batch:
     """Random tokens; the first quarter of each row is prompt, the rest actions (token-level states)."""
     g = torch.Generator().manual_seed(seed)
     ids = torch.randint(3, vocab, (batch, seq), generator=g)
@@ -75,8 +76,8 @@ def make_batch(batch: int, seq: int, device, seed: int = 0, vocab: int = VOCAB) 
     action[:, seq // 4:] = True
     state = action.clone()
     rewards = torch.randint(0, 2, (batch,), generator=g).float()
-    out = {"input_ids": ids, "attention_mask": mask, "action_mask": action, "state_mask": state, "rewards": rewards}
-    return {k: v.to(device) for k, v in out.items()}
+    return Batch(input_ids=ids, attention_mask=mask, action_mask=action, state_mask=state, rewards=rewards,
+                 index=torch.arange(batch)).to(device)
 
 
 # ------------------------------------------------------------------------- (b) the reference's structure
@@ -94,8 +95,8 @@ def actor_forward_reference(model, ids, mask):
 
 
 def reference_structure_step(policy, value, reference, engines, batch, beta, kl_coef) -> dict:
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    am, sm, rewards = batch["action_mask"], batch["state_mask"], batch["rewards"]
+    ids, mask = batch.input_ids, batch.attention_mask
+    am, sm, rewards = batch.action_mask, batch.state_mask, batch.rewards
     with torch.no_grad():                                               # F1
         logp_old, _ = actor_forward_reference(policy, ids, mask)
     values = value(ids, mask)[:, :-1]                                   # F2
@@ -142,12 +143,12 @@ def setup(shape: str, dtype, device, *, batch: int, seq: int, chunk_size: int, g
     optim = OptimConfig(lr=lr, warmup_ratio=0.0)
     engines = {"policy": TorchEngine(policy, optim, total_steps, 1), "value": TorchEngine(value, optim, total_steps, 1)}
     cfg = OREOConfig(beta=0.03, kl_type="exact", kl_coef=0.01, chunk_size=chunk_size)
-    trainer = OREOTrainer(policy, None, cfg, TrainConfig(), reference=reference, value=value)
+    trainer = OREOObjective(policy, None, cfg, TrainConfig(), reference=reference, value=value)
     trainer.engines = engines
     data = make_batch(batch, seq, device, vocab=vocab)
     with torch.no_grad():  # oreo's cached reference log-probs (computed once per buffer, not per step)
-        h = hidden_states(reference, data["input_ids"], data["attention_mask"])[:, :-1]
-        data["ref_logprobs"] = token_logprobs(h, reference.get_output_embeddings(), data["input_ids"][:, 1:],
+        h = hidden_states(reference, data.input_ids, data.attention_mask)[:, :-1]
+        data.ref_logprobs = token_logprobs(h, reference.get_output_embeddings(), data.input_ids[:, 1:],
                                               chunk_size=chunk_size).float()
     return policy, value, reference, engines, trainer, cfg, data
 

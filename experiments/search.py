@@ -21,7 +21,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from oreo.encode import Encoder
-from oreo.pipeline import build_sampler, pick_device
+from oreo.runtime import build_sampler, pick_device
 from oreo.progress import progress
 from oreo.search.strategies import SearchConfig, Searcher
 from oreo.search.value import ValueScorer, load_value_model

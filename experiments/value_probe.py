@@ -24,7 +24,7 @@ from oreo.metrics import MetricsLogger, read_metrics
 from oreo.models import load_policy
 from oreo.tasks.arithmetic import apply_op, parse_step
 from oreo.trainers.common import TrainConfig
-from oreo.trainers.oreo import OREOConfig, OREOTrainer
+from oreo.trainers.oreo import OREOConfig, OREOObjective
 
 
 def valid_steps(record) -> float:
@@ -45,7 +45,7 @@ def probe(run_dir: Path, name: str, n: int, epochs: float) -> dict:
     records = [dataclasses.replace(r, reward=reward) for r, reward in zip(records, rewards)]
     mean = sum(rewards) / len(rewards)
     policy, tokenizer = load_policy(str(run_dir / "checkpoints" / "sft"))
-    trainer = OREOTrainer(policy, tokenizer, OREOConfig(beta=0.3, kl_type="none"),
+    trainer = OREOObjective(policy, tokenizer, OREOConfig(beta=0.3, kl_type="none"),
                           TrainConfig(epochs=epochs, batch_size=32, micro_batch_size=32, lr=0.0, value_lr=1e-3,
                                       log_every=10))
     with tempfile.TemporaryDirectory() as tmp:

@@ -21,8 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
-
 from oreo.trajectory import Trajectory
 
 GRANULARITIES = ("token", "step", "turn")
@@ -53,6 +51,9 @@ class Encoded:
     state_mask: list[int]
     reward: float
     index: int  # position of the record in the input list
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
 
 
 @dataclass
@@ -155,31 +156,3 @@ class Encoder:
         out = [self.encode(r, i) for i, r in enumerate(records)]
         return [e for e in out if e is not None]
 
-
-def collate(batch: list[Encoded], pad_token_id: int, padding_side: str = "right",
-            ref_logprobs: list[torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Pad a list of encoded trajectories into tensors.
-
-    Returns ``input_ids`` and ``attention_mask`` [B, L]; ``action_mask``, ``state_mask`` (bool) and,
-    when given, ``ref_logprobs`` (float32) [B, L-1]; ``rewards`` [B] (float32); ``index`` [B].
-    """
-    if padding_side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
-    length = max(len(e.input_ids) for e in batch)
-
-    def pad(seq, value, size):
-        fill = [value] * (size - len(seq))
-        return fill + list(seq) if padding_side == "left" else list(seq) + fill
-
-    out = {
-        "input_ids": torch.tensor([pad(e.input_ids, pad_token_id, length) for e in batch]),
-        "attention_mask": torch.tensor([pad([1] * len(e.input_ids), 0, length) for e in batch]),
-        "action_mask": torch.tensor([pad(e.action_mask, 0, length - 1) for e in batch]).bool(),
-        "state_mask": torch.tensor([pad(e.state_mask, 0, length - 1) for e in batch]).bool(),
-        "rewards": torch.tensor([e.reward for e in batch], dtype=torch.float32),
-        "index": torch.tensor([e.index for e in batch]),
-    }
-    if ref_logprobs is not None:
-        out["ref_logprobs"] = torch.tensor(
-            [pad(r.tolist(), 0.0, length - 1) for r in ref_logprobs], dtype=torch.float32)
-    return out

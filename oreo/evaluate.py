@@ -224,7 +224,7 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
 def search_run(cfg: DictConfig) -> dict:
     """Evaluate ``cfg.checkpoint`` with ``cfg.search`` on ``cfg.evaluate.splits``; returns split → metrics."""
     from oreo.encode import Encoder
-    from oreo.pipeline import build_sampler, close_sampler, pick_device, quiet_library_progress_bars
+    from oreo.runtime import build_sampler, close_sampler, pick_device, quiet_library_progress_bars
     from oreo.search.strategies import NEEDS_VALUE, SearchConfig, Searcher
     from oreo.search.value import ValueScorer, load_value_model
     from oreo.tasks import make_task

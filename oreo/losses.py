@@ -46,6 +46,10 @@ __all__ = [
     "scale_reward",
     "importance_weights",
     "sft_loss",
+    "sequence_logprob",
+    "dpo_loss",
+    "kto_reference_point",
+    "kto_loss",
 ]
 
 
@@ -305,3 +309,93 @@ def sft_loss(logprobs: Tensor, mask: Tensor) -> Tensor:
     logprobs = _float(logprobs)
     total = _masked(logprobs, mask).sum()
     return -total / mask.to(logprobs.dtype).sum().clamp(min=1)
+
+
+# ----------------------------------------------------------------------------- preferences (DPO, IPO, KTO)
+
+
+def sequence_logprob(logprobs: Tensor, action_mask: Tensor) -> Tensor:
+    """Log-probability of a sequence's actions.
+
+    ``logprobs``, ``action_mask``: [B, T] → [B] with  Σ_t m_t·logprobs_t  (observations and the prompt
+    have m = 0, so an agent episode's log-probability counts its own turns only).
+    """
+    return _masked(_float(logprobs), action_mask).sum(-1)
+
+
+def dpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    *,
+    beta: float,
+    label_smoothing: float = 0.0,
+    ipo: bool = False,
+) -> Tuple[Tensor, dict]:
+    """DPO (Rafailov et al. 2023), conservative DPO with label smoothing, or IPO (Azar et al. 2023).
+
+    Sequence log-probabilities [B] each → (scalar loss, diagnostics). With the implicit rewards
+    r_c = β(log π(y_c) − log π_ref(y_c)), r_r likewise, and h = (r_c − r_r)/β:
+
+        DPO:  mean_b  −(1−ε)·log σ(β h) − ε·log σ(−β h)        (ε = ``label_smoothing``)
+        IPO:  mean_b  (h − 1/(2β))²                            (sums of log-probs, as in the paper)
+
+    When the policy equals the reference h = 0 and the DPO loss is log 2. Diagnostics (detached):
+    ``chosen_reward`` and ``rejected_reward`` (means of r_c, r_r), ``reward_margin`` (mean r_c − r_r)
+    and ``reward_accuracy`` (share of pairs with r_c > r_r).
+    """
+    chosen = beta * (_float(policy_chosen) - _float(ref_chosen))
+    rejected = beta * (_float(policy_rejected) - _float(ref_rejected))
+    h = (chosen - rejected) / beta
+    if ipo:
+        loss = (h - 1 / (2 * beta)).square().mean()
+    else:
+        loss = (-(1 - label_smoothing) * torch.nn.functional.logsigmoid(beta * h)
+                - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)).mean()
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return loss, {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
+                  "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean()}
+
+
+def kto_reference_point(logratios: Tensor) -> Tensor:
+    """KTO's reference point z_0, an estimate of KL(π‖π_ref) (Ethayarajh et al. 2024, §4.1).
+
+    ``logratios``: [N] sequence log-ratios log π(y'|x) − log π_ref(y'|x) of *mismatched* pairs (a prompt
+    with another example's response) → scalar  max(0, mean_n logratios_n), detached: it shifts the
+    value function without being optimised.
+    """
+    return _float(logratios).detach().mean().clamp(min=0)
+
+
+def kto_loss(
+    policy_logprob: Tensor,
+    ref_logprob: Tensor,
+    desirable: Tensor,
+    reference_point: Tensor,
+    *,
+    beta: float,
+    desirable_weight: float = 1.0,
+    undesirable_weight: float = 1.0,
+) -> Tuple[Tensor, dict]:
+    """KTO (Ethayarajh et al. 2024) on unpaired examples.
+
+    ``policy_logprob``, ``ref_logprob``: [B] sequence log-probabilities; ``desirable``: [B] bool;
+    ``reference_point``: scalar z_0 (``kto_reference_point``). With r = log π − log π_ref:
+
+        loss = mean_b  λ_D·(1 − σ(β(r_b − z_0)))  if b is desirable,
+                       λ_U·(1 − σ(β(z_0 − r_b)))  otherwise.
+
+    Diagnostics (detached): mean β·r over the desirable and the undesirable examples of the batch
+    (0 when there are none) and ``reference_point``.
+    """
+    r = _float(policy_logprob) - _float(ref_logprob)
+    z = _float(reference_point).detach()
+    d = desirable.bool()
+    good = desirable_weight * (1 - torch.sigmoid(beta * (r - z)))
+    bad = undesirable_weight * (1 - torch.sigmoid(beta * (z - r)))
+    loss = torch.where(d, good, bad).mean()
+    reward = beta * r.detach()
+    return loss, {"desirable_reward": _masked(reward, d).sum() / d.sum().clamp(min=1),
+                  "undesirable_reward": _masked(reward, ~d).sum() / (~d).sum().clamp(min=1),
+                  "reference_point": z}

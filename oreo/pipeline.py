@@ -15,23 +15,22 @@ from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import weights_stamp
-from oreo.distributed import barrier, init_distributed, local_rank, rank_world
-from oreo.encode import Encoder
+from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
 from oreo.metrics import MetricsLogger
-from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy, resolve_model_path
+from oreo.models import ValueModel, enable_gradient_checkpointing
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
-from oreo.rollout.sampler import HFSampler
-from oreo.rollout.vllm_sampler import vllm_available
 from oreo.rollout.selection import balanced_selection
+from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
 from oreo.tasks import make_task
-from oreo.trainers.common import TrainConfig
-from oreo.trainers.oreo import OREOConfig, OREOTrainer
-from oreo.trainers.sft import train_sft
+from oreo.trainers import METHODS
+from oreo.trainers.common import NotEnoughData, TrainConfig
 
-METHODS = ("sft", "rft", "oreo")
+# what `stages` may name, in the order they run: the SFT model is trained, the buffer collected, then
+# each trained method starts from the SFT model on its data (oreo.trainers.METHODS) and is evaluated
+STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto")
 
 
 def train_config(section, engine=None) -> TrainConfig:
@@ -46,13 +45,17 @@ def train_config(section, engine=None) -> TrainConfig:
         raise ValueError(f"training config: {e}; known keys: {list(TrainConfig.__dataclass_fields__)}") from None
 
 
-def oreo_config(section) -> OREOConfig:
+def method_config(name: str, section):
+    """The typed config of method ``name`` from its section (the ``train`` key and the pipeline's own
+    ``n_per_problem`` aside); an unknown key fails naming it and the known ones."""
+    cls = METHODS[name].config
     values = OmegaConf.to_container(section, resolve=True)
-    values.pop("train", None)
+    for key in ("train", "n_per_problem"):
+        values.pop(key, None)
     try:
-        return OREOConfig(**values)
+        return cls(**values)
     except TypeError as e:
-        raise ValueError(f"oreo config: {e}; known keys: {list(OREOConfig.__dataclass_fields__)}") from None
+        raise ValueError(f"{name} config: {e}; known keys: {list(cls.__dataclass_fields__)}") from None
 
 
 def lora_config(model_section) -> LoRAConfig:
@@ -146,16 +149,7 @@ class Run:
 
     # ------------------------------------------------------------------ stages
     def sft(self) -> Path:
-        out = self.checkpoint("sft")
-        if not self.done(out):
-            self.seed(1)
-            model, tokenizer = self.load(self.cfg.model.name_or_path)
-            model, _ = self.for_training(model)
-            records = self.task.sft_records(int(self.cfg.seed), int(self.cfg.sft.n_per_problem))
-            info = train_sft(model, tokenizer, records, self.train_config("sft"), max_len=int(self.cfg.sft.max_len),
-                             logger=self.logger, stage="sft", out_dir=out, resume=bool(self.cfg.resume))
-            self.results.setdefault("stages", {})["sft"] = info
-        return out
+        return self.train_method("sft", Path(self.cfg.model.name_or_path))
 
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
@@ -181,50 +175,59 @@ class Run:
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
 
-    def rft(self, sft_dir: Path) -> Path | None:
-        """SFT on the buffer's correct samples; ``None`` (and the reason in run.json) if too few."""
-        out = self.checkpoint("rft")
+    def records_for(self, name: str, rounds: list[int] | None = None) -> list:
+        """What method ``name`` trains on (``METHODS[name].data``)."""
+        data = METHODS[name].data
+        if data == "teacher":
+            return self.task.sft_records(int(self.cfg.seed), int(self.cfg[name].n_per_problem))
+        records = self.training_records(rounds)
+        return [r for r in records if r.correct] if data == "correct" else records
+
+    def train_method(self, name: str, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
+                     rounds: list[int] | None = None, stage: str | None = None) -> Path | None:
+        """Method ``name`` (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the
+        buffer's ``rounds``, default all), anchored to the reference in ``ref_dir`` (default: ``init_dir``)
+        if it uses one; OREO's value model warm-starts from ``value_dir`` if given. Returns the trained
+        policy's folder, or ``None`` (and the reason in run.json) when there is less than one batch of data."""
+        stage = stage or name
+        method, out = METHODS[name], self.checkpoint(stage)
         if not self.done(out):
-            records = [r for r in self.training_records() if r.correct]
-            batch = int(self.cfg.rft.train.batch_size)
-            if len(records) < batch:
-                reason = f"{len(records)} correct samples in the buffer, fewer than one batch ({batch})"
-                print(f"RFT skipped: {reason}", flush=True)
-                self.results.setdefault("skipped", {})["rft"] = reason
+            records = self.records_for(name, rounds)
+            train = self.train_config(name)
+            self.seed(STAGES.index(name) + 1)
+            cfg = method_config(name, self.cfg[name])
+            policy, tokenizer = self.load(init_dir)
+            kwargs = {}
+            if method.reference:
+                ref_dir = ref_dir or init_dir
+                kwargs = {"reference": self.load(ref_dir)[0], "cache_dir": self.dir / "cache",
+                          "ref_name": f"{ref_dir}|{weights_stamp(ref_dir)}|{self.cfg.model.dtype}"}
+            value = None
+            if method.value and not getattr(cfg, "shared_backbone", False):
+                value = (ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
+                         if value_dir is not None else ValueModel.from_policy(policy))  # before any adapters
+            policy, value = self.for_training(policy, value)
+            if value is not None:
+                kwargs["value"] = value
+            objective = method.objective(policy, tokenizer, cfg, train, **kwargs)
+            try:
+                info = objective.fit(records, logger=self.logger, out_dir=out, resume=bool(self.cfg.resume),
+                                     stage=stage)
+            except NotEnoughData as e:
+                if method.data == "teacher":
+                    raise
+                reason = f"{len(records)} records ({method.data}) gave {e}"
+                print(f"{stage} skipped: {reason}", flush=True)
+                self.results.setdefault("skipped", {})[stage] = reason
                 return None
-            self.seed(3)
-            model, tokenizer = self.load(sft_dir)
-            model, _ = self.for_training(model)
-            info = train_sft(model, tokenizer, records, self.train_config("rft"),
-                             max_len=int(self.cfg.rft.max_len), logger=self.logger, stage="rft", out_dir=out,
-                             resume=bool(self.cfg.resume))
-            self.results.setdefault("stages", {})["rft"] = info
-        return out
+            self.results.setdefault("stages", {})[stage] = info
+        return out / method.policy_dir if method.policy_dir else out
 
     def oreo(self, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
              rounds: list[int] | None = None, name: str = "oreo") -> Path:
         """OREO from the policy in ``init_dir`` against the reference in ``ref_dir`` (default: the same),
         on the buffer's ``rounds`` (default: all); the value model warm-starts from ``value_dir`` if given."""
-        out = self.checkpoint(name)
-        if not self.done(out):
-            self.seed(4)
-            ref_dir = ref_dir or init_dir
-            policy, tokenizer = self.load(init_dir)
-            reference, _ = self.load(ref_dir)
-            cfg = oreo_config(self.cfg.oreo)
-            value = None
-            if value_dir is not None and not cfg.shared_backbone:
-                value = ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
-            elif not cfg.shared_backbone:
-                value = ValueModel.from_policy(policy)  # before any adapters: its own copy of the weights
-            policy, value = self.for_training(policy, value)
-            trainer = OREOTrainer(policy, tokenizer, cfg, self.train_config("oreo"), reference=reference,
-                                  value=value)
-            info = trainer.fit(self.training_records(rounds), logger=self.logger, cache_dir=self.dir / "cache",
-                               ref_name=f"{ref_dir}|{self.cfg.model.dtype}", out_dir=out, stage=name,
-                               resume=bool(self.cfg.resume))
-            self.results.setdefault("stages", {})[name] = info
-        return out / "policy"
+        return self.train_method("oreo", init_dir, ref_dir=ref_dir, value_dir=value_dir, rounds=rounds, stage=name)
 
     def evaluate(self, method: str, policy_dir: Path) -> dict:
         """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
@@ -269,18 +272,17 @@ class Run:
 
     def run(self) -> dict:
         stages = list(self.cfg.stages)
-        unknown = set(stages) - {"sft", "collect", "rft", "oreo"}
+        unknown = set(stages) - set(STAGES)
         if unknown:
-            raise ValueError(f"unknown stages {sorted(unknown)}; known: sft, collect, rft, oreo")
+            raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
         sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
         self.evaluate("sft", sft_dir)
         if "collect" in stages:
             self.results["buffer"] = self.collect(sft_dir, round=0)
             self._write_results()
-        if "rft" in stages and (rft_dir := self.rft(sft_dir)) is not None:
-            self.evaluate("rft", rft_dir)
-        if "oreo" in stages:
-            self.evaluate("oreo", self.oreo(sft_dir))
+        for name in STAGES[2:]:  # the trained methods, each from the SFT model
+            if name in stages and (policy_dir := self.train_method(name, sft_dir)) is not None:
+                self.evaluate(name, policy_dir)
         self._write_results()
         self.logger.close()
         if self.main:
@@ -288,61 +290,6 @@ class Run:
             print(f"results: {self.dir / 'metrics.json'}")
         barrier()
         return self.results
-
-
-def pick_device(name: str) -> torch.device:
-    """``auto``: this rank's GPU if there is one, else the CPU; otherwise the device named."""
-    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
-                          ("cpu" if name == "auto" else name))
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", local_rank())
-    return device
-
-
-def load_model(cfg: DictConfig, path_or_name: str | Path, device: torch.device):
-    """``(model, tokenizer)`` of the policy at ``path_or_name`` with the model section's settings."""
-    m = cfg.model
-    model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
-                                   if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
-                                   attn_implementation=m.attn_implementation, seed=int(cfg.seed))
-    return model.to(device), tokenizer
-
-
-def build_sampler(cfg: DictConfig, policy_dir: str | Path, section, device: torch.device):
-    """A sampler for the policy in ``policy_dir``, of the backend ``sampler.backend`` chooses, with
-    ``section``'s batch size and token limit."""
-    backend = str(cfg.get("sampler", {}).get("backend", "hf"))
-    if backend not in ("hf", "vllm", "auto"):
-        raise ValueError(f"sampler.backend must be hf, vllm or auto, got {backend!r}")
-    if backend == "vllm" or (backend == "auto" and vllm_available()):
-        from transformers import AutoTokenizer
-
-        from oreo.rollout.vllm_sampler import VLLMSampler
-
-        path = resolve_model_path(str(policy_dir))
-        tokenizer = AutoTokenizer.from_pretrained(path)
-        return VLLMSampler(path, tokenizer, Encoder(tokenizer, max_len=10**9),
-                           batch_size=int(section.batch_size), max_new_tokens=int(section.max_new_tokens),
-                           dtype=str(cfg.model.dtype), seed=int(cfg.seed),
-                           gpu_memory_utilization=float(cfg.sampler.gpu_memory_utilization))
-    model, tokenizer = load_model(cfg, policy_dir, device)
-    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=int(section.batch_size),
-                     max_new_tokens=int(section.max_new_tokens))
-
-
-def close_sampler(sampler) -> None:
-    """Free what a sampler holds (a vLLM engine's GPU memory) before the next stage trains."""
-    if hasattr(sampler, "close"):
-        sampler.close()
-
-
-def quiet_library_progress_bars() -> None:
-    """Our own bars cover the long loops; the libraries' per-shard and per-file bars are noise."""
-    import datasets
-    import transformers
-
-    datasets.disable_progress_bars()
-    transformers.utils.logging.disable_progress_bar()
 
 
 def format_table(accuracy: dict, splits: list[str]) -> str:

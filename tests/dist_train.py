@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from oreo.distributed import full_parameters  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig, accumulation_steps, unwrap, world  # noqa: E402
-from oreo.trainers.oreo import OREOConfig, OREOTrainer  # noqa: E402
-from oreo.trainers.sft import train_sft  # noqa: E402
+from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
+from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -62,7 +62,7 @@ def resumed_oreo(out: Path, tcfg) -> dict:
     cfg = tcfg()
     cfg.save_every = 1
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
-    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
+    trainer = OREOObjective(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
     losses, calls, first_of_step_3 = trainer.losses, [0], 2 * accumulation_steps(cfg)
 
     def crashing(batch):
@@ -78,7 +78,7 @@ def resumed_oreo(out: Path, tcfg) -> dict:
     except Crash:
         pass
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
-    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
+    trainer = OREOObjective(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
     info = trainer.fit(records(), out_dir=out / "oreo_resumed")
     return {"resumed_from": info["resumed_from"], "oreo_policy_resumed": state(trainer.engines["policy"].module),
             "oreo_value_resumed": state(trainer.engines["value"].module)}
@@ -87,7 +87,8 @@ def resumed_oreo(out: Path, tcfg) -> dict:
 def reloaded_values(out: Path, tcfg) -> dict:
     """The saved value model (backbone + head) loaded back into a fresh engine of the same kind; its
     values on a batch, next to the values of the model that was saved."""
-    from oreo.encode import Encoder, collate
+    from oreo.batch import collate
+    from oreo.encode import Encoder
     from oreo.models import ValueModel
     from oreo.trainers.common import build_engine
 
@@ -97,7 +98,7 @@ def reloaded_values(out: Path, tcfg) -> dict:
     value = ValueModel.from_pretrained(out / "oreo" / "value")
     engine = build_engine(value, tcfg(), 1e-3, total_steps=1)
     with torch.no_grad():
-        return {"values": engine.module(batch["input_ids"], batch["attention_mask"]).double()}
+        return {"values": engine.module(batch.input_ids, batch.attention_mask).double()}
 
 
 def state(module) -> dict:
@@ -141,7 +142,7 @@ def main() -> None:
     torch.manual_seed(0)
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
     initial = state(policy)
-    trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), tcfg())
+    trainer = OREOObjective(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), tcfg())
     logger = ListLogger()
     trainer.fit(records(), logger=logger, out_dir=out / "oreo")
     if args.engine == "deepspeed" and args.zero_stage == 3:  # really partitioned: no rank holds a whole weight
@@ -151,18 +152,19 @@ def main() -> None:
               "oreo_value": state(trainer.engines["value"].module)}
     rows = logger.rows
     if args.checks:
-        from oreo.encode import Encoder, collate
+        from oreo.batch import collate
+        from oreo.encode import Encoder
 
         batch = collate(Encoder(tok, max_len=64).encode_all(records()), tok.pad_token_id, "right")
         with torch.no_grad():
-            trained = trainer.engines["value"].module(batch["input_ids"], batch["attention_mask"]).double()
+            trained = trainer.engines["value"].module(batch.input_ids, batch.attention_mask).double()
         params["value_round_trip"] = {"trained": trained, **reloaded_values(out, tcfg)}
         params.update(resumed_oreo(out, tcfg))
 
     if not args.no_sft:
         model, tok = load_policy("tiny", tiny=TINY, seed=1)
         logger = ListLogger()
-        train_sft(model, tok, records(), tcfg(), max_len=64, logger=logger, out_dir=out / "sft")
+        SFTObjective(model, tok, SFTConfig(max_len=64), tcfg()).fit(records(), logger=logger, out_dir=out / "sft")
         params["sft_policy"] = state(model)
         rows += logger.rows
 

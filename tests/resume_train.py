@@ -1,6 +1,7 @@
-"""Train a tiny model (OREO or SFT) with in-stage checkpoints; run by tests/test_resume.py::
+"""Train a tiny model with one objective of the training loop and in-stage checkpoints; run by
+tests/test_resume.py::
 
-    python tests/resume_train.py OUT --trainer oreo [--pace 0.05]
+    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto [--pace 0.05]
 
 Checkpoints every 2 optimizer steps (batch 4 = 2 micro-batches of 2), 12 steps in all. With ``--pace``
 it prints ``micro N`` (1-based) as micro-batch N starts and then sleeps, so the test can kill it at a
@@ -9,6 +10,7 @@ known point. A rerun resumes from ``OUT/stage.progress``; the final weights go t
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -20,10 +22,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_train import TINY, records, state  # noqa: E402
 
-import oreo.trainers.sft as sft_module  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig  # noqa: E402
-from oreo.trainers.oreo import OREOConfig, OREOTrainer  # noqa: E402
+from oreo.trainers.dpo import DPOConfig, DPOObjective  # noqa: E402
+from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
+from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
+from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
+
+# every objective of the loop, each on data for 3 optimizer steps per epoch (DPO: 24 records make 12 pairs)
+OBJECTIVES = {
+    "sft": (12, lambda policy, tok, cfg: SFTObjective(policy, tok, SFTConfig(max_len=64), cfg)),
+    "oreo": (12, lambda policy, tok, cfg: OREOObjective(policy, tok, OREOConfig(kl_type="exact", beta=0.1,
+                                                                                 max_len=64), cfg)),
+    "dpo": (24, lambda policy, tok, cfg: DPOObjective(policy, tok, DPOConfig(beta=0.1, max_len=64), cfg,
+                                                       reference=copy.deepcopy(policy))),
+    "kto": (12, lambda policy, tok, cfg: KTOObjective(policy, tok, KTOConfig(beta=0.1, max_len=64), cfg,
+                                                       reference=copy.deepcopy(policy))),
+}
 
 
 def paced(fn, pace: float):
@@ -41,7 +56,7 @@ def paced(fn, pace: float):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
-    p.add_argument("--trainer", choices=["oreo", "sft"], default="oreo")
+    p.add_argument("--objective", choices=sorted(OBJECTIVES), default="oreo")
     p.add_argument("--pace", type=float, default=0.0)
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -49,18 +64,12 @@ def main() -> None:
     cfg = TrainConfig(epochs=4.0, batch_size=4, micro_batch_size=2, lr=3e-3, value_lr=3e-3, warmup_ratio=0.1,
                       save_every=2, seed=0)
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
-    if args.trainer == "oreo":
-        if args.pace:
-            OREOTrainer.losses = paced(OREOTrainer.losses, args.pace)
-        trainer = OREOTrainer(policy, tok, OREOConfig(kl_type="exact", beta=0.1, max_len=64), cfg)
-        trainer.fit(records(), out_dir=out / "stage")
-        params = {"policy": state(trainer.policy), "value": state(trainer.value)}
-    else:
-        if args.pace:
-            sft_module.sft_loss = paced(sft_module.sft_loss, args.pace)
-        sft_module.train_sft(policy, tok, records(), cfg, max_len=64, out_dir=out / "stage")
-        params = {"policy": state(policy)}
-    torch.save(params, out / "params.pt")
+    n_records, build = OBJECTIVES[args.objective]
+    objective = build(policy, tok, cfg)
+    if args.pace:
+        objective.losses = paced(objective.losses, args.pace)
+    objective.fit(records(n_records), out_dir=out / "stage")
+    torch.save({name: state(module) for name, (module, _) in objective.models().items()}, out / "params.pt")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,8 @@ from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.models import load_policy
 from oreo.rollout.collector import collect
-from oreo.rollout.sampler import Completion, HFSampler
+from oreo.rollout.sampler import HFSampler
+from oreo.types import Completion
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)

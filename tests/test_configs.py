@@ -5,7 +5,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from oreo.pipeline import lora_config, oreo_config, train_config
+from oreo.pipeline import lora_config, method_config, train_config
+from oreo.trainers import METHODS
 from oreo.tasks import make_task
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
@@ -17,9 +18,9 @@ def test_config_composes_and_builds(experiment):
     overrides = [f"+experiment={experiment}"] if experiment else []
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
-    oreo_config(cfg.oreo)
-    for section in (cfg.sft.train, cfg.rft.train, cfg.oreo.train):
-        train_config(section, cfg.engine)
+    for name in METHODS:  # every method has a section that builds its config and training settings
+        method_config(name, cfg[name])
+        train_config(cfg[name].train, cfg.engine)
     lora_config(cfg.model)
     task_cfg = OmegaConf.to_container(cfg.task, resolve=True)
     if task_cfg.get("data_dir", "") is None:  # the hub: read the local copy of the same data instead
@@ -37,22 +38,26 @@ def test_engine_section_reaches_every_stage():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["engine.backend=deepspeed", "engine.zero_stage=3",
                                                        "engine.offload_optimizer=true"])
-    for section in (cfg.sft.train, cfg.rft.train, cfg.oreo.train):
-        t = train_config(section, cfg.engine)
+    for name in METHODS:
+        t = train_config(cfg[name].train, cfg.engine)
         assert (t.engine, t.zero_stage, t.offload_optimizer, t.bf16) == ("deepspeed", 3, True, False)
 
 
 def test_step_experiment_sets_step_granularity():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["+experiment=arithmetic_step"])
-    assert oreo_config(cfg.oreo).granularity == "step"
+    assert method_config("oreo", cfg.oreo).granularity == "step"
 
 
 def test_bad_values_name_the_key():
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         cfg = compose(config_name="config", overrides=["oreo.policy_loss=dpo"])
     with pytest.raises(ValueError, match="policy_loss"):
-        oreo_config(cfg.oreo)
+        method_config("oreo", cfg.oreo)
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["+dpo.betta=0.2"])
+    with pytest.raises(ValueError, match="betta"):
+        method_config("dpo", cfg.dpo)
 
 
 @pytest.mark.parametrize("search", sorted(p.stem for p in (CONF / "search").glob("*.yaml")))

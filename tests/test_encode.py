@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from oreo import losses
-from oreo.encode import Encoder, collate
+from oreo.batch import collate
+from oreo.encode import Encoder
 from oreo.models import char_tokenizer
 from oreo.trajectory import RecordError, Trajectory
 
@@ -227,11 +228,11 @@ def test_no_action_records_skipped_and_counted(tok):
         assert len(e.action_mask) == len(e.state_mask) == len(e.input_ids) - 1
     # nothing kept can produce a NaN loss
     b = collate(out, tok.pad_token_id)
-    T = b["action_mask"].shape[1]
+    T = b.action_mask.shape[1]
     zeros = torch.zeros(len(out), T)
-    for loss in (losses.value_loss(zeros, zeros, b["action_mask"], b["state_mask"], b["rewards"], beta=0.1),
-                 losses.oreo_policy_loss(zeros, zeros, b["action_mask"], b["state_mask"], b["rewards"], beta=0.1),
-                 losses.k3_kl(zeros, b["action_mask"])):
+    for loss in (losses.value_loss(zeros, zeros, b.action_mask, b.state_mask, b.rewards, beta=0.1),
+                 losses.oreo_policy_loss(zeros, zeros, b.action_mask, b.state_mask, b.rewards, beta=0.1),
+                 losses.k3_kl(zeros, b.action_mask)):
         assert math.isfinite(float(loss))
 
 
@@ -251,21 +252,21 @@ def test_collate_left_and_right_padding_agree(tok):
     R = collate(data, tok.pad_token_id, "right", ref_logprobs=ref)
     Lft = collate(data, tok.pad_token_id, "left", ref_logprobs=ref)
     L = max(len(e.input_ids) for e in data)
-    assert R["input_ids"].shape == Lft["input_ids"].shape == (3, L)
+    assert R.input_ids.shape == Lft.input_ids.shape == (3, L)
     for k in ("action_mask", "state_mask"):
-        assert R[k].dtype == torch.bool and R[k].shape == (3, L - 1)
-    assert torch.equal(R["rewards"], torch.tensor([1.0, 0.0, 1.0]))
-    assert torch.equal(R["index"], torch.tensor([0, 1, 2]))
+        assert getattr(R, k).dtype == torch.bool and getattr(R, k).shape == (3, L - 1)
+    assert torch.equal(R.rewards, torch.tensor([1.0, 0.0, 1.0]))
+    assert torch.equal(R.index, torch.tensor([0, 1, 2]))
     for b, e in enumerate(data):
         n, pad = len(e.input_ids), L - len(e.input_ids)
-        assert R["input_ids"][b, :n].tolist() == e.input_ids == Lft["input_ids"][b, pad:].tolist()
-        assert (R["input_ids"][b, n:] == tok.pad_token_id).all() and (Lft["input_ids"][b, :pad] == tok.pad_token_id).all()
-        assert R["attention_mask"][b].tolist() == [1] * n + [0] * pad
-        assert Lft["attention_mask"][b].tolist() == [0] * pad + [1] * n
+        assert R.input_ids[b, :n].tolist() == e.input_ids == Lft.input_ids[b, pad:].tolist()
+        assert (R.input_ids[b, n:] == tok.pad_token_id).all() and (Lft.input_ids[b, :pad] == tok.pad_token_id).all()
+        assert R.attention_mask[b].tolist() == [1] * n + [0] * pad
+        assert Lft.attention_mask[b].tolist() == [0] * pad + [1] * n
         for k, v in (("action_mask", e.action_mask), ("state_mask", e.state_mask)):
-            assert R[k][b, :n - 1].int().tolist() == v and not R[k][b, n - 1:].any()
-            assert Lft[k][b, pad:].int().tolist() == v and not Lft[k][b, :pad].any()
-        assert torch.equal(R["ref_logprobs"][b, :n - 1], ref[b]) and not R["ref_logprobs"][b, n - 1:].any()
-        assert torch.equal(Lft["ref_logprobs"][b, pad:], ref[b]) and not Lft["ref_logprobs"][b, :pad].any()
+            assert getattr(R, k)[b, :n - 1].int().tolist() == v and not getattr(R, k)[b, n - 1:].any()
+            assert getattr(Lft, k)[b, pad:].int().tolist() == v and not getattr(Lft, k)[b, :pad].any()
+        assert torch.equal(R.ref_logprobs[b, :n - 1], ref[b]) and not R.ref_logprobs[b, n - 1:].any()
+        assert torch.equal(Lft.ref_logprobs[b, pad:], ref[b]) and not Lft.ref_logprobs[b, :pad].any()
     with pytest.raises(ValueError, match="padding_side"):
         collate(data, tok.pad_token_id, "middle")

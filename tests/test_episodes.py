@@ -12,8 +12,8 @@ from oreo.evaluate import evaluate_episodes
 from oreo.models import load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import run_episodes, sampled_actions
-from oreo.rollout.sampler import Completion, HFSampler
-from oreo.search.strategies import Choice
+from oreo.rollout.sampler import HFSampler
+from oreo.types import Choice, Completion
 from oreo.tasks.agent import Game, format_turn, parse_action
 from oreo.tasks.household import HouseholdConfig, HouseholdTask
 from oreo.trajectory import Trajectory
@@ -262,7 +262,7 @@ def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level
 
     from oreo.losses import next_state_index
     from oreo.trainers.common import TrainConfig
-    from oreo.trainers.oreo import OREOConfig, OREOTrainer
+    from oreo.trainers.oreo import OREOConfig, OREOObjective
 
     records = task.sft_records(0)[:4]
     policy, tok = load_policy("tiny", tiny={"vocabulary": "household", "hidden_size": 32, "num_layers": 1,
@@ -279,7 +279,7 @@ def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level
     turn = Encoder(tok, granularity="turn", max_len=4096).encode(records[0])
     assert sum(turn.state_mask) == len(records[0].steps)
     for granularity in ("token", "turn"):
-        trainer = OREOTrainer(copy.deepcopy(policy), tok, OREOConfig(granularity=granularity, max_len=4096),
+        trainer = OREOObjective(copy.deepcopy(policy), tok, OREOConfig(granularity=granularity, max_len=4096),
                               TrainConfig(epochs=1, batch_size=2, micro_batch_size=2))
         info = trainer.fit(records, out_dir=tmp_path / granularity)
         assert info["steps"] == 2 and (tmp_path / granularity / "value").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from oreo.evaluate import evaluate_sampled, majority_correct, pass_at_k
-from oreo.rollout.sampler import Completion
+from oreo.types import Completion
 from oreo.rollout.selection import balanced_selection
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from oreo.trajectory import Trajectory

@@ -8,12 +8,14 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModel, AutoModelForCausalLM
 
-from oreo.encode import Encoder, collate
+from oreo.batch import collate
+from oreo.encode import Encoder
 from oreo.lora import LoRAConfig, add_lora, save_model
 from oreo.models import ValueModel, enable_gradient_checkpointing, load_policy
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from oreo.trainers.common import TrainConfig
-from oreo.trainers.oreo import OREOConfig, OREOTrainer, reference_logprobs
+from oreo.trainers.oreo import OREOConfig, OREOObjective
+from oreo.trainers.reference import reference_logprobs
 
 pytest.importorskip("peft")
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
@@ -53,7 +55,7 @@ def test_oreo_with_lora_trains_adapters_and_the_whole_value_head(tmp_path, recor
     policy = add_lora(policy, cfg)
     value.backbone = add_lora(value.backbone, cfg)
     before = {n: p.detach().clone() for n, p in [*policy.named_parameters(), *value.named_parameters()]}
-    trainer = OREOTrainer(policy, tok, OREOConfig(beta=0.1, kl_type="exact", max_len=64),
+    trainer = OREOObjective(policy, tok, OREOConfig(beta=0.1, kl_type="exact", max_len=64),
                           TrainConfig(epochs=2, batch_size=8, micro_batch_size=8, lr=1e-2, value_lr=1e-2,
                                       warmup_ratio=0.0), reference=reference, value=value)
     trainer.fit(records, out_dir=tmp_path / "oreo")
@@ -90,7 +92,7 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(records):
         if checkpointing:
             enable_gradient_checkpointing(p)
             enable_gradient_checkpointing(value.backbone)
-        trainer = OREOTrainer(p, tok, OREOConfig(beta=0.1, kl_type="k3"), TrainConfig(),
+        trainer = OREOObjective(p, tok, OREOConfig(beta=0.1, kl_type="k3"), TrainConfig(),
                               reference=copy.deepcopy(policy), value=value)
         trainer.engines = {"policy": type("E", (), {"module": p})(), "value": type("E", (), {"module": value})()}
         p.train()

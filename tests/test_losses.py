@@ -5,6 +5,7 @@ import math
 import pytest
 import torch
 
+from oreo import losses
 from oreo.losses import (
     at_next_state,
     importance_weights,
@@ -435,3 +436,90 @@ def test_all_empty_batch_gives_zero_with_grad(name):
     loss.backward()  # must not raise: the zero stays connected to the graph
     for p in (logratio, values):
         assert p.grad is None or (p.grad == 0).all()
+
+
+# ----------------------------------------------------------------------------- preferences (DPO, IPO, KTO)
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x))
+
+
+def test_sequence_logprob_sums_actions_only_and_ignores_what_is_masked():
+    logp = torch.tensor([[1.0, 2.0, float("nan")], [4.0, float("-inf"), 6.0]])
+    mask = torch.tensor([[1, 1, 0], [1, 0, 1]])
+    torch.testing.assert_close(losses.sequence_logprob(logp, mask), torch.tensor([3.0, 10.0]))
+
+
+def _dpo_inputs():
+    pc = torch.tensor([-1.0, -2.0], requires_grad=True)
+    pr = torch.tensor([-3.0, -1.5], requires_grad=True)
+    return pc, pr, torch.tensor([-1.5, -2.0]), torch.tensor([-2.5, -1.0])
+
+
+def test_dpo_loss_value_gradient_and_diagnostics_by_hand():
+    # β = 0.5: implicit rewards chosen (0.25, 0), rejected (-0.25, -0.25); h = (1.0, 0.5), βh = (0.5, 0.25)
+    pc, pr, rc, rr = _dpo_inputs()
+    loss, stats = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    expected = (math.log(1 + math.exp(-0.5)) + math.log(1 + math.exp(-0.25))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    # ∂/∂log π(y_c) = −β σ(−βh) / B and the opposite for the rejected response
+    grad = torch.tensor([-0.5 * _sigmoid(-0.5) / 2, -0.5 * _sigmoid(-0.25) / 2])
+    torch.testing.assert_close(pc.grad, grad)
+    torch.testing.assert_close(pr.grad, -grad)
+    assert stats["chosen_reward"].item() == pytest.approx(0.125)
+    assert stats["rejected_reward"].item() == pytest.approx(-0.25)
+    assert stats["reward_margin"].item() == pytest.approx(0.375)
+    assert stats["reward_accuracy"].item() == 1.0
+
+
+def test_dpo_loss_is_log_2_when_the_policy_is_the_reference():
+    logp = torch.tensor([-3.0, -7.5, -0.25])
+    other = torch.tensor([-1.0, -9.0, -4.0])
+    loss, stats = losses.dpo_loss(logp, other, logp, other, beta=0.1)
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-7)
+    assert stats["reward_accuracy"].item() == 0.0 and stats["reward_margin"].item() == 0.0
+
+
+def test_dpo_label_smoothing_by_hand():
+    pc, pr, rc, rr = _dpo_inputs()
+    loss, _ = losses.dpo_loss(pc, pr, rc, rr, beta=0.5, label_smoothing=0.1)
+    expected = sum(-0.9 * math.log(_sigmoid(z)) - 0.1 * math.log(_sigmoid(-z)) for z in (0.5, 0.25)) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+
+
+def test_ipo_loss_value_and_gradient_by_hand():
+    # h = (1.0, 0.5) and 1/(2β) = 1: loss = mean((0)², (−0.5)²) = 0.125; ∂/∂log π(y_c) = 2(h − 1)/B
+    pc, pr, rc, rr = _dpo_inputs()
+    loss, _ = losses.dpo_loss(pc, pr, rc, rr, beta=0.5, ipo=True)
+    assert loss.item() == pytest.approx(0.125)
+    loss.backward()
+    torch.testing.assert_close(pc.grad, torch.tensor([0.0, -0.5]))
+    torch.testing.assert_close(pr.grad, torch.tensor([0.0, 0.5]))
+
+
+def test_kto_reference_point_is_the_mean_log_ratio_clamped_at_zero():
+    assert losses.kto_reference_point(torch.tensor([0.3, 0.6])).item() == pytest.approx(0.45)
+    assert losses.kto_reference_point(torch.tensor([0.3, -0.5, 0.1])).item() == 0.0
+    x = torch.tensor([1.0, 2.0], requires_grad=True)
+    assert not losses.kto_reference_point(x).requires_grad
+
+
+def test_kto_loss_value_gradient_and_diagnostics_by_hand():
+    # r = (0.5, 0, −1), z_0 = 0.2, β = 1, λ_D = 1, λ_U = 2; examples 0 and 2 desirable
+    policy = torch.tensor([-1.0, -2.0, -3.0], requires_grad=True)
+    ref = torch.tensor([-1.5, -2.0, -2.0])
+    desirable = torch.tensor([True, False, True])
+    z = torch.tensor(0.2, requires_grad=True)
+    loss, stats = losses.kto_loss(policy, ref, desirable, z, beta=1.0, desirable_weight=1.0, undesirable_weight=2.0)
+    expected = ((1 - _sigmoid(0.3)) + 2 * (1 - _sigmoid(0.2)) + (1 - _sigmoid(-1.2))) / 3
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    dsig = [_sigmoid(x) * (1 - _sigmoid(x)) for x in (0.3, 0.2, -1.2)]
+    # desirable: ∂/∂r = −λ_D β σ'(β(r − z))/B; undesirable: +λ_U β σ'(β(z − r))/B
+    torch.testing.assert_close(policy.grad, torch.tensor([-dsig[0] / 3, 2 * dsig[1] / 3, -dsig[2] / 3]))
+    assert z.grad is None  # the reference point is not optimised
+    assert stats["desirable_reward"].item() == pytest.approx(-0.25)
+    assert stats["undesirable_reward"].item() == pytest.approx(0.0)
+    assert stats["reference_point"].item() == pytest.approx(0.2)

@@ -10,12 +10,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from oreo.encode import Encoder, collate
+from oreo.batch import collate
+from oreo.encode import Encoder
 from oreo.metrics import MetricsLogger, read_metrics
 from oreo.models import ValueHead, ValueModel, hidden_states, load_policy
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from oreo.trainers.common import TrainConfig, unwrap
-from oreo.trainers.oreo import OREOConfig, OREOTrainer, reference_logprobs
+from oreo.trainers.oreo import OREOConfig, OREOObjective
+from oreo.trainers.reference import reference_logprobs
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -59,7 +61,7 @@ def perturb_(module, scale, seed):
 def make_trainer(tiny, cfg, train=None):
     policy, tok = tiny
     policy = copy.deepcopy(policy)
-    trainer = OREOTrainer(policy, tok, cfg, train or TrainConfig())
+    trainer = OREOObjective(policy, tok, cfg, train or TrainConfig())
     perturb_(policy, 0.05, seed=1)  # policy ≠ reference: non-zero log-ratios and KL
     head = trainer.value if isinstance(trainer.value, ValueHead) else trainer.value.head
     perturb_(head, 0.5, seed=2)  # the head starts at zero: make the values non-trivial
@@ -184,10 +186,10 @@ def fit(tiny, records, tmp_path, **cfg_kw):
     before = {k: v.clone() for k, v in policy.state_dict().items()}
     train = TrainConfig(batch_size=8, micro_batch_size=4, epochs=1, lr=1e-2, value_lr=1e-2, warmup_ratio=0.0,
                         log_every=1, seed=0)
-    trainer = OREOTrainer(policy, tok, OREOConfig(beta=0.1, **cfg_kw), train)
+    trainer = OREOObjective(policy, tok, OREOConfig(beta=0.1, **cfg_kw), train, cache_dir=tmp_path / "cache",
+                            ref_name="tiny")
     logger = MetricsLogger(tmp_path / "run")
-    info = trainer.fit(records, logger=logger, cache_dir=tmp_path / "cache", ref_name="tiny",
-                       out_dir=tmp_path / "ckpt")
+    info = trainer.fit(records, logger=logger, out_dir=tmp_path / "ckpt")
     logger.close()
     return trainer, info, before
 

@@ -76,6 +76,40 @@ def test_evaluate_entry_point_searches_with_the_oreo_checkpoint(demo_run, tmp_pa
     assert bad.returncode != 0 and "needs a value model" in bad.stderr
 
 
+def reference_format_file(path: Path, n_problems: int = 20) -> Path:
+    """The reference's {prompt, response, reward} lines for the smoke task: one right, two wrong per problem."""
+    from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+
+    task = ArithmeticTask(ArithmeticConfig(n_train=48, n_test=16, n_heldout=16))  # the smoke experiment's task
+    lines = []
+    for p in task.problems("train")[:n_problems]:
+        for k in range(3):
+            right = k == 0
+            lines.append({"prompt": p.prompt, "response": "".join(p.solution) if right else f"1+1={3 + k}\n#### {3 + k}",
+                          "reward": int(right)})
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    run_dir = tmp_path / "run"
+    proc = run("oreo.train", f"run_dir={run_dir}", *TRIM, "stages=[sft,collect,dpo,kto]", f"collect.from_file={data}")
+    accuracy = json.loads((run_dir / "metrics.json").read_text())
+    assert set(accuracy) == {"sft", "dpo", "kto"}
+    details = json.loads((run_dir / "run.json").read_text())
+    assert details["stages"]["dpo"]["steps"] == 40 // 4  # 20 problems × 1 right × 2 wrong pairs, batches of 4
+    assert details["stages"]["kto"]["steps"] == 60 // 8
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for method, keys in (("dpo", {"loss", "reward_margin", "reward_accuracy", "chosen_reward"}),
+                         ("kto", {"loss", "reference_point", "desirable_reward", "undesirable_reward"})):
+        assert (run_dir / "checkpoints" / method / "config.json").exists()
+        assert keys <= set(next(r for r in rows if r["stage"] == method))
+        assert f"\n{method} " in proc.stdout  # its row in the final table
+    # both anchored to the SFT model through one cached set of reference log-probs
+    assert len(list((run_dir / "cache").glob("ref_logprobs-*.safetensors"))) == 1
+
+
 def test_unknown_config_key_fails_clearly(tmp_path):
     proc = run("oreo.train", f"run_dir={tmp_path}", "oreo.betta=0.1", check=False)
     assert proc.returncode != 0
@@ -151,17 +185,7 @@ def torch_cuda() -> bool:
 def test_imported_reference_data_balanced_selection_and_sampled_evaluation(tmp_path):
     """collect.from_file trains on the reference's released format instead of sampling; balanced_k
     selects the training data; evaluate.sampled adds pass@k / maj@k."""
-    from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
-
-    task = ArithmeticTask(ArithmeticConfig(n_train=48, n_test=16, n_heldout=16))  # the smoke experiment's task
-    lines = []
-    for p in task.problems("train")[:20]:
-        for k in range(3):
-            right = k == 0
-            lines.append({"prompt": p.prompt, "response": "".join(p.solution) if right else "1+1=3\n#### 3",
-                          "reward": int(right)})
-    data = tmp_path / "offline.jsonl"
-    data.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"
     run("oreo.train", f"run_dir={run_dir}", *TRIM, "stages=[sft,collect,oreo]", f"collect.from_file={data}",
         "collect.balanced_k=1", "evaluate.sampled.n=2", "evaluate.sampled.ks=[1,2]", "oreo.train.batch_size=8",

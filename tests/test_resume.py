@@ -23,8 +23,8 @@ def _env() -> dict:
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
 
 
-def _train(out: Path, trainer: str, *extra: str, **popen) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--trainer", trainer, *extra],
+def _train(out: Path, objective: str, *extra: str, **popen) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, str(SCRIPT), str(out), "--objective", objective, *extra],
                             env=_env(), cwd=ROOT, **popen)
 
 
@@ -64,7 +64,7 @@ def _assert_same(a: dict, b: dict) -> None:
             torch.testing.assert_close(b[model][name], value, rtol=0, atol=1e-6, msg=f"{model}.{name}")
 
 
-@pytest.mark.parametrize("trainer", ["oreo", "sft"])
+@pytest.mark.parametrize("trainer", ["oreo", "sft", "dpo", "kto"])
 def test_sigkill_mid_accumulation_then_resume_matches_an_uninterrupted_run(tmp_path, trainer, uninterrupted):
     proc = _kill_at_micro(tmp_path, trainer, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
@@ -74,7 +74,7 @@ def test_sigkill_mid_accumulation_then_resume_matches_an_uninterrupted_run(tmp_p
     out = _finish(_train(tmp_path, trainer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     assert "resuming from step 4" in out  # not a silent restart from scratch
     _assert_same(uninterrupted(trainer), torch.load(tmp_path / "params.pt"))
-    assert (tmp_path / "stage" / "policy" if trainer == "oreo" else tmp_path / "stage").exists()
+    assert (tmp_path / "stage" / "trainer_state" / "state.pt").exists()
     assert not progress.exists()
 
 

@@ -175,7 +175,7 @@ def test_stop_string_inside_a_token_cuts_the_text_there():
 
 def test_a_context_is_continued_as_training_encodes_it(tiny):
     """Continuing (prompt, steps) equals continuing the prompt whose text already holds the steps."""
-    from oreo.rollout.sampler import Context
+    from oreo.types import Context
 
     model, tok = tiny
     s = sampler(model, tok, max_new_tokens=6)

@@ -8,7 +8,7 @@ import torch
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_search
 from oreo.models import ValueModel, load_policy
-from oreo.rollout.sampler import Completion, Context
+from oreo.types import Completion, Context
 from oreo.search.strategies import (
     Choice,
     SearchConfig,

@@ -11,7 +11,7 @@ import pytest
 
 from oreo.encode import Encoder
 from oreo.models import char_tokenizer
-from oreo.rollout.sampler import Context
+from oreo.types import Context
 
 
 @pytest.fixture

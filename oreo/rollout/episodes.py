@@ -10,8 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oreo.rollout.sampler import Context
-from oreo.search.strategies import Choice
+from oreo.types import Choice, Context
 from oreo.tasks.agent import Game, episode_record, format_observation, parse_action
 from oreo.trajectory import Trajectory
 

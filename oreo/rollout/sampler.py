@@ -7,30 +7,9 @@ limit (``truncated``). A truncated completion is never a final answer with a ter
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 
-
-@dataclass
-class Completion:
-    text: str
-    finished: bool      # ended with EOS
-    n_tokens: int       # tokens generated, the EOS or the tokens of the stop string included
-    stop: str | None = None  # the stop string that ended it (kept at the end of ``text``)
-
-    @property
-    def truncated(self) -> bool:
-        return not self.finished and self.stop is None
-
-
-@dataclass(frozen=True)
-class Context:
-    """A partial trajectory to continue: the prompt, the steps taken and the observations after them
-    (agents). A sampler continues it exactly as training encodes it (``Encoder.context_ids``)."""
-    prompt: object
-    steps: tuple = ()
-    observations: tuple = field(default=())
+from oreo.types import Completion, Context
 
 
 def context_ids(encoder, item) -> list[int]:

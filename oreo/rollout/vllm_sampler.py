@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import gc
 
-from oreo.rollout.sampler import Completion, context_ids
+from oreo.rollout.sampler import context_ids
+from oreo.types import Completion
 
 
 def vllm_available() -> bool:

@@ -19,10 +19,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
-from oreo.rollout.sampler import Context
-
-STRATEGIES = ("greedy", "majority", "best_of_n", "weighted_vote", "beam")
-NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam")
+from oreo.types import Choice, Context
 
 
 @dataclass
@@ -51,15 +48,6 @@ class SearchConfig:
             return "greedy"
         tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
         return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
-
-
-@dataclass
-class Choice:
-    response: str | None     # None: no finished candidate, counted wrong
-    value: float | None      # V of the chosen response (None without a value model)
-    tokens: int              # tokens generated for this problem, every candidate included
-    samples: int             # completions generated for this problem
-    truncated: bool = False  # an agent action cut by the token limit (chosen only when every sample was)
 
 
 # ------------------------------------------------------------------ selection rules (pure)
@@ -97,6 +85,20 @@ def weighted_vote_index(keys: list, values: list[float]) -> int | None:
     return best_value_index(values, [k == winner for k in keys])
 
 
+# ------------------------------------------------------------------ the registry
+# Sample-and-choose strategies: N samples per problem (greedy: one), then a rule picks one.
+# A rule maps (finished flags, answer keys, values) to the chosen index or None; keys and values
+# are callables, computed only by the rules that read them (grading every sample costs time).
+RULES = {
+    "greedy": lambda finished, keys, values: 0 if finished[0] else None,
+    "majority": lambda finished, keys, values: majority_index(keys()),
+    "best_of_n": lambda finished, keys, values: best_value_index(values(), finished),
+    "weighted_vote": lambda finished, keys, values: weighted_vote_index(keys(), values()),
+}
+STRATEGIES = (*RULES, "beam")  # beam: step-level search, ``Searcher.beam``
+NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam")
+
+
 # ------------------------------------------------------------------ strategies
 class Searcher:
     def __init__(self, cfg: SearchConfig, task, sampler, scorer=None):
@@ -130,15 +132,9 @@ class Searcher:
 
     def choose(self, problem, completions, values: list[float] | None = None) -> Choice:
         """Apply the strategy's rule to one problem's samples (``values``: their V, if already computed)."""
-        finished = [c.finished for c in completions]
         values = self.values(problem, completions) if values is None else values
-        strategy = self.cfg.strategy
-        if strategy in ("greedy", "best_of_n"):
-            pick = best_value_index(values, finished) if strategy == "best_of_n" else (0 if finished[0] else None)
-        elif strategy == "majority":
-            pick = majority_index([self._key(problem, c) for c in completions])
-        else:
-            pick = weighted_vote_index([self._key(problem, c) for c in completions], values)
+        pick = RULES[self.cfg.strategy]([c.finished for c in completions],
+                                        lambda: [self._key(problem, c) for c in completions], lambda: values)
         return Choice(None if pick is None else completions[pick].text,
                       None if pick is None or values is None else values[pick],
                       sum(c.n_tokens for c in completions), len(completions))

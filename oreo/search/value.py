@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 from torch import nn
 
 from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states
-from oreo.rollout.sampler import Context, context_ids
+from oreo.rollout.sampler import context_ids
+from oreo.types import Context
 
 
 class SharedBackboneValue(nn.Module):

@@ -1,0 +1,33 @@
+"""Training methods: each an objective (``objective.py``) run by the one loop (``loop.py``).
+
+``METHODS`` is the registry the pipeline reads: a method's objective, the dataclass of its config
+section (besides ``train``), which records it trains on, whether it is anchored to a frozen
+reference (the policy it starts from, cached log-probs) and whether it trains a value model.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from oreo.trainers.dpo import DPOConfig, DPOObjective
+from oreo.trainers.kto import KTOConfig, KTOObjective
+from oreo.trainers.oreo import OREOConfig, OREOObjective
+from oreo.trainers.sft import SFTConfig, SFTObjective
+
+
+@dataclass(frozen=True)
+class Method:
+    objective: type
+    config: type
+    data: str                 # teacher: the task's SFT records | correct: the buffer's correct records | buffer: all
+    reference: bool = False   # anchored to a frozen copy of the policy it starts from
+    value: bool = False       # trains a value model beside the policy (warm-started from a given one)
+    policy_dir: str = ""      # where the trained policy lands inside the stage's checkpoint folder
+
+
+METHODS = {
+    "sft": Method(SFTObjective, SFTConfig, "teacher"),
+    "rft": Method(SFTObjective, SFTConfig, "correct"),
+    "oreo": Method(OREOObjective, OREOConfig, "buffer", reference=True, value=True, policy_dir="policy"),
+    "dpo": Method(DPOObjective, DPOConfig, "buffer", reference=True),
+    "kto": Method(KTOObjective, KTOConfig, "buffer", reference=True),
+}

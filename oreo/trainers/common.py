@@ -52,11 +52,15 @@ def accumulation_steps(cfg: TrainConfig) -> int:
     return cfg.batch_size // per_step
 
 
+class NotEnoughData(ValueError):
+    """Fewer training examples than one batch: the stage cannot take a single optimizer step."""
+
+
 def optimizer_steps(n_examples: int, cfg: TrainConfig) -> int:
     """Optimizer steps for the run: incomplete global batches are dropped (every step sees batch_size)."""
     per_epoch = n_examples // cfg.batch_size
     if per_epoch == 0:
-        raise ValueError(f"only {n_examples} training examples: fewer than one batch of {cfg.batch_size}")
+        raise NotEnoughData(f"{n_examples} training examples, fewer than one batch of {cfg.batch_size}")
     return max(1, math.floor(cfg.epochs * per_epoch))
 
 

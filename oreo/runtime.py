@@ -1,0 +1,68 @@
+"""What every entry point builds from a config: the device, models, samplers (and how to free them)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from oreo.distributed import local_rank
+from oreo.encode import Encoder
+from oreo.models import load_policy, resolve_model_path
+from oreo.rollout.sampler import HFSampler
+from oreo.rollout.vllm_sampler import vllm_available
+
+
+def pick_device(name: str) -> torch.device:
+    """``auto``: this rank's GPU if there is one, else the CPU; otherwise the device named."""
+    device = torch.device("cuda" if name == "auto" and torch.cuda.is_available() else
+                          ("cpu" if name == "auto" else name))
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", local_rank())
+    return device
+
+
+def load_model(cfg: DictConfig, path_or_name: str | Path, device: torch.device):
+    """``(model, tokenizer)`` of the policy at ``path_or_name`` with the model section's settings."""
+    m = cfg.model
+    model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
+                                   if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
+                                   attn_implementation=m.attn_implementation, seed=int(cfg.seed))
+    return model.to(device), tokenizer
+
+
+def build_sampler(cfg: DictConfig, policy_dir: str | Path, section, device: torch.device):
+    """A sampler for the policy in ``policy_dir``, of the backend ``sampler.backend`` chooses, with
+    ``section``'s batch size and token limit."""
+    backend = str(cfg.get("sampler", {}).get("backend", "hf"))
+    if backend not in ("hf", "vllm", "auto"):
+        raise ValueError(f"sampler.backend must be hf, vllm or auto, got {backend!r}")
+    if backend == "vllm" or (backend == "auto" and vllm_available()):
+        from transformers import AutoTokenizer
+
+        from oreo.rollout.vllm_sampler import VLLMSampler
+
+        path = resolve_model_path(str(policy_dir))
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        return VLLMSampler(path, tokenizer, Encoder(tokenizer, max_len=10**9),
+                           batch_size=int(section.batch_size), max_new_tokens=int(section.max_new_tokens),
+                           dtype=str(cfg.model.dtype), seed=int(cfg.seed),
+                           gpu_memory_utilization=float(cfg.sampler.gpu_memory_utilization))
+    model, tokenizer = load_model(cfg, policy_dir, device)
+    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=int(section.batch_size),
+                     max_new_tokens=int(section.max_new_tokens))
+
+
+def close_sampler(sampler) -> None:
+    """Free what a sampler holds (a vLLM engine's GPU memory) before the next stage trains."""
+    if hasattr(sampler, "close"):
+        sampler.close()
+
+
+def quiet_library_progress_bars() -> None:
+    """Our own bars cover the long loops; the libraries' per-shard and per-file bars are noise."""
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.utils.logging.disable_progress_bar()
