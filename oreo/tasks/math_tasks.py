@@ -144,7 +144,9 @@ class MathTask:
     def grade(self, problem: MathProblem, response: str) -> tuple[str | None, bool]:
         if self.name == "gsm8k":
             return grading.grade_gsm8k(response, problem.answer)
-        return grading.grade_math(response, problem.answer, timeout=self.cfg.grade_timeout)
+        # The problem text lets the grader tell an answer from a copy of the question.
+        return grading.grade_math(response, problem.answer, timeout=self.cfg.grade_timeout,
+                                  problem=problem.question)
 
     def answer_key(self, answer: str) -> str:
         """What majority voting groups by: equal numbers (GSM8K) or normalised expressions (MATH)."""
