@@ -15,7 +15,9 @@ Conventions (spec §0). For tokens x_0..x_{L-1}, masks over prediction positions
 - ``action_mask[t] = 1`` iff token t+1 is an action token (a step or turn token, or the final EOS);
 - ``state_mask[t] = 1`` iff the prefix x_≤t is a trained MDP state:
   - ``token`` granularity: every prefix that is followed by an action token (so state_mask == action_mask);
-  - ``step`` (alias ``turn``) granularity: the prefix just before the first token of each step/turn.
+  - ``step`` (alias ``turn``) granularity: the prefix just before the first token of each step/turn,
+    and the prefix just before the EOS / end-of-turn token that closes a step or turn (so that the
+    value of a finished response or of a whole turn, which search reads there, is trained).
 """
 from __future__ import annotations
 
@@ -79,7 +81,7 @@ class Encoder:
     def context_ids(self, prompt, steps=(), observations=()) -> list[int]:
         """Ids of a partial trajectory (prompt, the steps taken, the observations between them) exactly as
         ``encode`` lays it out, without a final EOS: what a sampler continues and a value model scores."""
-        return [i for ids, _ in self._segments(prompt, list(steps), list(observations), finished=False,
+        return [i for ids, _, _ in self._segments(prompt, list(steps), list(observations), finished=False,
                                                 last_observation=True) for i in ids]
 
     def _ids(self, text: str) -> list[int]:
@@ -108,15 +110,16 @@ class Encoder:
 
     def _segments(self, prompt, steps: list[str], observations: list[str], *, finished: bool,
                   last_observation: bool = False):
-        """``(ids, is_action)`` per segment: the prompt, then each turn (with its end-of-turn token when an
-        observation follows it, or when it is the last and ``finished``) and the observation after it."""
-        yield list(self.prompt_ids(prompt)), False
+        """``(ids, is_action, closed)`` per segment: the prompt, then each turn (closed by the end-of-turn
+        token when an observation follows it, or when it is the last and ``finished``) and the observation
+        after it."""
+        yield list(self.prompt_ids(prompt)), False, False
         for k, step in enumerate(steps):
             last = k == len(steps) - 1
             ended = k < len(observations) or (last and finished)
-            yield self._ids(step) + ([self.tokenizer.eos_token_id] if ended else []), True
+            yield self._ids(step) + ([self.tokenizer.eos_token_id] if ended else []), True, ended
             if k < len(observations) and (not last or last_observation):
-                yield self._ids(self.observation_text(prompt, observations[k])), False
+                yield self._ids(self.observation_text(prompt, observations[k])), False, False
 
     def encode(self, record: Trajectory | dict, index: int = 0) -> Encoded | None:
         """Encode one trajectory (a plain dict record is read with ``Trajectory.from_dict``); ``None``
@@ -130,9 +133,12 @@ class Encoder:
         # from stopping at once too.
         steps = list(record.steps) or ([""] if finished else [])
         ids, is_action, step_starts = [], [], []
-        for segment, action in self._segments(record.prompt, steps, observations, finished=finished):
+        ends = []  # positions of the EOS / end-of-turn tokens that close a step
+        for segment, action, closed in self._segments(record.prompt, steps, observations, finished=finished):
             if action and segment:
                 step_starts.append(len(ids))
+            if closed:
+                ends.append(len(ids) + len(segment) - 1)
             ids += segment
             is_action += [int(action)] * len(segment)
         if len(ids) > self.max_len:
@@ -143,7 +149,9 @@ class Encoder:
             state_mask = list(action_mask)
         else:
             state_mask = [0] * (len(ids) - 1)
-            for start in step_starts:
+            # Also the state just before a closing EOS / end-of-turn token: that is where search reads
+            # the value of a finished response or of a whole agent turn (``oreo.search.value``).
+            for start in step_starts + ends:
                 if start >= 1:
                     state_mask[start - 1] = 1
         if not any(state_mask):

@@ -71,12 +71,13 @@ def test_token_masks_finished_absent_and_false(tok):
 def test_step_masks_hand_written(tok):
     e = Encoder(tok, granularity="step").encode(rec())
     assert e.action_mask == [0, 0, 0, 0] + [1] * 13
-    # states: the last prompt token (4) and the token before "#" (5 + 6 - 1 = 10)
+    # states: the last prompt token (4), the token before "#" (5 + 6 - 1 = 10) and, the response being
+    # finished, the token before its EOS (16)
     expected = [0] * 17
-    expected[4] = expected[10] = 1
+    expected[4] = expected[10] = expected[16] = 1
     assert e.state_mask == expected
     cut = Encoder(tok, granularity="step").encode(rec(meta={"finished": False}))
-    assert cut.state_mask == expected[:16]
+    assert cut.state_mask == expected[:16] and not cut.state_mask[15]  # no EOS, no state before it
 
 
 def test_step_states_sit_before_each_step_first_token(tok):
@@ -86,7 +87,8 @@ def test_step_states_sit_before_each_step_first_token(tok):
     for s in steps:
         starts.append(pos)
         pos += len(s)
-    assert [t for t, s in enumerate(e.state_mask) if s] == [s - 1 for s in starts]
+    # before each step's first token, and before the EOS that closes the finished response
+    assert [t for t, s in enumerate(e.state_mask) if s] == [s - 1 for s in starts] + [len(e.input_ids) - 2]
     for s, step in zip(starts, steps):  # the token predicted from each state is the step's first char
         assert e.input_ids[s] == chars(tok, step)[0]
 
@@ -98,6 +100,29 @@ def test_empty_response_that_finished_is_one_eos_action(tok):
         assert e.input_ids == chars(tok, PROMPT) + [tok.eos_token_id]
         assert e.action_mask == [0, 0, 0, 0, 1]
         assert e.state_mask == [0, 0, 0, 0, 1]
+
+
+@pytest.mark.parametrize("granularity", ["token", "step"])
+def test_every_position_search_reads_is_a_trained_state(tok, granularity):
+    """Value-guided search reads V at the last token of a partial trajectory (``oreo.search.value``): after
+    k steps (a beam state) and after the last one (a finished response). Each is a trained state."""
+    prompt, steps = "12 +3 *2\n", ["12+3=15\n", "15*2=30\n", "#### 30"]
+    enc = Encoder(tok, granularity=granularity)
+    e = enc.encode(rec(prompt=prompt, steps=steps))
+    for k in range(1, len(steps) + 1):
+        read = len(enc.context_ids(prompt, steps[:k])) - 1
+        assert e.state_mask[read], (granularity, k)
+
+
+@pytest.mark.parametrize("granularity", ["token", "turn"])
+def test_every_position_best_of_k_actions_reads_is_a_trained_state(tok, granularity):
+    """An agent's candidate turn is valued at its last token, before the end-of-turn token."""
+    steps, obs = ["a", "bb", "c"], ["o1", "o22", "o3"]
+    enc = Encoder(tok, granularity=granularity)
+    e = enc.encode(rec(prompt="go\n", steps=steps, observations=obs))
+    for k in range(len(steps)):
+        read = len(enc.context_ids("go\n", steps[:k + 1], obs[:k])) - 1
+        assert e.state_mask[read], (granularity, k)
 
 
 # ------------------------------------------------------------------------- multi-turn
@@ -119,7 +144,8 @@ def test_multi_turn_observations_are_never_actions(tok):
         if gran == "token":
             assert e.state_mask == e.action_mask
         else:
-            assert [t for t, s in enumerate(e.state_mask) if s] == [2, 8, 16]
+            # before each turn's first token (2, 8, 16) and before its end-of-turn token (3, 10, 17)
+            assert [t for t, s in enumerate(e.state_mask) if s] == [2, 3, 8, 10, 16, 17]
 
 
 def test_multi_turn_unfinished_last_turn_has_no_eos(tok):
@@ -127,7 +153,7 @@ def test_multi_turn_unfinished_last_turn_has_no_eos(tok):
         rec(prompt="go\n", steps=["a", "b"], observations=["o"], meta={"finished": False}))
     assert e.input_ids == chars(tok, "go\na") + [tok.eos_token_id] + chars(tok, "\no\nb")
     assert e.action_mask == [0, 0, 1, 1, 0, 0, 0, 1]
-    assert e.state_mask == [0, 0, 1, 0, 0, 0, 0, 1]
+    assert e.state_mask == [0, 0, 1, 1, 0, 0, 0, 1]  # the unfinished turn has no end-of-turn state
 
 
 def test_context_ids_end_each_turn_and_keep_the_last_observation(tok):
@@ -199,7 +225,7 @@ def test_segments_decode_back_exactly(tok, which):
         n_prompt = acts.index(1)
         assert t.decode(e.input_ids[:n_prompt]) == prompt
         if gran == "step":
-            starts = [t_ + 1 for t_, s in enumerate(e.state_mask) if s] + [len(e.input_ids) - 1]
+            starts = [t_ + 1 for t_, s in enumerate(e.state_mask) if s]  # the last: the EOS
             pieces = [t.decode(e.input_ids[a:b]) for a, b in zip(starts, starts[1:])]
             assert pieces == steps
 

@@ -87,8 +87,8 @@ def test_episode_records_encode_observations_as_non_actions(task):
         enc = Encoder(tok, granularity=gran, max_len=4096).encode(record)
         actions = tok.decode([i for i, a in zip(enc.input_ids[1:], enc.action_mask) if a])
         assert actions == "".join(s + tok.eos_token for s in e.steps)
-        if gran == "turn":
-            assert sum(enc.state_mask) == len(e.steps)
+        if gran == "turn":  # before each turn and before its end-of-turn token
+            assert sum(enc.state_mask) == 2 * len(e.steps)
 
 
 class ScoredEnv:
@@ -277,7 +277,8 @@ def test_oreo_on_episodes_bootstraps_across_observations_at_token_and_turn_level
         assert not any(enc.action_mask[t + 1:starts[k + 1] - 1])
     assert nxt[ends[-1]] == len(enc.action_mask)  # the last turn's end: terminal
     turn = Encoder(tok, granularity="turn", max_len=4096).encode(records[0])
-    assert sum(turn.state_mask) == len(records[0].steps)
+    assert sum(turn.state_mask) == 2 * len(records[0].steps)
+    assert all(turn.state_mask[t] for t in ends)  # the end of each turn is a state at turn level too
     for granularity in ("token", "turn"):
         trainer = OREOObjective(copy.deepcopy(policy), tok, OREOConfig(granularity=granularity, max_len=4096),
                               TrainConfig(epochs=1, batch_size=2, micro_batch_size=2))
