@@ -258,7 +258,7 @@ def search_run(cfg: DictConfig) -> dict:
     for split in cfg.evaluate.splits:
         if split in metrics:
             continue
-        if getattr(task, "is_agent", False):
+        if task.kind == "agent":
             metrics[split] = evaluate_episodes(task, task.problems(split), agent_act(search, sampler, scorer),
                                                out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
                                                games_per_batch=search.problems_per_batch,

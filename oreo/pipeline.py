@@ -85,7 +85,7 @@ class Run:
             torch.set_num_threads(int(cfg.threads))
         self.device = pick_device(cfg.device)
         self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
-        self.agent = getattr(self.task, "is_agent", False)  # multi-turn episodes in an environment
+        self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
                                     config=OmegaConf.to_container(cfg, resolve=True), enabled=self.main)

@@ -14,7 +14,8 @@ from oreo.rollout.collector import collect
 from oreo.rollout.episodes import run_episodes, sampled_actions
 from oreo.rollout.sampler import HFSampler
 from oreo.types import Choice, Completion
-from oreo.tasks.agent import Game, format_turn, parse_action
+from oreo.tasks.agent import format_turn, parse_action
+from oreo.types import Game
 from oreo.tasks.household import HouseholdConfig, HouseholdTask
 from oreo.trajectory import Trajectory
 
@@ -116,7 +117,7 @@ class ScoredEnv:
 
 
 class ScoredTask:
-    name, is_agent, max_steps = "scored", True, 3
+    name, kind, max_steps = "scored", "agent", 3
 
     def games(self, split):
         return [Game(f"g{i}", split, "chores") for i in range(3)]

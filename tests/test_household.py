@@ -6,7 +6,8 @@ import pytest
 
 from oreo.models import word_tokenizer
 from oreo.tasks import make_task
-from oreo.tasks.agent import Game, parse_action
+from oreo.tasks.agent import parse_action
+from oreo.types import Game
 from oreo.tasks.household import (
     APPLIANCE,
     HouseholdConfig,
@@ -120,7 +121,7 @@ def test_expert_records_are_valid_multi_turn_records_in_the_word_vocabulary(task
 
 def test_make_task_builds_household_and_names_bad_keys():
     t = make_task({"name": "household", "n_train": 4, "n_test": 2})
-    assert t.is_agent and len(t.problems("train")) == 4
+    assert t.kind == "agent" and len(t.problems("train")) == 4
     with pytest.raises(ValueError, match="conf/task/household.yaml"):
         make_task({"name": "household", "rooms": 3})
     with pytest.raises(ValueError, match="kinds"):

@@ -38,23 +38,35 @@ def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: flo
     Returns statistics: records, accuracy (agents: success rate), tokens generated and tokens/s.
     """
     settings = {"temperature": temperature, "seed": seed, **(meta or {})}  # every record's meta
-    if getattr(task, "is_agent", False):
-        def produce(chunk, chunk_seed, bar):
-            act = sampled_actions(sampler, temperature=temperature)
-            episodes = run_episodes(task, chunk, act, repeats=n, seed=chunk_seed, progress=bar)
-            records = [e.record(task, round=round_, meta=settings) for e in episodes]
-            return records, sum(e.tokens for e in episodes)
-    else:
-        def produce(chunk, chunk_seed, bar):
-            outs = sampler.generate([p.prompt for p in chunk], n=n, temperature=temperature, seed=chunk_seed,
-                                    progress=bar)
-            records = [graded_record(task, problem, comp, k, round=round_, meta=settings)
-                       for problem, completions in zip(chunk, outs) for k, comp in enumerate(completions)]
-            return records, sum(c.n_tokens for cs in outs for c in cs)
     round_ = buffer.next_round() if round is None else round
-    return collect_in_chunks(buffer, problems, produce, n=n, seed=seed, round=round_,
-                             problems_per_chunk=problems_per_chunk,
-                             unit="episode" if getattr(task, "is_agent", False) else "sample")
+    producer, unit = COLLECTORS[task.kind]
+    return collect_in_chunks(buffer, problems, producer(task, sampler, n=n, temperature=temperature, round=round_,
+                                                        meta=settings),
+                             n=n, seed=seed, round=round_, problems_per_chunk=problems_per_chunk, unit=unit)
+
+
+def sample_producer(task, sampler, *, n: int, temperature: float, round: int, meta: dict):
+    """Single-turn tasks: ``n`` graded completions of each problem's prompt."""
+    def produce(chunk, chunk_seed, bar):
+        outs = sampler.generate([p.prompt for p in chunk], n=n, temperature=temperature, seed=chunk_seed,
+                                progress=bar)
+        records = [graded_record(task, problem, comp, k, round=round, meta=meta)
+                   for problem, completions in zip(chunk, outs) for k, comp in enumerate(completions)]
+        return records, sum(c.n_tokens for cs in outs for c in cs)
+    return produce
+
+
+def episode_producer(task, sampler, *, n: int, temperature: float, round: int, meta: dict):
+    """Agent tasks: ``n`` sampled episodes of each game, every live episode's next turn in one batch."""
+    def produce(chunk, chunk_seed, bar):
+        act = sampled_actions(sampler, temperature=temperature)
+        episodes = run_episodes(task, chunk, act, repeats=n, seed=chunk_seed, progress=bar)
+        return [e.record(task, round=round, meta=meta) for e in episodes], sum(e.tokens for e in episodes)
+    return produce
+
+
+# task kind → (how a chunk of problems becomes trajectories, the progress bar's unit)
+COLLECTORS = {"single_turn": (sample_producer, "sample"), "agent": (episode_producer, "episode")}
 
 
 def graded_record(task, problem, comp, k: int, *, round: int, meta: dict) -> Trajectory:

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oreo.types import Choice, Context
-from oreo.tasks.agent import Game, episode_record, format_observation, parse_action
+from oreo.types import Choice, Context, Game
+from oreo.tasks.agent import episode_record, format_observation, parse_action
 from oreo.trajectory import Trajectory
 
 

@@ -1,45 +1,40 @@
 """Problem sources with graders, and agent environments.
 
-A single-turn task has ``name``, ``problems(split)``, ``grade(problem, text)``, ``split_steps(text)``,
-``step_stops`` (the strings that end a step) and ``sft_records(seed, n_per_problem)``. An agent task
-(``is_agent = True``, ``oreo.tasks.agent``) has ``problems(split)`` (its games), ``make_env()``,
-``prompt(game, first_observation)``, ``max_steps`` and ``sft_records`` (expert episodes)."""
+Their interfaces are ``oreo.types.Task`` (``kind = "single_turn"``: ``problems(split)``,
+``grade(problem, text)``, ``split_steps(text)``, ``step_stops``, ``sft_records(seed, n_per_problem)``)
+and ``oreo.types.AgentTask`` (``kind = "agent"``: games, ``make_env()``, ``prompt(game, first_observation)``,
+``max_steps``, ``sft_records`` of expert episodes). ``TASKS`` registers them by name."""
 from __future__ import annotations
+
+import importlib
+
+
+# name → (module, config dataclass, task class); a task's module is imported when it is first made
+# (alfworld's pulls in its game engine)
+TASKS = {
+    "arithmetic": ("oreo.tasks.arithmetic", "ArithmeticConfig", "ArithmeticTask"),
+    "gsm8k": ("oreo.tasks.math_tasks", "MathConfig", "MathTask"),
+    "math": ("oreo.tasks.math_tasks", "MathConfig", "MathTask"),
+    "household": ("oreo.tasks.household", "HouseholdConfig", "HouseholdTask"),
+    "alfworld": ("oreo.tasks.alfworld", "AlfworldConfig", "AlfworldTask"),
+}
 
 
 def make_task(cfg: dict):
-    """Build the task named by ``cfg["name"]``; the other keys are its settings."""
+    """Build the task named by ``cfg["name"]`` (``TASKS``); the other keys are its settings."""
     cfg = dict(cfg)
     name = cfg.pop("name")
-    if name == "arithmetic":
-        from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
-
-        try:
-            return ArithmeticTask(ArithmeticConfig(**cfg))
-        except TypeError as e:
-            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    if name in ("gsm8k", "math"):
-        from oreo.tasks.math_tasks import MathConfig, MathTask
-
-        try:
-            return MathTask(MathConfig(name=name, **cfg))
-        except TypeError as e:
-            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    if name == "household":
-        from oreo.tasks.household import HouseholdConfig, HouseholdTask
-
-        try:
-            return HouseholdTask(HouseholdConfig(**cfg))
-        except TypeError as e:
-            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    if name == "alfworld":
-        from oreo.tasks.alfworld import AlfworldConfig, AlfworldTask
-
-        try:
-            return AlfworldTask(AlfworldConfig(**cfg))
-        except TypeError as e:
-            raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    raise ValueError(f"unknown task {name!r}; known: arithmetic, gsm8k, math, household, alfworld")
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+    module, config_class, task_class = TASKS[name]
+    module = importlib.import_module(module)
+    config = getattr(module, config_class)
+    if "name" in config.__dataclass_fields__:  # one config class for several tasks
+        cfg["name"] = name
+    try:
+        return getattr(module, task_class)(config(**cfg))
+    except TypeError as e:
+        raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
 
 
 def task_vocabulary(name: str) -> list[str]:

@@ -1,4 +1,5 @@
-"""Agent tasks: text environments, one interface, and the multi-turn format the policy reads and writes.
+"""Agent tasks: text environments, one interface (``oreo.types.Env``, ``oreo.types.AgentTask``), and the
+multi-turn format the policy reads and writes.
 
 An environment plays one ``Game`` at a time::
 
@@ -21,35 +22,11 @@ observations after them as ``observations`` (the last one too) and each turn's r
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Protocol
-
 from oreo.trajectory import Trajectory
+from oreo.types import Game
 
 ACTION_PREFIX = "Action:"
 OBSERVATION_PREFIX = "Observation: "
-
-
-@dataclass(frozen=True)
-class Game:
-    """One task instance: an id unique within its task, the split, the goal type and what the
-    environment needs to build it (a layout seed, a game folder, ...)."""
-    id: str
-    split: str
-    kind: str = ""                                  # goal type: put, clean, heat, cool, examine, puttwo
-    spec: Any = field(default=None, hash=False, compare=False)
-
-
-class Env(Protocol):
-    max_steps: int
-
-    def reset(self, game: Game) -> str: ...
-
-    def step(self, action: str) -> tuple[str, float, bool, dict]: ...
-
-    def expert_action(self) -> str | None: ...
-
-    def close(self) -> None: ...
 
 
 def parse_action(turn: str) -> str | None:

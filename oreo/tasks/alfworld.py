@@ -44,7 +44,8 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from oreo.tasks.agent import Game, episode_record, expert_turns, format_prompt
+from oreo.tasks.agent import episode_record, expert_turns, format_prompt
+from oreo.types import Game
 from oreo.trajectory import Trajectory
 
 # ETO's ALFWorld instruction, verbatim with its typos ("task {obj} from {recep}", "envrionment"): the
@@ -290,7 +291,7 @@ class AlfworldTask:
     on ``train`` as SFT data."""
 
     name = "alfworld"
-    is_agent = True
+    kind = "agent"
 
     def __init__(self, cfg: AlfworldConfig):
         self.cfg = cfg

@@ -356,6 +356,7 @@ class ArithmeticTask:
     """The generated splits of one config, with teacher data and grading."""
 
     name = "arithmetic"
+    kind = "single_turn"
 
     def __init__(self, cfg: ArithmeticConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else ArithmeticConfig()

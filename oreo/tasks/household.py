@@ -30,7 +30,8 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from oreo.tasks.agent import Game, episode_record, expert_turns, format_prompt
+from oreo.tasks.agent import episode_record, expert_turns, format_prompt
+from oreo.types import Game
 from oreo.trajectory import Trajectory
 
 KINDS = ("put", "clean", "heat", "cool", "examine")
@@ -378,7 +379,7 @@ class HouseholdTask:
     """Generated household games with the expert's episodes as SFT data (see the module docstring)."""
 
     name = "household"
-    is_agent = True
+    kind = "agent"
 
     def __init__(self, cfg: HouseholdConfig | None = None):
         self.cfg = cfg or HouseholdConfig()

@@ -87,6 +87,8 @@ def _read_jsonl(path: Path) -> list[dict]:
 class MathTask:
     """One of GSM8K or MATH, with the paper's prompts and graders."""
 
+    kind = "single_turn"
+
     def __init__(self, cfg: MathConfig | None = None):
         self.cfg = cfg if cfg is not None else MathConfig()
         self.name = self.cfg.name
