@@ -5,6 +5,7 @@ ROUNDS ?= 3
 RUN_DIR ?= runs/demo
 STAMP := .make/installed
 ALFWORLD := .make/alfworld
+LINT := .make/ruff
 
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
@@ -33,7 +34,13 @@ $(ALFWORLD): $(STAMP)
 	$(PYTHON) -m pip install -q "alfworld==0.4.2"
 	@touch $@
 
-test: install $(ALFWORLD)
+# the linter (pyproject.toml, [tool.ruff]); a pinned version, so a new rule never turns main red
+$(LINT):
+	$(PYTHON) -m pip install -q "ruff==0.17.6"
+	@mkdir -p $(dir $@) && touch $@
+
+test: install $(ALFWORLD) $(LINT)
+	$(PYTHON) -m ruff check .
 	WANDB_MODE=disabled $(PYTHON) -m pytest -q
 
 clean:

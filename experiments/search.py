@@ -21,8 +21,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from oreo.encode import Encoder
-from oreo.runtime import build_sampler, pick_device
 from oreo.progress import progress
+from oreo.runtime import build_sampler, pick_device
 from oreo.search.strategies import SearchConfig, Searcher
 from oreo.search.value import ValueScorer, load_value_model
 from oreo.tasks import make_task

@@ -92,7 +92,7 @@ def safe_load(file: str | Path, *, map_location=None, safe_globals=()):
             with torch.serialization.safe_globals(list(safe_globals)):
                 return torch.load(file, map_location=map_location, weights_only=True)
         return torch.load(file, map_location=map_location, weights_only=True)
-    except Exception as e:  # noqa: BLE001: every failure is reported the same way, with the file
+    except Exception as e:  # every failure is reported the same way, with the file
         raise _load_failure(file, e) from e
 
 
@@ -285,7 +285,7 @@ def _hard_exit(message: str, status: int = 143) -> None:
         for stream in (sys.stdout, sys.stderr):
             try:
                 stream.flush()
-            except Exception:  # noqa: BLE001: best effort
+            except Exception:  # best effort
                 pass
     flusher = threading.Thread(target=flush, daemon=True)  # may block on a lock the stuck thread holds
     flusher.start()

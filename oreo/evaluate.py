@@ -158,7 +158,8 @@ def evaluate_search(task, problems, searcher, *, out_path: str | Path, seed: int
     tokens = sum(r["tokens"] for r in rows)
     values = [r["value"] for r in rows if r["value"] is not None]
     return {"accuracy": sum(r["correct"] for r in rows) / n, "n": len(rows), "mean_tokens": tokens / n,
-            "mean_samples": sum(r["samples"] for r in rows) / n, "answered": sum(r["response"] is not None for r in rows) / n,
+            "mean_samples": sum(r["samples"] for r in rows) / n,
+            "answered": sum(r["response"] is not None for r in rows) / n,
             "mean_value": sum(values) / len(values) if values else None,
             "wall_s": wall, "tokens_per_s": tokens / max(wall, 1e-9)}
 

@@ -14,8 +14,15 @@ import pytest
 
 from oreo.tasks import make_task
 from oreo.tasks.agent import format_observation, parse_action
-from oreo.tasks.alfworld import (ETO_INSTRUCTION, AlfworldConfig, AlfworldEnv, AlfworldTask,
-                                 alfworld_data_dir, alfworld_game, alfworld_games)
+from oreo.tasks.alfworld import (
+    ETO_INSTRUCTION,
+    AlfworldConfig,
+    AlfworldEnv,
+    AlfworldTask,
+    alfworld_data_dir,
+    alfworld_game,
+    alfworld_games,
+)
 from oreo.trajectory import Trajectory
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,8 +10,8 @@ from oreo.encode import Encoder
 from oreo.models import load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.sampler import HFSampler
-from oreo.types import Completion
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+from oreo.types import Completion
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -197,7 +197,8 @@ def test_collect_with_hf_sampler_resumes_identically(tmp_path, task):
             Killed.calls += 1
             return super().generate(*a, **k)
 
-    make = lambda cls: cls(model, tok, Encoder(tok), batch_size=3, max_new_tokens=6)
+    def make(cls):
+        return cls(model, tok, Encoder(tok), batch_size=3, max_new_tokens=6)
     buffer = Buffer(tmp_path / "a")
     with pytest.raises(Kill):
         collect(task, problems, make(Killed), buffer, **kw)

@@ -6,8 +6,8 @@ from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from oreo.pipeline import lora_config, method_config, train_config
-from oreo.trainers import METHODS
 from oreo.tasks import make_task
+from oreo.trainers import METHODS
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 EXPERIMENTS = sorted(p.stem for p in (CONF / "experiment").glob("*.yaml"))

@@ -15,8 +15,15 @@ import pytest
 import torch
 from torch import nn
 
-from oreo.checkpoint import (CheckpointError, StageCheckpoints, append_lines, load_trainer_state, safe_load,
-                             save_trainer_state, whole_lines)
+from oreo.checkpoint import (
+    CheckpointError,
+    StageCheckpoints,
+    append_lines,
+    load_trainer_state,
+    safe_load,
+    save_trainer_state,
+    whole_lines,
+)
 from oreo.engine import OptimConfig, TorchEngine
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -13,11 +13,10 @@ from oreo.models import load_policy
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import run_episodes, sampled_actions
 from oreo.rollout.sampler import HFSampler
-from oreo.types import Choice, Completion
 from oreo.tasks.agent import format_turn, parse_action
-from oreo.types import Game
 from oreo.tasks.household import HouseholdConfig, HouseholdTask
 from oreo.trajectory import Trajectory
+from oreo.types import Choice, Completion, Game
 
 
 @pytest.fixture(scope="module")

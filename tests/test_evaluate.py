@@ -4,10 +4,10 @@ from __future__ import annotations
 import pytest
 
 from oreo.evaluate import evaluate_sampled, majority_correct, pass_at_k
-from oreo.types import Completion
 from oreo.rollout.selection import balanced_selection
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from oreo.trajectory import Trajectory
+from oreo.types import Completion
 
 
 def test_pass_at_k_hand_values():

@@ -7,7 +7,6 @@ import pytest
 from oreo.models import word_tokenizer
 from oreo.tasks import make_task
 from oreo.tasks.agent import parse_action
-from oreo.types import Game
 from oreo.tasks.household import (
     APPLIANCE,
     HouseholdConfig,
@@ -17,6 +16,7 @@ from oreo.tasks.household import (
     vocabulary,
 )
 from oreo.trajectory import Trajectory
+from oreo.types import Game
 
 
 @pytest.fixture(scope="module")

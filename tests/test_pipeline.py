@@ -85,8 +85,8 @@ def reference_format_file(path: Path, n_problems: int = 20) -> Path:
     for p in task.problems("train")[:n_problems]:
         for k in range(3):
             right = k == 0
-            lines.append({"prompt": p.prompt, "response": "".join(p.solution) if right else f"1+1={3 + k}\n#### {3 + k}",
-                          "reward": int(right)})
+            response = "".join(p.solution) if right else f"1+1={3 + k}\n#### {3 + k}"
+            lines.append({"prompt": p.prompt, "response": response, "reward": int(right)})
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
     return path
 
@@ -154,7 +154,8 @@ def test_torchrun_two_ranks_collects_and_evaluates_like_one_process(tmp_path):
 
     assert Buffer(multi / "buffer").load() == Buffer(single / "buffer").load()
     for split in ("test", "heldout"):
-        assert (multi / "eval" / f"sft-{split}.jsonl").read_text() == (single / "eval" / f"sft-{split}.jsonl").read_text()
+        name = f"sft-{split}.jsonl"
+        assert (multi / "eval" / name).read_text() == (single / "eval" / name).read_text()
     accuracy = json.loads((multi / "metrics.json").read_text())
     assert set(accuracy) == {"sft", "oreo"}
     assert (multi / "checkpoints" / "oreo" / "value" / "value_head.safetensors").exists()

@@ -56,7 +56,8 @@ def test_n_completions_per_prompt_in_order(tiny):
 def test_seeded_sampling(tiny):
     model, tok = tiny
     s = sampler(model, tok, batch_size=8, max_new_tokens=8)
-    texts = lambda out: [[c.text for c in cs] for cs in out]
+    def texts(out):
+        return [[c.text for c in cs] for cs in out]
     a = texts(s.generate(PROMPTS, n=2, temperature=1.0, seed=5))
     b = texts(s.generate(PROMPTS, n=2, temperature=1.0, seed=5))
     c = texts(s.generate(PROMPTS, n=2, temperature=1.0, seed=6))

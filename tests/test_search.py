@@ -8,7 +8,6 @@ import torch
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_search
 from oreo.models import ValueModel, load_policy
-from oreo.types import Completion, Context
 from oreo.search.strategies import (
     Choice,
     SearchConfig,
@@ -20,6 +19,7 @@ from oreo.search.strategies import (
 )
 from oreo.search.value import ValueScorer
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+from oreo.types import Completion, Context
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -246,6 +246,8 @@ def test_search_evaluation_resumes_by_block_with_the_same_rows(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "a/test.jsonl").read_text().splitlines()]
     assert rows == [json.loads(x) for x in (tmp_path / "b/test.jsonl").read_text().splitlines()]
     assert not list((tmp_path / "b").glob("*.partial*"))
-    assert {k: whole[k] for k in ("accuracy", "mean_tokens", "n")} == {k: resumed[k] for k in ("accuracy", "mean_tokens", "n")}
+    keys = ("accuracy", "mean_tokens", "n")
+    assert {k: whole[k] for k in keys} == {k: resumed[k] for k in keys}
     assert whole["n"] == 10 and whole["mean_tokens"] > 0
-    assert set(rows[0]) == {"problem_id", "prompt", "response", "answer", "gold", "correct", "value", "tokens", "samples"}
+    assert set(rows[0]) == {"problem_id", "prompt", "response", "answer", "gold", "correct", "value", "tokens",
+                            "samples"}

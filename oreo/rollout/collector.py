@@ -18,11 +18,11 @@ import time
 from pathlib import Path
 
 from oreo.buffer import Buffer
-from oreo.trajectory import Trajectory
 from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
 from oreo.progress import progress
 from oreo.rollout.episodes import run_episodes, sampled_actions
+from oreo.trajectory import Trajectory
 
 
 def collect(task, problems, sampler, buffer: Buffer, *, n: int, temperature: float, seed: int,

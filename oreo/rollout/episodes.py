@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from oreo.types import Choice, Context, Game
 from oreo.tasks.agent import episode_record, format_observation, parse_action
 from oreo.trajectory import Trajectory
+from oreo.types import Choice, Context, Game
 
 
 @dataclass

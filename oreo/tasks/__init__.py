@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 
-
 # name → (module, config dataclass, task class); a task's module is imported when it is first made
 # (alfworld's pulls in its game engine)
 TASKS = {

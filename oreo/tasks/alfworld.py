@@ -45,8 +45,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from oreo.tasks.agent import episode_record, expert_turns, format_prompt
-from oreo.types import Game
 from oreo.trajectory import Trajectory
+from oreo.types import Game
 
 # ETO's ALFWorld instruction, verbatim with its typos ("task {obj} from {recep}", "envrionment"): the
 # first version of eval_agent/prompt/instructions/alfworld_inst.txt in github.com/Yifan-Song793/ETO

@@ -31,8 +31,8 @@ import re
 from dataclasses import dataclass, field
 
 from oreo.tasks.agent import episode_record, expert_turns, format_prompt
-from oreo.types import Game
 from oreo.trajectory import Trajectory
+from oreo.types import Game
 
 KINDS = ("put", "clean", "heat", "cool", "examine")
 SPLITS = ("train", "test")
