@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import weights_stamp
+from oreo.config import CollectConfig, ConfigError, EngineConfig, EvaluateConfig, SampledEvalConfig, build
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
@@ -27,35 +28,58 @@ from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, 
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
 from oreo.trainers.common import NotEnoughData, TrainConfig
+from oreo.trainers.reference import reference_name
 
 # what `stages` may name, in the order they run: the SFT model is trained, the buffer collected, then
 # each trained method starts from the SFT model on its data (oreo.trainers.METHODS) and is evaluated
 STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto")
 
 
-def train_config(section, engine=None) -> TrainConfig:
-    """A stage's ``train`` section plus the run's ``engine`` section."""
-    values = OmegaConf.to_container(section, resolve=True)
-    if engine is not None:
-        e = OmegaConf.to_container(engine, resolve=True)
-        values.update(engine=e.pop("backend", "torch"), **e)
-    try:
-        return TrainConfig(**values)
-    except TypeError as e:
-        raise ValueError(f"training config: {e}; known keys: {list(TrainConfig.__dataclass_fields__)}") from None
+def _plain(section) -> dict:
+    if section is None:
+        return {}
+    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
+
+
+def train_config(section, engine=None, name: str = "train") -> TrainConfig:
+    """A stage's ``train`` section plus the run's ``engine`` section; errors name ``NAME.train.KEY``."""
+    values = _plain(section)
+    values.update({("engine" if k == "backend" else k): v for k, v in _plain(engine).items()})
+    return build(TrainConfig, values, f"{name}.train" if name != "train" else name)
 
 
 def method_config(name: str, section):
     """The typed config of method ``name`` from its section (the ``train`` key and the pipeline's own
-    ``n_per_problem`` aside); an unknown key fails naming it and the known ones."""
-    cls = METHODS[name].config
-    values = OmegaConf.to_container(section, resolve=True)
-    for key in ("train", "n_per_problem"):
-        values.pop(key, None)
-    try:
-        return cls(**values)
-    except TypeError as e:
-        raise ValueError(f"{name} config: {e}; known keys: {list(cls.__dataclass_fields__)}") from None
+    ``n_per_problem`` aside); an unknown key, a wrong type or a value out of range fails naming it."""
+    values = _plain(section)
+    values.pop("train", None)
+    n_per_problem = values.pop("n_per_problem", 1)
+    if isinstance(n_per_problem, bool) or not isinstance(n_per_problem, int) or n_per_problem < 1:
+        raise ConfigError(f"{name}.n_per_problem", f"must be an int >= 1, got {n_per_problem!r}")
+    return build(METHODS[name].config, values, name)
+
+
+def check_run_config(cfg: dict) -> None:
+    """Build every section of a run's config (a resolved plain dict) and check the inputs it names, so
+    that a bad setting or a missing file fails before the first stage; raises ``ConfigError``."""
+    build(EngineConfig, _plain(cfg.get("engine")), "engine")
+    for name in METHODS:
+        method_config(name, cfg.get(name))
+        train_config((cfg.get(name) or {}).get("train"), cfg.get("engine"), name)
+    build(CollectConfig, _plain(cfg.get("collect")), "collect")
+    evaluate = _plain(cfg.get("evaluate"))
+    sampled = build(SampledEvalConfig, _plain(evaluate.pop("sampled", None)), "evaluate.sampled")
+    build(EvaluateConfig, {**evaluate, "sampled": sampled}, "evaluate")
+    for key, low in (("seed", 0), ("threads", 1)):
+        value = cfg.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise ConfigError(key, f"must be an int >= {low}, got {value!r}")
+    from_file = (cfg.get("collect") or {}).get("from_file")
+    if from_file and not Path(from_file).is_file():
+        raise ConfigError("collect.from_file", f"{from_file}: no such file")
+    data_dir = (cfg.get("task") or {}).get("data_dir")
+    if data_dir and not Path(data_dir).exists():
+        raise ConfigError("task.data_dir", f"{data_dir}: no such file or folder")
 
 
 def lora_config(model_section) -> LoRAConfig:
@@ -70,6 +94,7 @@ class Run:
     """One run directory: config, metrics, buffer, checkpoints."""
 
     def __init__(self, cfg: DictConfig):
+        check_run_config(OmegaConf.to_container(cfg, resolve=True))
         quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
@@ -104,7 +129,7 @@ class Run:
         return load_model(self.cfg, path_or_name, self.device)
 
     def train_config(self, stage: str) -> TrainConfig:
-        return train_config(self.cfg[stage].train, self.cfg.get("engine"))
+        return train_config(self.cfg[stage].train, self.cfg.get("engine"), stage)
 
     def training_records(self, rounds: list[int] | None = None) -> list[dict]:
         """The buffer's trajectories (of ``rounds``), after ``collect.balanced_k`` selection if set."""
@@ -132,7 +157,11 @@ class Run:
     def _read_results(self) -> dict:
         path = self.dir / "run.json"
         if self.cfg.resume and path.exists():
-            return json.loads(path.read_text())
+            try:
+                return json.loads(path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise RuntimeError(f"{path}: damaged, cannot be read ({e}); delete it to measure the evaluations "
+                                   f"again (finished stages, their checkpoints and the buffer are kept)") from None
         return {}
 
     def _write_results(self) -> None:
@@ -201,7 +230,7 @@ class Run:
             if method.reference:
                 ref_dir = ref_dir or init_dir
                 kwargs = {"reference": self.load(ref_dir)[0], "cache_dir": self.dir / "cache",
-                          "ref_name": f"{ref_dir}|{weights_stamp(ref_dir)}|{self.cfg.model.dtype}"}
+                          "ref_name": reference_name(ref_dir, self.cfg.model.dtype)}
             value = None
             if method.value and not getattr(cfg, "shared_backbone", False):
                 value = (ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)

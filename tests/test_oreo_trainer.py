@@ -4,6 +4,7 @@ reference log-probs, and a short end-to-end fit with its checkpoint."""
 import copy
 import dataclasses
 import math
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -17,7 +18,7 @@ from oreo.models import ValueHead, ValueModel, hidden_states, load_policy
 from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
 from oreo.trainers.common import TrainConfig, unwrap
 from oreo.trainers.oreo import OREOConfig, OREOObjective
-from oreo.trainers.reference import reference_logprobs
+from oreo.trainers.reference import reference_logprobs, reference_name
 
 TINY = dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64)
 
@@ -175,6 +176,36 @@ def test_reference_logprobs_cached(tmp_path, tiny, records):
         reference_logprobs(Exploding(), data[:4], tok.pad_token_id, cache_dir=tmp_path, ref_name="sft")
     assert list(tmp_path.glob("*.safetensors")) == files
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_a_retrained_reference_at_the_same_path_gets_new_log_probs(tmp_path, tiny, records):
+    model, tok = tiny
+    data = Encoder(tok).encode_all(records[:3])
+    ckpt = tmp_path / "sft"
+    model.save_pretrained(ckpt)
+    first = reference_name(ckpt, "float32")
+    reference_logprobs(model, data, tok.pad_token_id, cache_dir=tmp_path / "cache", ref_name=first)
+    time.sleep(0.01)
+    retrained = copy.deepcopy(model)
+    perturb_(retrained, 0.1, seed=3)
+    retrained.save_pretrained(ckpt)  # SFT trained again, written to the same folder
+    second = reference_name(ckpt, "float32")
+    assert second != first and second.startswith(str(ckpt))
+    fresh = reference_logprobs(retrained, data, tok.pad_token_id, cache_dir=tmp_path / "cache", ref_name=second)
+    stale = reference_logprobs(Exploding(), data, tok.pad_token_id, cache_dir=tmp_path / "cache", ref_name=first)
+    assert any(not torch.allclose(a, b) for a, b in zip(fresh, stale))
+
+
+def test_an_unreadable_cache_file_is_recomputed_with_a_warning(tmp_path, tiny, records):
+    model, tok = tiny
+    data = Encoder(tok).encode_all(records[:3])
+    first = reference_logprobs(model, data, tok.pad_token_id, cache_dir=tmp_path, ref_name="sft")
+    (path,) = tmp_path.glob("*.safetensors")
+    path.write_bytes(path.read_bytes()[:40])  # cut by a full disk, say
+    with pytest.warns(UserWarning, match="cannot be read.*recomputing"):
+        again = reference_logprobs(model, data, tok.pad_token_id, cache_dir=tmp_path, ref_name="sft")
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert reference_logprobs(Exploding(), data, tok.pad_token_id, cache_dir=tmp_path, ref_name="sft")  # rewritten
 
 
 # ----------------------------------------------------------------------------- fit and checkpoint

@@ -88,17 +88,19 @@ def test_training_prefers_the_correct_responses(tiny, tmp_path, name):
     policy = copy.deepcopy(model)
     records = train_records()
     train = TrainConfig(epochs=6, batch_size=4, micro_batch_size=2, lr=3e-3, warmup_ratio=0.0, log_every=1)
+    reference = copy.deepcopy(model)
     if name == "kto":
-        objective = KTOObjective(policy, tok, KTOConfig(beta=0.5, max_len=64), train, reference=copy.deepcopy(model))
+        objective = KTOObjective(policy, tok, KTOConfig(beta=0.5, max_len=64), train, reference=reference)
     else:
         objective = DPOObjective(policy, tok, DPOConfig(beta=0.5, ipo=name == "ipo", max_len=64), train,
-                                 reference=copy.deepcopy(model), cache_dir=tmp_path / "cache", ref_name="tiny")
+                                 reference=reference, cache_dir=tmp_path / "cache", ref_name="tiny")
     before = margin(model, tok, records)
     info = objective.fit(records, out_dir=tmp_path / name)
     assert info["steps"] == (6 * 16 // 4 if name == "kto" else 6 * 8 // 4)
     assert margin(policy, tok, records) > before + 1.0
     assert (tmp_path / name / "config.json").exists()
-    for k, v in objective.reference.state_dict().items():  # the reference stayed frozen
+    assert (objective.reference is None) == (name != "kto")  # DPO needs only the cached log-probs
+    for k, v in reference.state_dict().items():  # the reference stayed frozen
         assert torch.equal(v, model.state_dict()[k]), k
 
 

@@ -7,31 +7,37 @@ from dataclasses import dataclass
 
 import torch
 
+from oreo.config import ConfigError, above, at_least, between, one_of, validate
 from oreo.distributed import all_reduce_scalars, init_distributed, rank_world
 from oreo.engine import OptimConfig, make_engine
 
 
 @dataclass
 class TrainConfig:
-    epochs: float = 1.0
-    batch_size: int = 32          # global: micro_batch_size × accumulation × world size
-    micro_batch_size: int = 8
-    lr: float = 1e-4
-    value_lr: float = 1e-4        # OREO only
-    warmup_ratio: float = 0.03
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    weight_decay: float = 0.0
+    epochs: float = above(0, 1.0)
+    batch_size: int = at_least(1, 32)         # global: micro_batch_size × accumulation × world size
+    micro_batch_size: int = at_least(1, 8)
+    lr: float = above(0, 1e-4)
+    value_lr: float = above(0, 1e-4)          # OREO only
+    warmup_ratio: float = between(0, 1, 0.03)
+    min_lr_ratio: float = between(0, 1, 0.0)
+    grad_clip: float = at_least(0, 1.0)       # 0: no clipping
+    weight_decay: float = at_least(0, 0.0)
     betas: tuple = (0.9, 0.95)
-    seed: int = 0
-    padding_side: str = "right"
+    seed: int = at_least(0, 0)
+    padding_side: str = one_of(("right", "left"), "right")
     group_by_length: bool = False  # batches of similar lengths (less padding; see epoch_order)
-    log_every: int = 10
-    save_every: int = 0           # optimizer steps between in-stage checkpoints (0: none; SIGTERM still saves)
-    engine: str = "torch"         # torch | deepspeed
-    zero_stage: int = 2
+    log_every: int = at_least(1, 10)
+    save_every: int = at_least(0, 0)          # optimizer steps between in-stage checkpoints (0: none; SIGTERM saves)
+    engine: str = one_of(("torch", "deepspeed"), "torch")
+    zero_stage: int = between(0, 3, 2)
     bf16: bool = False
     offload_optimizer: bool = False
+
+    def __post_init__(self):
+        validate(self)
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ConfigError("betas", f"must be two numbers in [0, 1), got {self.betas!r}")
 
     def optim(self, lr: float) -> OptimConfig:
         return OptimConfig(lr=lr, weight_decay=self.weight_decay, betas=tuple(self.betas),

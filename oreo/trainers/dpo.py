@@ -16,6 +16,7 @@ from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch
+from oreo.config import above, at_least, between, validate
 from oreo.encode import Encoded, Encoder
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.objective import ReferenceObjective
@@ -24,12 +25,15 @@ from oreo.trajectory import Trajectory
 
 @dataclass
 class DPOConfig:
-    beta: float = 0.1                 # strength of the KL anchor to the reference (paper's DPO baseline: 0.1)
-    label_smoothing: float = 0.0      # ε of conservative DPO: the share of pairs assumed mislabelled
-    ipo: bool = False                 # IPO's squared loss instead of DPO's logistic one
-    max_pairs_per_prompt: int = 6     # the reference: 6 (Qwen 1.5B math), 10 (DeepSeekMath 7B), 5 (ALFWorld)
-    max_len: int = 512
-    chunk_size: int = 1024
+    beta: float = above(0, 0.1)                   # strength of the anchor to the reference (paper's baseline: 0.1)
+    label_smoothing: float = between(0, 0.5, 0.0)  # ε of conservative DPO: the share of pairs assumed mislabelled
+    ipo: bool = False                             # IPO's squared loss instead of DPO's logistic one
+    max_pairs_per_prompt: int = at_least(1, 6)    # the reference: 6 (Qwen 1.5B), 10 (DeepSeekMath 7B), 5 (ALFWorld)
+    max_len: int = at_least(2, 512)
+    chunk_size: int = at_least(1, 1024)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -70,6 +74,10 @@ class DPOObjective(ReferenceObjective):
         pairs = preference_pairs(data, self.records, self.cfg.max_pairs_per_prompt, self.train_cfg.seed)
         print(f"{self.name}: {len(pairs)} preference pairs from {len(data)} trajectories", flush=True)
         return pairs
+
+    def prepare(self, device) -> None:
+        super().prepare(device)
+        self.reference = None  # the cached log-probs are all DPO reads: free the model's memory
 
     def collate(self, pairs: list[Pair]) -> Batch:
         """The chosen trajectories in rows [0, B), the rejected ones in rows [B, 2B)."""

@@ -15,6 +15,7 @@ from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch, collate
+from oreo.config import above, at_least, validate
 from oreo.distributed import all_reduce_scalars
 from oreo.encode import Encoded, Encoder
 from oreo.logprobs import token_logprobs
@@ -25,11 +26,14 @@ from oreo.trainers.objective import ReferenceObjective
 
 @dataclass
 class KTOConfig:
-    beta: float = 0.1
-    desirable_weight: float = 1.0     # λ_D; KTO suggests λ_D·n_D / (λ_U·n_U) in [1, 4/3]
-    undesirable_weight: float = 1.0   # λ_U
-    max_len: int = 512
-    chunk_size: int = 1024
+    beta: float = above(0, 0.1)
+    desirable_weight: float = above(0, 1.0)    # λ_D; KTO suggests λ_D·n_D / (λ_U·n_U) in [1, 4/3]
+    undesirable_weight: float = above(0, 1.0)  # λ_U
+    max_len: int = at_least(2, 512)
+    chunk_size: int = at_least(1, 1024)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass

@@ -21,7 +21,8 @@ from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch
-from oreo.encode import Encoder
+from oreo.config import above, at_least, one_of, validate
+from oreo.encode import GRANULARITIES, Encoder
 from oreo.logprobs import gather_rows, scatter_rows, token_logprobs, token_logprobs_and_reverse_kl
 from oreo.lora import save_model
 from oreo.models import ValueHead, ValueModel, hidden_states
@@ -37,25 +38,22 @@ POLICY_LOSSES = {
 
 @dataclass
 class OREOConfig:
-    beta: float = 0.03
-    granularity: str = "token"        # token | step | turn: which prefixes are MDP states
-    policy_loss: str = "oreo"         # oreo (Eq. 9, next-state form) | response (Eq. 10) | single_step
-    kl_type: str = "exact"            # exact (reverse KL over the vocabulary) | k3 (data tokens) | none
-    kl_coef: float = 0.01
+    beta: float = above(0, 0.03)
+    granularity: str = one_of(GRANULARITIES, "token")   # which prefixes are MDP states
+    policy_loss: str = one_of(POLICY_LOSSES, "oreo")     # oreo (Eq. 9, next-state) | response (Eq. 10) | single_step
+    kl_type: str = one_of(("exact", "k3", "none"), "exact")  # exact (reverse KL over the vocabulary) | k3 (data tokens)
+    kl_coef: float = at_least(0, 0.01)
     reward_mul: float = 1.0           # R = reward·mul + add, the same for every task
     reward_add: float = 0.0
-    clip_logratio: float | None = None
+    clip_logratio: float | None = above(0, None)
     importance_sampling: bool = False
     importance_log_clip: float = 1.0
     shared_backbone: bool = False
-    max_len: int = 512
-    chunk_size: int = 1024
+    max_len: int = at_least(2, 512)
+    chunk_size: int = at_least(1, 1024)
 
     def __post_init__(self):
-        if self.policy_loss not in POLICY_LOSSES:
-            raise ValueError(f"oreo.policy_loss must be one of {sorted(POLICY_LOSSES)}, got {self.policy_loss!r}")
-        if self.kl_type not in ("exact", "k3", "none"):
-            raise ValueError(f"oreo.kl_type must be exact, k3 or none, got {self.kl_type!r}")
+        validate(self)
 
 
 class OREOObjective(ReferenceObjective):

@@ -15,11 +15,18 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from oreo.batch import collate
+from oreo.checkpoint import weights_stamp
 from oreo.encode import Encoded
 from oreo.logprobs import token_logprobs
 from oreo.models import hidden_states
 from oreo.progress import progress
 from oreo.trainers.common import world
+
+
+def reference_name(checkpoint: str | Path, dtype: str) -> str:
+    """What the cache key says of a reference loaded from ``checkpoint``: the path, the stamp of its
+    weight files (a retrained checkpoint at the same path gets another) and the dtype."""
+    return f"{checkpoint}|{weights_stamp(checkpoint)}|{dtype}"
 
 
 def cache_path(data: list[Encoded], cache_dir: str | Path, ref_name: str) -> Path:

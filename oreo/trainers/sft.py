@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from torch import Tensor, nn
 
 from oreo.batch import Batch
+from oreo.config import at_least, validate
 from oreo.encode import Encoder
 from oreo.logprobs import token_logprobs
 from oreo.losses import sft_loss
@@ -21,8 +22,11 @@ from oreo.trainers.objective import PolicyObjective
 
 @dataclass
 class SFTConfig:
-    max_len: int = 512                # tokens; longer trajectories are dropped and counted
-    chunk_size: int = 1024            # rows of [tokens, vocab] logits computed at a time
+    max_len: int = at_least(2, 512)          # tokens; longer trajectories are dropped and counted
+    chunk_size: int = at_least(1, 1024)      # rows of [tokens, vocab] logits computed at a time
+
+    def __post_init__(self):
+        validate(self)
 
 
 class SFTObjective(PolicyObjective):
