@@ -261,11 +261,13 @@ def json_lines(path: str | Path):
 
 
 def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[str]], *,
-                           task: str = "") -> list[Trajectory]:
+                           task: str = "", id_prefix: str = "") -> list[Trajectory]:
     """Records from the reference implementation's math data: JSON lines ``{"prompt", "response",
     "reward"}`` (the prompt fully formatted, chat template included; lines of one prompt contiguous),
     as the authors released theirs. Responses are split into steps with ``split_steps``; a prompt's
-    lines share one ``problem_id``. A bad line raises ``RecordError`` naming the file, line and field.
+    lines share one ``problem_id``. Ids are ``{id_prefix}ref-line{N}`` (a prefix per buffer round keeps
+    them unique when one file is imported in several rounds). A bad line raises ``RecordError`` naming
+    the file, line and field.
     """
     records, problem_ids = [], {}
     for where, lineno, obj in json_lines(path):
@@ -276,7 +278,7 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
                 raise RecordError(f"expected {getattr(kind, '__name__', 'a number')}, got "
                                   f"{type(obj[key]).__name__}", where, key)
         problem_id = problem_ids.setdefault(obj["prompt"], f"ref-{len(problem_ids):06d}")
-        record = {"id": f"ref-line{lineno}", "task": task, "problem_id": problem_id, "prompt": obj["prompt"],
+        record = {"id": f"{id_prefix}ref-line{lineno}", "task": task, "problem_id": problem_id, "prompt": obj["prompt"],
                   "steps": split_steps(obj["response"]), "observations": [], "reward": float(obj["reward"]),
                   "correct": obj["reward"] > 0, "answer": None,
                   "meta": {"source": str(path), "line": lineno, "finished": True}}

@@ -8,13 +8,14 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import weights_stamp
+from oreo.checkpoint import progress_dir, weights_stamp
 from oreo.config import CollectConfig, ConfigError, EngineConfig, EvaluateConfig, SampledEvalConfig, build
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
@@ -25,6 +26,7 @@ from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
 from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
+from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
 from oreo.trainers.common import NotEnoughData, TrainConfig
@@ -94,7 +96,8 @@ class Run:
     """One run directory: config, metrics, buffer, checkpoints."""
 
     def __init__(self, cfg: DictConfig):
-        check_run_config(OmegaConf.to_container(cfg, resolve=True))
+        self.plain = OmegaConf.to_container(cfg, resolve=True)
+        check_run_config(self.plain)
         quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
@@ -102,10 +105,23 @@ class Run:
         # shared by all nodes), the others take their share of collection, evaluation and training.
         self.rank, self.world = init_distributed() if rank_world()[1] > 1 else (0, 1)
         self.main = self.rank == 0
+        if not cfg.resume and any((self.dir / name).exists() for name in ("run.json", "checkpoints", "buffer")):
+            raise FileExistsError(f"{self.dir} holds an earlier run, and resume=false would mix its outputs with "
+                                  f"new ones: use a new run_dir, or delete {self.dir} first")
+        self.results = self._read_results()
+        redo = self.to_recompute(list(cfg.get("recompute") or []))
+        self.check_settings(skip=redo)  # before config.yaml says anything about this run
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
+            for stage in sorted(redo):
+                self._forget(stage)
+                print(f"recompute: removed the outputs of '{stage}'", flush=True)
+            if redo:
+                self._write_results()
             (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
         barrier()
+        if not self.main:
+            self.results = self._read_results()  # as rank 0 left it after recompute
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.device = pick_device(cfg.device)
@@ -113,8 +129,7 @@ class Run:
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
-                                    config=OmegaConf.to_container(cfg, resolve=True), enabled=self.main)
-        self.results = self._read_results()
+                                    config=self.plain, enabled=self.main)
 
     # ------------------------------------------------------------------ helpers
     def checkpoint(self, name: str) -> Path:
@@ -176,6 +191,78 @@ class Run:
     def done(self, path: Path) -> bool:
         return bool(self.cfg.resume) and path.exists()
 
+    # ------------------------------------------------------------------ what shaped each stage (oreo.stages)
+    def started(self, stage: str) -> bool:
+        """Whether ``stage`` has outputs in the run directory, whole or partial."""
+        k = kind(stage)
+        if k == "collect":
+            number = int(stage.split("_")[1])
+            return (self.dir / "buffer" / f"round_{number:03d}").exists() or any(
+                (self.dir / "buffer").glob(f"round_{number:03d}.partial*.jsonl"))
+        if k == "evaluate":
+            return bool(self.results.get("accuracy")) or any((self.dir / "eval").glob("*.partial*.jsonl"))
+        out = self.checkpoint(stage)
+        return out.exists() or progress_dir(out).exists()
+
+    def check_settings(self, skip: set[str] = frozenset()) -> None:
+        """Every started stage (but those in ``skip``) must have been run with this config's settings
+        (else ``StageSettingsChanged``)."""
+        for stage, recorded in self.results.get("settings", {}).items():
+            if stage in skip:
+                continue
+            now = settings_of(self.plain, stage)
+            if recorded != now and self.started(stage):
+                raise StageSettingsChanged(stage, differences(recorded, now), self.dir)
+
+    def claim(self, stage: str) -> None:
+        """Before ``stage`` runs or its output is reused: record the settings that shape it."""
+        now = settings_of(self.plain, stage)
+        recorded = self.results.get("settings", {}).get(stage)
+        if recorded is not None and recorded != now and self.started(stage):
+            raise StageSettingsChanged(stage, differences(recorded, now), self.dir)
+        if recorded != now:
+            self.results.setdefault("settings", {})[stage] = now
+            self._write_results()
+
+    def _stages_present(self) -> list[str]:
+        found = set(self.results.get("settings", {}))
+        found |= {f"collect_{r}" for r in Buffer(self.dir / "buffer").rounds()}
+        if (self.dir / "checkpoints").is_dir():
+            found |= {p.name.removesuffix(".progress") for p in (self.dir / "checkpoints").iterdir()
+                      if not p.name.endswith((".tmp", ".old"))}
+        return sorted(found)
+
+    def to_recompute(self, names: list[str]) -> set[str]:
+        """The stages ``recompute=names`` redoes: those named and every stage that depends on them."""
+        present = self._stages_present()
+        for name in names:
+            if name not in present and name not in {kind(s) for s in present}:
+                raise ConfigError("recompute", f"{name!r} is not a stage of {self.dir}; its stages: {present}")
+        return {s for name in names for s in dependents(name, present)}
+
+    def _forget(self, stage: str) -> None:
+        r = self.results
+        r.get("settings", {}).pop(stage, None)
+        r.get("stages", {}).pop(stage, None)
+        r.get("skipped", {}).pop(stage, None)
+        methods = list(r.get("accuracy", {})) if stage == "evaluate" else [stage]
+        if kind(stage) == "collect":
+            number = int(stage.split("_")[1])
+            shutil.rmtree(self.dir / "buffer" / f"round_{number:03d}", ignore_errors=True)
+            for partial in (self.dir / "buffer").glob(f"round_{number:03d}.partial*.jsonl"):
+                partial.unlink()
+            if number == 0:
+                r.pop("buffer", None)
+            return
+        if stage != "evaluate":
+            for suffix in ("", ".progress", ".tmp", ".old"):
+                shutil.rmtree(self.dir / "checkpoints" / f"{stage}{suffix}", ignore_errors=True)
+        for method in methods:
+            for key in ("accuracy", "sampled", "episodes"):
+                r.get(key, {}).pop(method, None)
+            for path in (self.dir / "eval").glob(f"{method}-*.jsonl"):
+                path.unlink()
+
     # ------------------------------------------------------------------ stages
     def sft(self) -> Path:
         return self.train_method("sft", Path(self.cfg.model.name_or_path))
@@ -183,10 +270,12 @@ class Run:
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
         c = self.cfg.collect
+        self.claim(f"collect_{round}")
         if c.get("from_file"):  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
-                    records = import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name)
+                    records = import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name,
+                                                     id_prefix=f"r{round}-")
                     self.buffer.append(records, round=round)
                     self.results.setdefault("stages", {})[f"collect_{round}"] = {"imported": str(c.from_file),
                                                                                  "records": len(records)}
@@ -220,6 +309,7 @@ class Run:
         policy's folder, or ``None`` (and the reason in run.json) when there is less than one batch of data."""
         stage = stage or name
         method, out = METHODS[name], self.checkpoint(stage)
+        self.claim(stage)
         if not self.done(out):
             records = self.records_for(name, rounds)
             train = self.train_config(name)
@@ -262,6 +352,7 @@ class Run:
         """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
         ``evaluate.sampled.n > 0``, pass@k and maj@k (``run.json``, "sampled"; agents: turns, tokens and
         success per goal kind, "episodes"); what a previous run already measured is kept."""
+        self.claim("evaluate")
         splits = list(self.cfg.evaluate.splits)
         have = self.results.get("accuracy", {}).get(method, {})
         sampled_cfg = self.cfg.evaluate.get("sampled") or {}

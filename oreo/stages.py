@@ -1,0 +1,85 @@
+"""What shaped each stage's output, so that a rerun never mixes settings silently.
+
+Each stage of a run (``sft``, ``collect_K``, ``rft``, ``oreo``, ``dpo``, ``kto``, iterate's ``oreo_roundK``,
+``evaluate``) records the settings that shaped its output in ``run.json`` ("settings") when it starts.
+A rerun whose settings differ for a stage that has finished or started refuses, listing the keys
+(``StageSettingsChanged``); ``recompute=[STAGE, ...]`` redoes a stage and every stage that depends on it.
+Settings that change how a stage runs but not what it computes (micro-batch sizes, checkpoint and log
+intervals, chunk sizes, generation batch sizes) are left out, so they may change between reruns.
+"""
+from __future__ import annotations
+
+# what every stage depends on: the seed, the task, the model (not how it is run)
+COMMON = ("seed", "task", "model.name_or_path", "model.dtype", "model.tiny", "model.lora", "model.trust_remote_code")
+HOW_NOT_WHAT = (".save_every", ".log_every", ".micro_batch_size", ".chunk_size", "collect.batch_size")
+
+
+def kind(stage: str) -> str:
+    """``collect_2`` → ``collect``; ``oreo_round3`` → ``oreo``; others are their own kind."""
+    if stage.startswith("collect_"):
+        return "collect"
+    return stage.split("_round")[0]
+
+
+def shaped_by(stage: str) -> tuple[str, ...]:
+    """The config keys (sections or dotted keys) whose values shape ``stage``'s output."""
+    k = kind(stage)
+    if k == "sft":
+        own = ("sft",)
+    elif k == "collect":
+        own = ("collect", "sampler.backend") + (("iterate",) if stage != "collect_0" else ())
+    elif k == "evaluate":
+        own = ("evaluate.max_new_tokens", "evaluate.sampled", "sampler.backend")
+    else:  # a trained method
+        own = (k, "collect.balanced_k", "engine.bf16") + (("iterate",) if "_round" in stage else ())
+    return COMMON + own
+
+
+def settings_of(cfg: dict, stage: str) -> dict:
+    """``{dotted key: value}`` of the settings that shape ``stage`` in the resolved config ``cfg``."""
+    flat = {}
+    for key in shaped_by(stage):
+        value = cfg
+        for part in key.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        flat.update(_flatten(key, value))
+    return {k: v for k, v in flat.items() if not k.endswith(HOW_NOT_WHAT)}
+
+
+def _flatten(prefix: str, value) -> dict:
+    if isinstance(value, dict):
+        return {k: v for key, sub in value.items() for k, v in _flatten(f"{prefix}.{key}", sub).items()}
+    return {prefix: value}
+
+
+def differences(recorded: dict, now: dict) -> list[str]:
+    """``key: recorded → now`` for every key whose value differs (or is only on one side)."""
+    missing = object()
+    out = []
+    for key in sorted(set(recorded) | set(now)):
+        a, b = recorded.get(key, missing), now.get(key, missing)
+        if a != b:
+            out.append(f"{key}: {'(unset)' if a is missing else repr(a)} → {'(unset)' if b is missing else repr(b)}")
+    return out
+
+
+class StageSettingsChanged(ValueError):
+    def __init__(self, stage: str, changes: list[str], run_dir):
+        self.stage, self.changes = stage, changes
+        listed = "\n  ".join(changes)
+        super().__init__(
+            f"stage '{stage}' in {run_dir} was run with other settings:\n  {listed}\n"
+            f"Its outputs would not match this config. Either use a new run_dir, or add recompute=[{kind(stage)}] "
+            f"to redo '{stage}' and every stage that depends on it.")
+
+
+def dependents(stage: str, stages: list[str]) -> set[str]:
+    """The stages among ``stages`` to redo when ``stage`` is redone: itself (a kind such as ``collect`` or
+    ``oreo`` names every round of it) and those trained on its output. A trained method's evaluation goes
+    with it (the pipeline forgets it); ``evaluate`` redoes every evaluation."""
+    k = kind(stage)
+    if k == "sft":
+        return set(stages)
+    if k == "collect":
+        return {s for s in stages if kind(s) not in ("sft", "evaluate")}
+    return {s for s in stages if s == stage or kind(s) == stage}
