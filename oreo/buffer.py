@@ -238,7 +238,7 @@ def import_jsonl(path: str | Path) -> list[Trajectory]:
     Ids must be unique within the file. ``round`` is kept if present; ``Buffer.append`` resets it.
     """
     records, seen = [], set()
-    for where, _, obj in json_lines(path):
+    for where, _, obj in json_lines(path, allow_empty=True):
         record = Trajectory.from_dict(obj, where)
         if record.id in seen:
             raise RecordError(f"duplicate id {record.id!r}", where, "id")
@@ -247,29 +247,50 @@ def import_jsonl(path: str | Path) -> list[Trajectory]:
     return records
 
 
-def json_lines(path: str | Path):
-    """``(where, line number, object)`` for every non-blank line; bad JSON raises ``RecordError``."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
+def json_lines(path: str | Path, allow_empty: bool = False):
+    """``(where, line number, object)`` for every non-blank line. Bytes that are not UTF-8, bad JSON, a
+    line that is not a JSON object and (unless ``allow_empty``) a file without any line raise
+    ``RecordError`` naming the file and the line."""
+    found = False
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, start=1):
             where = f"{path}:{lineno}"
             try:
-                yield where, lineno, json.loads(line)
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise RecordError(f"not UTF-8 text ({e.reason} at byte {e.start})", where) from None
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise RecordError(f"invalid JSON: {e}", where) from None
+            if not isinstance(obj, dict):
+                raise RecordError(f"expected a JSON object, got {type(obj).__name__}", where)
+            found = True
+            yield where, lineno, obj
+    if not found and not allow_empty:
+        raise RecordError("no records: the file is empty", str(path))
 
 
-def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[str]], *,
-                           task: str = "", id_prefix: str = "") -> list[Trajectory]:
+# Imported data whose share of suspicious lines (a reward outside the task's range, an empty response,
+# a duplicate of an earlier line) exceeds this is refused: it is more likely a wrong file than noise.
+MAX_SUSPICIOUS_SHARE = 0.5
+
+
+def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[str]], *, task: str = "",
+                           id_prefix: str = "", reward_range: tuple[float, float] = (0.0, 1.0)) -> list[Trajectory]:
     """Records from the reference implementation's math data: JSON lines ``{"prompt", "response",
     "reward"}`` (the prompt fully formatted, chat template included; lines of one prompt contiguous),
     as the authors released theirs. Responses are split into steps with ``split_steps``; a prompt's
-    lines share one ``problem_id``. Ids are ``{id_prefix}ref-line{N}`` (a prefix per buffer round keeps
-    them unique when one file is imported in several rounds). A bad line raises ``RecordError`` naming
-    the file, line and field.
+    lines share one ``problem_id``; other fields of a line are kept in ``meta["extra"]``. Ids are
+    ``{id_prefix}ref-line{N}`` (a prefix per buffer round keeps them unique when one file is imported in
+    several rounds). A bad line raises ``RecordError`` naming the file, line and field. Rewards outside
+    ``reward_range``, empty responses and duplicate lines are counted and reported, and the file is
+    refused when they are more than ``MAX_SUSPICIOUS_SHARE`` of its lines.
     """
-    records, problem_ids = [], {}
+    records, problem_ids, seen = [], {}, set()
+    suspicious = {"reward outside the task's range": [], "empty response": [], "duplicate line": []}
     for where, lineno, obj in json_lines(path):
         for key, kind in (("prompt", str), ("response", str), ("reward", (int, float))):
             if key not in obj:
@@ -277,10 +298,29 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
             if not isinstance(obj[key], kind) or isinstance(obj[key], bool) and key == "reward":
                 raise RecordError(f"expected {getattr(kind, '__name__', 'a number')}, got "
                                   f"{type(obj[key]).__name__}", where, key)
+        low, high = reward_range
+        for problem, hit in (("reward outside the task's range", not low <= obj["reward"] <= high),
+                             ("empty response", not obj["response"].strip()),
+                             ("duplicate line", (obj["prompt"], obj["response"], obj["reward"]) in seen)):
+            if hit:
+                suspicious[problem].append(lineno)
+        seen.add((obj["prompt"], obj["response"], obj["reward"]))
         problem_id = problem_ids.setdefault(obj["prompt"], f"ref-{len(problem_ids):06d}")
+        extra = {k: v for k, v in obj.items() if k not in ("prompt", "response", "reward")}
         record = {"id": f"{id_prefix}ref-line{lineno}", "task": task, "problem_id": problem_id, "prompt": obj["prompt"],
                   "steps": split_steps(obj["response"]), "observations": [], "reward": float(obj["reward"]),
                   "correct": obj["reward"] > 0, "answer": None,
                   "meta": {"source": str(path), "line": lineno, "finished": True}}
+        if extra:
+            record["meta"]["extra"] = extra
         records.append(Trajectory.from_dict(record, where))
+    report = {problem: lines for problem, lines in suspicious.items() if lines}
+    if report:
+        listed = "; ".join(f"{len(lines)} with {problem} (lines {', '.join(map(str, lines[:5]))}"
+                           f"{', ...' if len(lines) > 5 else ''})" for problem, lines in report.items())
+        bad = len({n for lines in report.values() for n in lines})
+        if bad > MAX_SUSPICIOUS_SHARE * len(records):
+            raise RecordError(f"{bad} of {len(records)} lines are suspicious ({listed}), more than "
+                              f"{MAX_SUSPICIOUS_SHARE:.0%}: is this the right file?", str(path))
+        print(f"{path}: imported {len(records)} lines; {listed}", flush=True)
     return records

@@ -309,7 +309,9 @@ def main(cfg: DictConfig) -> None:
 def _write_rows(path: str | Path, rows: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill never leaves half a file
+    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

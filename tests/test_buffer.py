@@ -223,3 +223,41 @@ def test_import_reference_format(tmp_path):
         f.write(json.dumps({"prompt": "x", "response": "y", "reward": "high"}) + "\n")
     with pytest.raises(RecordError, match=r"train-n5-t1.jsonl:4.*reward"):
         import_reference_jsonl(path, str.split)
+
+
+@pytest.mark.parametrize("content,says", [
+    (b'{"prompt": "p", "response": "r", "reward": 1}\n[1, 2]\n', r":2: expected a JSON object, got list"),
+    (b'{"prompt": "p", "response": "r", "reward": 1}\n{"prompt": "\xff\xfe", "response": "r", "reward": 1}\n',
+     r":2: not UTF-8 text"),
+    (b"", r": no records: the file is empty"),
+    (b"\n\n", r": no records: the file is empty"),
+])
+def test_an_imported_file_that_cannot_be_read_names_the_file_and_line(tmp_path, content, says):
+    from oreo.buffer import import_reference_jsonl
+
+    path = tmp_path / "data.jsonl"
+    path.write_bytes(content)
+    with pytest.raises(RecordError, match=r"data\.jsonl" + says):
+        import_reference_jsonl(path, str.split)
+
+
+def test_import_counts_suspicious_lines_keeps_extra_fields_and_refuses_a_wrong_file(tmp_path, capsys):
+    from oreo.buffer import MAX_SUSPICIOUS_SHARE, import_reference_jsonl
+
+    good = [{"prompt": f"q{i}", "response": f"a{i}", "reward": i % 2, "source": "gsm8k", "score": 0.5 * i}
+            for i in range(8)]
+    odd = [{"prompt": "q0", "response": "a0", "reward": 0},   # duplicate of line 1
+           {"prompt": "q9", "response": " ", "reward": 0},     # empty response
+           {"prompt": "q9", "response": "b", "reward": 5}]     # outside [0, 1]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in good + odd))
+    records = import_reference_jsonl(path, str.split)
+    assert len(records) == 11
+    assert records[1].meta["extra"] == {"source": "gsm8k", "score": 0.5}  # nothing dropped
+    said = capsys.readouterr().out
+    assert "1 with reward outside the task's range (lines 11)" in said
+    assert "1 with empty response (lines 10)" in said and "1 with duplicate line (lines 9)" in said
+    assert MAX_SUSPICIOUS_SHARE == 0.5
+    path.write_text("".join(json.dumps({"prompt": "q", "response": "a", "reward": 3}) + "\n" for _ in range(4)))
+    with pytest.raises(RecordError, match=r"4 of 4 lines are suspicious.*right file"):
+        import_reference_jsonl(path, str.split)
