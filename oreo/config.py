@@ -161,3 +161,32 @@ class EvaluateConfig:
 
     def __post_init__(self):
         validate(self)
+
+
+@dataclass
+class SamplerConfig:
+    backend: str = one_of(("hf", "vllm", "auto"), "hf")
+    gpu_memory_utilization: float = between(0.01, 1.0, 0.5)
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class IterateConfig:
+    rounds: int = at_least(1, 3)
+    reference: str = one_of(("sft", "previous"), "sft")
+    data: str = one_of(("latest", "all"), "latest")
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class WandbConfig:
+    mode: str = one_of(("auto", "online", "offline", "disabled"), "auto")
+    project: str = "oreo"
+    name: str | None = None
+
+    def __post_init__(self):
+        validate(self)

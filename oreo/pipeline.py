@@ -16,7 +16,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import progress_dir, weights_stamp
-from oreo.config import CollectConfig, ConfigError, EngineConfig, EvaluateConfig, SampledEvalConfig, build
+from oreo.config import (
+    CollectConfig,
+    ConfigError,
+    EngineConfig,
+    EvaluateConfig,
+    IterateConfig,
+    SampledEvalConfig,
+    SamplerConfig,
+    WandbConfig,
+    build,
+)
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import LoRAConfig, add_lora
@@ -69,6 +79,8 @@ def check_run_config(cfg: dict) -> None:
         method_config(name, cfg.get(name))
         train_config((cfg.get(name) or {}).get("train"), cfg.get("engine"), name)
     build(CollectConfig, _plain(cfg.get("collect")), "collect")
+    for section, cls in (("sampler", SamplerConfig), ("iterate", IterateConfig), ("wandb", WandbConfig)):
+        build(cls, _plain(cfg.get(section)), section)
     evaluate = _plain(cfg.get("evaluate"))
     sampled = build(SampledEvalConfig, _plain(evaluate.pop("sampled", None)), "evaluate.sampled")
     build(EvaluateConfig, {**evaluate, "sampled": sampled}, "evaluate")
@@ -108,6 +120,7 @@ class Run:
         if not cfg.resume and any((self.dir / name).exists() for name in ("run.json", "checkpoints", "buffer")):
             raise FileExistsError(f"{self.dir} holds an earlier run, and resume=false would mix its outputs with "
                                   f"new ones: use a new run_dir, or delete {self.dir} first")
+        self.task = make_task(self.plain["task"])  # a bad task setting fails before anything is written
         self.results = self._read_results()
         redo = self.to_recompute(list(cfg.get("recompute") or []))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run
@@ -125,7 +138,6 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         self.device = pick_device(cfg.device)
-        self.task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),

@@ -41,6 +41,14 @@ def run_with(tmp_path, *overrides):
     ("+dpo.betta=0.1", "dpo.betta", "unknown key"),
     ("sft.n_per_problem=0", "sft.n_per_problem", ">= 1"),
     ("threads=0", "threads", ">= 1"),
+    ("iterate.rounds=0", "iterate.rounds", ">= 1"),
+    ("iterate.reference=base", "iterate.reference", "one of sft, previous"),
+    ("sampler.backend=tgi", "sampler.backend", "one of hf, vllm, auto"),
+    ("sampler.gpu_memory_utilization=1.5", "sampler.gpu_memory_utilization", "<= 1.0"),
+    ("wandb.mode=loud", "wandb.mode", "one of auto, online, offline, disabled"),
+    ("evaluate.batch_size=0", "evaluate.batch_size", ">= 1"),
+    ("collect.balanced_k=0", "collect.balanced_k", ">= 1"),
+    ("task.n_train=-5", "task.n_train", ">= 1"),
 ])
 def test_a_bad_setting_fails_before_any_work_naming_the_key(tmp_path, override, key, says):
     with pytest.raises(ConfigError) as e:

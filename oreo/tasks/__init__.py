@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import importlib
 
+from oreo.config import ConfigError
+
 # name → (module, config dataclass, task class); a task's module is imported when it is first made
 # (alfworld's pulls in its game engine)
 TASKS = {
@@ -34,6 +36,8 @@ def make_task(cfg: dict):
         return getattr(module, task_class)(config(**cfg))
     except TypeError as e:
         raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
+    except ConfigError as e:
+        raise ConfigError(f"task.{e.key}", e.problem) from None
 
 
 def task_vocabulary(name: str) -> list[str]:

@@ -23,6 +23,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from oreo.config import at_least, validate
 from oreo.trajectory import Trajectory
 
 __all__ = [
@@ -71,9 +72,9 @@ class ArithmeticConfig:
     """Sizes, chain lengths and value ranges of the generated splits."""
 
     seed: int = 0
-    n_train: int = 1000
-    n_test: int = 200
-    n_heldout: int = 200
+    n_train: int = at_least(1, 1000)
+    n_test: int = at_least(0, 200)
+    n_heldout: int = at_least(0, 200)
     min_ops: int = 2
     max_ops: int = 4
     heldout_min_ops: int = 5
@@ -84,6 +85,7 @@ class ArithmeticConfig:
     max_operand: int = 9  # largest operand of + and -
 
     def __post_init__(self) -> None:
+        validate(self)
         if not 1 <= self.min_ops <= self.max_ops:
             raise ValueError("need 1 <= min_ops <= max_ops")
         if not 1 <= self.heldout_min_ops <= self.heldout_max_ops:
