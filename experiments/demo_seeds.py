@@ -41,7 +41,8 @@ def main() -> None:
 
 
 def format_markdown(results: dict, times: dict, overrides: list[str]) -> str:
-    methods = [m for m in ("sft", "rft", "oreo") if all(m in r for r in results.values())]
+    first = next(iter(results.values()))
+    methods = [m for m in first if all(m in r for r in results.values())]  # every method each seed measured
     splits = list(next(iter(results.values()))["sft"])
     lines = [f"Greedy accuracy or success rate (%) over seeds {sorted(results)}, mean ± std (per-seed values)",
              f"overrides: {' '.join(overrides) or '(none)'}", "",
