@@ -115,7 +115,13 @@ class Buffer:
         return wanted
 
     def _open(self, round: int) -> Dataset:
-        ds = datasets.load_from_disk(str(self._round_dir(round)))
+        folder = self._round_dir(round)
+        try:
+            ds = datasets.load_from_disk(str(folder))
+            ds[:1]  # reads the data, not only the metadata: a cut file fails here
+        except Exception as e:  # any damage reads the same to the user: the round cannot be loaded
+            raise RuntimeError(f"{folder}: damaged, cannot be loaded ({type(e).__name__}: {e}); delete that folder "
+                               f"to collect round {round} again (in a run: recompute=[collect])") from None
         if ds.features == FEATURES_V1:  # an older round: the added columns, empty (in memory only)
             for name, feature in ADDED_FEATURES.items():
                 ds = ds.add_column(name, [_ADDED_DEFAULTS[name]] * ds.num_rows, feature=feature)

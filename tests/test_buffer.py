@@ -261,3 +261,12 @@ def test_import_counts_suspicious_lines_keeps_extra_fields_and_refuses_a_wrong_f
     path.write_text("".join(json.dumps({"prompt": "q", "response": "a", "reward": 3}) + "\n" for _ in range(4)))
     with pytest.raises(RecordError, match=r"4 of 4 lines are suspicious.*right file"):
         import_reference_jsonl(path, str.split)
+
+
+def test_a_damaged_round_names_its_folder_and_what_to_do(tmp_path):
+    buf = Buffer(tmp_path / "buffer")
+    buf.append([rec(f"r{i}") for i in range(3)], round=0)
+    arrow = next((tmp_path / "buffer" / "round_000").glob("*.arrow"))
+    arrow.write_bytes(arrow.read_bytes()[:100])  # cut by a full disk
+    with pytest.raises(RuntimeError, match=r"round_000: damaged, cannot be loaded.*delete that folder"):
+        Buffer(tmp_path / "buffer").load()
