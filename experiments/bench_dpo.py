@@ -74,7 +74,7 @@ class BenchConfig:
     response_len: int = 128      # EOS included
     beta: float = 0.1
     lr: float = 1e-6
-    chunk_size: int = 1024       # oreo's DPOConfig.chunk_size (its default)
+    chunk_size: int = 256        # oreo's DPOConfig.chunk_size (its default)
     grad_ckpt: bool = True
     total_steps: int = 100       # the cosine schedule's length (both sides)
     seed: int = 0
@@ -297,7 +297,8 @@ def main() -> None:
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--response-len", type=int, default=128, help="tokens per response, EOS included")
     p.add_argument("--beta", type=float, default=0.1)
-    p.add_argument("--chunk-size", type=int, default=1024, help="oreo's dpo.chunk_size (rows of logits at a time)")
+    p.add_argument("--chunk-size", type=int, default=BenchConfig.chunk_size,
+                   help="oreo's dpo.chunk_size (rows of logits at a time; default: DPOConfig's)")
     p.add_argument("--no-grad-ckpt", action="store_true")
     p.add_argument("--reps", type=int, default=3, help="subprocesses of each side, interleaved")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps per subprocess (the first creates AdamW state)")
