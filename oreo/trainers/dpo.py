@@ -10,15 +10,13 @@ from __future__ import annotations
 import random
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 
 from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch
 from oreo.config import above, at_least, between, validate
-from oreo.encode import Encoded, Encoder
-from oreo.trainers.common import TrainConfig
+from oreo.encode import Encoded
 from oreo.trainers.objective import ReferenceObjective
 from oreo.trajectory import Trajectory
 
@@ -62,12 +60,6 @@ def preference_pairs(data: list[Encoded], records: list[Trajectory], max_per_pro
 
 class DPOObjective(ReferenceObjective):
     name = "dpo"
-
-    def __init__(self, policy, tokenizer, cfg: DPOConfig, train: TrainConfig, *, reference,
-                 cache_dir: str | Path | None = None, ref_name: str = ""):
-        super().__init__(policy, tokenizer, train, Encoder(tokenizer, granularity="token", max_len=cfg.max_len),
-                         reference=reference, chunk_size=cfg.chunk_size, cache_dir=cache_dir, ref_name=ref_name)
-        self.cfg = cfg
 
     def encode(self, records: list) -> list[Pair]:
         data = self.encode_trajectories(records, self.name)

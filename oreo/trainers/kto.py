@@ -8,7 +8,6 @@ over ranks. A micro-batch of one example pairs it with itself.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -17,10 +16,9 @@ from oreo import losses
 from oreo.batch import Batch, collate
 from oreo.config import above, at_least, validate
 from oreo.distributed import all_reduce_scalars
-from oreo.encode import Encoded, Encoder
+from oreo.encode import Encoded
 from oreo.logprobs import token_logprobs
 from oreo.models import hidden_states
-from oreo.trainers.common import TrainConfig
 from oreo.trainers.objective import ReferenceObjective
 
 
@@ -65,16 +63,9 @@ def mismatch(prompt_of: Encoded, response_of: Encoded) -> Encoded:
 class KTOObjective(ReferenceObjective):
     name = "kto"
 
-    def __init__(self, policy, tokenizer, cfg: KTOConfig, train: TrainConfig, *, reference,
-                 cache_dir: str | Path | None = None, ref_name: str = ""):
-        super().__init__(policy, tokenizer, train, Encoder(tokenizer, granularity="token", max_len=cfg.max_len),
-                         reference=reference, chunk_size=cfg.chunk_size, cache_dir=cache_dir, ref_name=ref_name)
-        self.cfg = cfg
-        self.desirable: dict[int, bool] = {}
-
     def encode(self, records: list) -> list[Encoded]:
         data = self.encode_trajectories(records, self.name)
-        self.desirable = {e.index: self.records[e.index].correct for e in data}
+        self.desirable = {e.index: self.records[e.index].correct for e in data}  # Encoded.index → bool
         return data
 
     def collate(self, examples: list[Encoded]) -> KTOBatch:

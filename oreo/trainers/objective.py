@@ -95,11 +95,13 @@ class ReferenceObjective(PolicyObjective):
     """A policy objective anchored to a frozen reference whose log-probs of the data are cached
     (``oreo.trainers.reference``) and ride in ``Batch.ref_logprobs``."""
 
-    def __init__(self, policy: nn.Module, tokenizer, train: TrainConfig, encoder: Encoder, *, reference: nn.Module,
-                 chunk_size: int = 1024, cache_dir: str | Path | None = None, ref_name: str = ""):
-        super().__init__(policy, tokenizer, train, encoder)
+    def __init__(self, policy: nn.Module, tokenizer, cfg, train: TrainConfig, *, reference: nn.Module,
+                 cache_dir: str | Path | None = None, ref_name: str = "", granularity: str = "token"):
+        """``cfg``: the method's config (its ``max_len`` and ``chunk_size`` are read here)."""
+        super().__init__(policy, tokenizer, train, Encoder(tokenizer, granularity=granularity, max_len=cfg.max_len))
+        self.cfg = cfg
         self.reference = reference.requires_grad_(False).eval()
-        self.chunk_size, self.cache_dir, self.ref_name = chunk_size, cache_dir, ref_name
+        self.chunk_size, self.cache_dir, self.ref_name = cfg.chunk_size, cache_dir, ref_name
         self.ref_logprobs: dict[int, Tensor] = {}  # Encoded.index → [len - 1]
 
     def prepare(self, device: torch.device) -> None:

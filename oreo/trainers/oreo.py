@@ -22,7 +22,7 @@ from torch import Tensor
 from oreo import losses
 from oreo.batch import Batch
 from oreo.config import above, at_least, one_of, validate
-from oreo.encode import GRANULARITIES, Encoder
+from oreo.encode import GRANULARITIES
 from oreo.logprobs import gather_rows, scatter_rows, token_logprobs, token_logprobs_and_reverse_kl
 from oreo.lora import save_model
 from oreo.models import ValueHead, ValueModel, hidden_states
@@ -69,11 +69,9 @@ class OREOObjective(ReferenceObjective):
         if cfg.shared_backbone and train.engine == "deepspeed":
             raise ValueError("oreo.shared_backbone=true is supported with the torch engine only: two DeepSpeed "
                              "engines cannot share one backbone's gradients; use shared_backbone=false")
-        super().__init__(policy, tokenizer, train,
-                         Encoder(tokenizer, granularity=cfg.granularity, max_len=cfg.max_len),
+        super().__init__(policy, tokenizer, cfg, train,
                          reference=reference if reference is not None else copy.deepcopy(policy),
-                         chunk_size=cfg.chunk_size, cache_dir=cache_dir, ref_name=ref_name)
-        self.cfg = cfg
+                         cache_dir=cache_dir, ref_name=ref_name, granularity=cfg.granularity)
         if value is not None:
             self.value = value
         elif cfg.shared_backbone:
