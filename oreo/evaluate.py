@@ -19,11 +19,12 @@ from math import comb
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from oreo.checkpoint import append_lines, weights_stamp, whole_lines
 from oreo.distributed import all_gather_objects, barrier, rank_world
 from oreo.progress import progress
+from oreo.run_config import CONF_DIR, RunConfig, as_dict, run_config
 from oreo.search.strategies import majority_index
 
 
@@ -207,9 +208,6 @@ def _run_blocks(solve, n_items: int, block_size: int, *, out_path: str | Path, f
     return rows, wall
 
 
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
-
-
 def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
     """``(policy folder, value folder or None)`` of a checkpoint: an OREO output (``policy/`` and
     ``value/`` inside) or a policy folder alone."""
@@ -222,23 +220,19 @@ def resolve_checkpoint(path: str | Path) -> tuple[Path, Path | None]:
                             f"RUN_DIR/checkpoints/oreo) or a Hugging Face policy folder")
 
 
-def search_run(cfg: DictConfig) -> dict:
+def search_run(cfg: RunConfig) -> dict:
     """Evaluate ``cfg.checkpoint`` with ``cfg.search`` on ``cfg.evaluate.splits``; returns split → metrics."""
     from oreo.encode import Encoder
     from oreo.runtime import build_sampler, close_sampler, pick_device, quiet_library_progress_bars
-    from oreo.search.strategies import NEEDS_VALUE, SearchConfig, Searcher
+    from oreo.search.strategies import NEEDS_VALUE, Searcher
     from oreo.search.value import ValueScorer, load_value_model
     from oreo.tasks import make_task
 
     quiet_library_progress_bars()
-    search_cfg = OmegaConf.to_container(cfg.search, resolve=True)
-    try:
-        search = SearchConfig(**search_cfg)
-    except TypeError as e:
-        raise ValueError(f"search config: {e}; known keys: {list(SearchConfig.__dataclass_fields__)}") from None
+    search = cfg.search
     device = pick_device(cfg.device)
     policy_dir, value_dir = resolve_checkpoint(cfg.checkpoint or Path(cfg.run_dir) / "checkpoints" / "oreo")
-    task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+    task = make_task(cfg.task)
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
     scorer = None
     if value_dir is not None:
@@ -250,8 +244,8 @@ def search_run(cfg: DictConfig) -> dict:
     out_dir = Path(cfg.run_dir) / "search" / search.tag
     metrics_path = out_dir / "metrics.json"
     # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
-    fingerprint = {"search": search_cfg, "policy": str(policy_dir), "value": str(value_dir), "seed": int(cfg.seed),
-                   "max_new_tokens": int(cfg.evaluate.max_new_tokens),
+    fingerprint = {"search": as_dict(search), "policy": str(policy_dir), "value": str(value_dir), "seed": cfg.seed,
+                   "max_new_tokens": cfg.evaluate.max_new_tokens,
                    "weights": [weights_stamp(policy_dir), weights_stamp(value_dir)]}
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and cfg.resume else {}
     if metrics.get("fingerprint") != fingerprint:
@@ -261,12 +255,12 @@ def search_run(cfg: DictConfig) -> dict:
             continue
         if task.kind == "agent":
             metrics[split] = evaluate_episodes(task, task.problems(split), agent_act(search, sampler, scorer),
-                                               out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
+                                               out_path=out_dir / f"{split}.jsonl", seed=cfg.seed,
                                                games_per_batch=search.problems_per_batch,
                                                desc=f"{search.tag}/{split}", fingerprint=fingerprint)
         else:
             metrics[split] = evaluate_search(task, task.problems(split), Searcher(search, task, sampler, scorer),
-                                             out_path=out_dir / f"{split}.jsonl", seed=int(cfg.seed),
+                                             out_path=out_dir / f"{split}.jsonl", seed=cfg.seed,
                                              desc=f"{search.tag}/{split}", fingerprint=fingerprint)
         metrics["fingerprint"] = fingerprint
         if rank_world()[0] == 0:
@@ -303,7 +297,7 @@ def agent_act(search, sampler, scorer):
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    search_run(cfg)
+    search_run(run_config(cfg))
 
 
 def _write_rows(path: str | Path, rows: list[dict]) -> None:

@@ -11,10 +11,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from oreo.distributed import rank_world
-from oreo.train import CONF_DIR
+from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
 
 
 def plot_rounds(rows: list[dict], splits: list[str], path: Path) -> Path:
@@ -38,20 +38,16 @@ def plot_rounds(rows: list[dict], splits: list[str], path: Path) -> Path:
     return path
 
 
-def run_iterations(cfg: DictConfig) -> list[dict]:
+def run_iterations(cfg: RunConfig) -> list[dict]:
     from oreo.pipeline import Run
 
     it = cfg.iterate
-    if it.reference not in ("sft", "previous"):
-        raise ValueError(f"iterate.reference must be 'sft' or 'previous', got {it.reference!r}")
-    if it.data not in ("latest", "all"):
-        raise ValueError(f"iterate.data must be 'latest' or 'all', got {it.data!r}")
     run = Run(cfg)
     splits = list(cfg.evaluate.splits)
     sft_dir = run.sft()
     rows = [{"round": 0, "method": "sft", **run.evaluate("sft", sft_dir)}]
     policy_dir, value_dir = sft_dir, None
-    for k in range(1, int(it.rounds) + 1):
+    for k in range(1, it.rounds + 1):
         stats = run.collect(policy_dir, round=k - 1)
         name = f"oreo_round{k}"
         new_policy = run.oreo(policy_dir, ref_dir=sft_dir if it.reference == "sft" else policy_dir,
@@ -83,8 +79,9 @@ def format_rounds(rows: list[dict], splits: list[str]) -> str:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
+    cfg = run_config(cfg)
     if rank_world()[0] == 0:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(to_yaml(cfg))
     run_iterations(cfg)
 
 

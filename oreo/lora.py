@@ -7,22 +7,13 @@ loads them like any model; the adapter alone is saved next to them in ``lora_ada
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from torch import nn
 
+from oreo.config import LoRAConfig
+
 ADAPTER_DIR = "lora_adapter"
-
-
-@dataclass
-class LoRAConfig:
-    policy: bool = False          # adapters on the policy (the reference stays the frozen full model)
-    value: bool = False           # adapters on the value model's backbone; its head is trained in full
-    r: int = 16
-    alpha: int = 32
-    dropout: float = 0.0
-    target_modules: list[str] | str = field(default="all-linear")
 
 
 def add_lora(model: nn.Module, cfg: LoRAConfig) -> nn.Module:

@@ -12,29 +12,19 @@ import shutil
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import progress_dir, weights_stamp
-from oreo.config import (
-    CollectConfig,
-    ConfigError,
-    EngineConfig,
-    EvaluateConfig,
-    IterateConfig,
-    SampledEvalConfig,
-    SamplerConfig,
-    WandbConfig,
-    build,
-)
+from oreo.config import ConfigError
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
-from oreo.lora import LoRAConfig, add_lora
+from oreo.lora import add_lora
 from oreo.metrics import MetricsLogger
 from oreo.models import ValueModel, enable_gradient_checkpointing
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
+from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
 from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
 from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
 from oreo.tasks import make_task
@@ -47,69 +37,12 @@ from oreo.trainers.reference import reference_name
 STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto")
 
 
-def _plain(section) -> dict:
-    if section is None:
-        return {}
-    return OmegaConf.to_container(section, resolve=True) if isinstance(section, DictConfig) else dict(section)
-
-
-def train_config(section, engine=None, name: str = "train") -> TrainConfig:
-    """A stage's ``train`` section plus the run's ``engine`` section; errors name ``NAME.train.KEY``."""
-    values = _plain(section)
-    values.update({("engine" if k == "backend" else k): v for k, v in _plain(engine).items()})
-    return build(TrainConfig, values, f"{name}.train" if name != "train" else name)
-
-
-def method_config(name: str, section):
-    """The typed config of method ``name`` from its section (the ``train`` key and the pipeline's own
-    ``n_per_problem`` aside); an unknown key, a wrong type or a value out of range fails naming it."""
-    values = _plain(section)
-    values.pop("train", None)
-    n_per_problem = values.pop("n_per_problem", 1)
-    if isinstance(n_per_problem, bool) or not isinstance(n_per_problem, int) or n_per_problem < 1:
-        raise ConfigError(f"{name}.n_per_problem", f"must be an int >= 1, got {n_per_problem!r}")
-    return build(METHODS[name].config, values, name)
-
-
-def check_run_config(cfg: dict) -> None:
-    """Build every section of a run's config (a resolved plain dict) and check the inputs it names, so
-    that a bad setting or a missing file fails before the first stage; raises ``ConfigError``."""
-    build(EngineConfig, _plain(cfg.get("engine")), "engine")
-    for name in METHODS:
-        method_config(name, cfg.get(name))
-        train_config((cfg.get(name) or {}).get("train"), cfg.get("engine"), name)
-    build(CollectConfig, _plain(cfg.get("collect")), "collect")
-    for section, cls in (("sampler", SamplerConfig), ("iterate", IterateConfig), ("wandb", WandbConfig)):
-        build(cls, _plain(cfg.get(section)), section)
-    evaluate = _plain(cfg.get("evaluate"))
-    sampled = build(SampledEvalConfig, _plain(evaluate.pop("sampled", None)), "evaluate.sampled")
-    build(EvaluateConfig, {**evaluate, "sampled": sampled}, "evaluate")
-    for key, low in (("seed", 0), ("threads", 1)):
-        value = cfg.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
-            raise ConfigError(key, f"must be an int >= {low}, got {value!r}")
-    from_file = (cfg.get("collect") or {}).get("from_file")
-    if from_file and not Path(from_file).is_file():
-        raise ConfigError("collect.from_file", f"{from_file}: no such file")
-    data_dir = (cfg.get("task") or {}).get("data_dir")
-    if data_dir and not Path(data_dir).exists():
-        raise ConfigError("task.data_dir", f"{data_dir}: no such file or folder")
-
-
-def lora_config(model_section) -> LoRAConfig:
-    values = OmegaConf.to_container(model_section.get("lora") or {}, resolve=True)
-    try:
-        return LoRAConfig(**values)
-    except TypeError as e:
-        raise ValueError(f"model.lora: {e}; known keys: {list(LoRAConfig.__dataclass_fields__)}") from None
-
-
 class Run:
     """One run directory: config, metrics, buffer, checkpoints."""
 
-    def __init__(self, cfg: DictConfig):
-        self.plain = OmegaConf.to_container(cfg, resolve=True)
-        check_run_config(self.plain)
+    def __init__(self, cfg: RunConfig):
+        self.plain = as_dict(cfg)  # what run.json's stage settings are read from
+        check_inputs(cfg)
         quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
@@ -120,9 +53,9 @@ class Run:
         if not cfg.resume and any((self.dir / name).exists() for name in ("run.json", "checkpoints", "buffer")):
             raise FileExistsError(f"{self.dir} holds an earlier run, and resume=false would mix its outputs with "
                                   f"new ones: use a new run_dir, or delete {self.dir} first")
-        self.task = make_task(self.plain["task"])  # a bad task setting fails before anything is written
+        self.task = make_task(cfg.task)
         self.results = self._read_results()
-        redo = self.to_recompute(list(cfg.get("recompute") or []))
+        redo = self.to_recompute(list(cfg.recompute))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -131,16 +64,16 @@ class Run:
                 print(f"recompute: removed the outputs of '{stage}'", flush=True)
             if redo:
                 self._write_results()
-            (self.dir / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            (self.dir / "config.yaml").write_text(to_yaml(cfg))
         barrier()
         if not self.main:
             self.results = self._read_results()  # as rank 0 left it after recompute
         if cfg.threads:
-            torch.set_num_threads(int(cfg.threads))
+            torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
-        self.logger = MetricsLogger(self.dir, wandb_cfg=OmegaConf.to_container(cfg.wandb),
+        self.logger = MetricsLogger(self.dir, wandb_cfg=as_dict(cfg.wandb),
                                     config=self.plain, enabled=self.main)
 
     # ------------------------------------------------------------------ helpers
@@ -148,7 +81,7 @@ class Run:
         return self.dir / "checkpoints" / name
 
     def seed(self, offset: int = 0) -> None:
-        seed = int(self.cfg.seed) + offset
+        seed = self.cfg.seed + offset
         random.seed(seed)
         torch.manual_seed(seed)
 
@@ -156,18 +89,18 @@ class Run:
         return load_model(self.cfg, path_or_name, self.device)
 
     def train_config(self, stage: str) -> TrainConfig:
-        return train_config(self.cfg[stage].train, self.cfg.get("engine"), stage)
+        return self.cfg.method(stage).train
 
     def training_records(self, rounds: list[int] | None = None) -> list[dict]:
         """The buffer's trajectories (of ``rounds``), after ``collect.balanced_k`` selection if set."""
         records = self.buffer.load(rounds)
-        k = self.cfg.collect.get("balanced_k")
-        return balanced_selection(records, int(k), seed=int(self.cfg.seed)) if k else records
+        k = self.cfg.collect.balanced_k
+        return balanced_selection(records, k, seed=self.cfg.seed) if k else records
 
     def for_training(self, policy, value=None):
         """Apply the model section's memory options: gradient checkpointing, LoRA adapters."""
-        m, lora = self.cfg.model, lora_config(self.cfg.model)
-        if m.get("gradient_checkpointing", False):
+        m, lora = self.cfg.model, self.cfg.model.lora
+        if m.gradient_checkpointing:
             enable_gradient_checkpointing(policy)
             if isinstance(value, ValueModel):
                 enable_gradient_checkpointing(value.backbone)
@@ -223,14 +156,15 @@ class Run:
             if stage in skip:
                 continue
             now = settings_of(self.plain, stage)
-            if recorded != now and self.started(stage):
-                raise StageSettingsChanged(stage, differences(recorded, now), self.dir)
+            changes = differences(recorded, now)
+            if changes and self.started(stage):
+                raise StageSettingsChanged(stage, changes, self.dir)
 
     def claim(self, stage: str) -> None:
         """Before ``stage`` runs or its output is reused: record the settings that shape it."""
         now = settings_of(self.plain, stage)
         recorded = self.results.get("settings", {}).get(stage)
-        if recorded is not None and recorded != now and self.started(stage):
+        if recorded is not None and differences(recorded, now) and self.started(stage):
             raise StageSettingsChanged(stage, differences(recorded, now), self.dir)
         if recorded != now:
             self.results.setdefault("settings", {})[stage] = now
@@ -283,7 +217,7 @@ class Run:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
         c = self.cfg.collect
         self.claim(f"collect_{round}")
-        if c.get("from_file"):  # the reference's released data instead of sampling
+        if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
                     records = import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name,
@@ -296,9 +230,9 @@ class Run:
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             sampler = self.sampler(policy_dir, c)
-            problems = self.task.problems("train")[:c.get("max_problems")]
+            problems = self.task.problems("train")[:c.max_problems]
             info = collect(self.task, problems, sampler, self.buffer,
-                           n=int(c.n), temperature=float(c.temperature), seed=int(self.cfg.seed) + 1000 * round,
+                           n=c.n, temperature=c.temperature, seed=self.cfg.seed + 1000 * round,
                            round=round, meta={"policy": str(policy_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
@@ -309,7 +243,7 @@ class Run:
         """What method ``name`` trains on (``METHODS[name].data``)."""
         data = METHODS[name].data
         if data == "teacher":
-            return self.task.sft_records(int(self.cfg.seed), int(self.cfg[name].n_per_problem))
+            return self.task.sft_records(self.cfg.seed, self.cfg.method(name).n_per_problem)
         records = self.training_records(rounds)
         return [r for r in records if r.correct] if data == "correct" else records
 
@@ -324,9 +258,8 @@ class Run:
         self.claim(stage)
         if not self.done(out):
             records = self.records_for(name, rounds)
-            train = self.train_config(name)
             self.seed(STAGES.index(name) + 1)
-            cfg = method_config(name, self.cfg[name])
+            cfg = self.cfg.method(name)
             policy, tokenizer = self.load(init_dir)
             kwargs = {}
             if method.reference:
@@ -340,10 +273,10 @@ class Run:
             policy, value = self.for_training(policy, value)
             if value is not None:
                 kwargs["value"] = value
-            objective = method.objective(policy, tokenizer, cfg, train, **kwargs)
+            objective = method.objective(policy, tokenizer, cfg, **kwargs)
             try:
-                info = objective.fit(records, logger=self.logger, out_dir=out, resume=bool(self.cfg.resume),
-                                     stage=stage)
+                info = objective.fit(records, engine=self.cfg.engine, logger=self.logger, out_dir=out,
+                                     resume=self.cfg.resume, stage=stage)
             except NotEnoughData as e:
                 if method.data == "teacher":
                     raise
@@ -367,8 +300,8 @@ class Run:
         self.claim("evaluate")
         splits = list(self.cfg.evaluate.splits)
         have = self.results.get("accuracy", {}).get(method, {})
-        sampled_cfg = self.cfg.evaluate.get("sampled") or {}
-        n_samples = int(sampled_cfg.get("n", 0))
+        sampled_cfg = self.cfg.evaluate.sampled
+        n_samples = sampled_cfg.n
         have_sampled = self.results.get("sampled", {}).get(method, {})
         todo = [s for s in splits if s not in have]
         todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 and not self.agent else []
@@ -376,14 +309,14 @@ class Run:
             return have
         sampler = self.sampler(policy_dir, self.cfg.evaluate)
         # what an interrupted episode evaluation's finished blocks must match to be reused
-        fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir), "seed": int(self.cfg.seed),
-                       "max_new_tokens": int(self.cfg.evaluate.max_new_tokens)}
+        fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir), "seed": self.cfg.seed,
+                       "max_new_tokens": self.cfg.evaluate.max_new_tokens}
         for split in todo:
             out_path, desc = self.dir / "eval" / f"{method}-{split}.jsonl", f"evaluate {method}/{split}"
             if self.agent:
                 r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
-                                      out_path=out_path, seed=int(self.cfg.seed), fingerprint=fingerprint,
-                                      games_per_batch=int(self.cfg.evaluate.batch_size), desc=desc)
+                                      out_path=out_path, seed=self.cfg.seed, fingerprint=fingerprint,
+                                      games_per_batch=self.cfg.evaluate.batch_size, desc=desc)
                 self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
                 have[split] = r["success"]
             else:
@@ -393,8 +326,8 @@ class Run:
         self.results.setdefault("accuracy", {})[method] = have
         for split in todo_sampled:
             r = evaluate_sampled(self.task, self.task.problems(split), sampler, n=n_samples,
-                                 temperature=float(sampled_cfg.temperature), ks=list(sampled_cfg.ks),
-                                 seed=int(self.cfg.seed), desc=f"sample {method}/{split}",
+                                 temperature=sampled_cfg.temperature, ks=list(sampled_cfg.ks),
+                                 seed=self.cfg.seed, desc=f"sample {method}/{split}",
                                  out_path=self.dir / "eval" / f"{method}-{split}-samples.jsonl")
             self.results.setdefault("sampled", {}).setdefault(method, {})[split] = r
             self.logger.log("evaluate", 0, {f"{method}/{split}/{k}": v for k, v in r.items()})

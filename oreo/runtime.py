@@ -1,16 +1,20 @@
 """What every entry point builds from a config: the device, models, samplers (and how to free them)."""
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
-from omegaconf import DictConfig, OmegaConf
 
 from oreo.distributed import local_rank
 from oreo.encode import Encoder
 from oreo.models import load_policy, resolve_model_path
 from oreo.rollout.sampler import HFSampler
 from oreo.rollout.vllm_sampler import vllm_available
+
+if TYPE_CHECKING:
+    from oreo.run_config import RunConfig
 
 
 def pick_device(name: str) -> torch.device:
@@ -22,21 +26,19 @@ def pick_device(name: str) -> torch.device:
     return device
 
 
-def load_model(cfg: DictConfig, path_or_name: str | Path, device: torch.device):
+def load_model(cfg: RunConfig, path_or_name: str | Path, device: torch.device):
     """``(model, tokenizer)`` of the policy at ``path_or_name`` with the model section's settings."""
     m = cfg.model
-    model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=OmegaConf.to_container(m.tiny)
-                                   if "tiny" in m else None, trust_remote_code=m.trust_remote_code,
-                                   attn_implementation=m.attn_implementation, seed=int(cfg.seed))
+    model, tokenizer = load_policy(str(path_or_name), dtype=m.dtype, tiny=dataclasses.asdict(m.tiny),
+                                   trust_remote_code=m.trust_remote_code,
+                                   attn_implementation=m.attn_implementation, seed=cfg.seed)
     return model.to(device), tokenizer
 
 
-def build_sampler(cfg: DictConfig, policy_dir: str | Path, section, device: torch.device):
+def build_sampler(cfg: RunConfig, policy_dir: str | Path, section, device: torch.device):
     """A sampler for the policy in ``policy_dir``, of the backend ``sampler.backend`` chooses, with
     ``section``'s batch size and token limit."""
-    backend = str(cfg.get("sampler", {}).get("backend", "hf"))
-    if backend not in ("hf", "vllm", "auto"):
-        raise ValueError(f"sampler.backend must be hf, vllm or auto, got {backend!r}")
+    backend = cfg.sampler.backend
     if backend == "vllm" or (backend == "auto" and vllm_available()):
         from transformers import AutoTokenizer
 
@@ -45,12 +47,12 @@ def build_sampler(cfg: DictConfig, policy_dir: str | Path, section, device: torc
         path = resolve_model_path(str(policy_dir))
         tokenizer = AutoTokenizer.from_pretrained(path)
         return VLLMSampler(path, tokenizer, Encoder(tokenizer, max_len=10**9),
-                           batch_size=int(section.batch_size), max_new_tokens=int(section.max_new_tokens),
-                           dtype=str(cfg.model.dtype), seed=int(cfg.seed),
-                           gpu_memory_utilization=float(cfg.sampler.gpu_memory_utilization))
+                           batch_size=section.batch_size, max_new_tokens=section.max_new_tokens,
+                           dtype=cfg.model.dtype, seed=cfg.seed,
+                           gpu_memory_utilization=cfg.sampler.gpu_memory_utilization)
     model, tokenizer = load_model(cfg, policy_dir, device)
-    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=int(section.batch_size),
-                     max_new_tokens=int(section.max_new_tokens))
+    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=section.batch_size,
+                     max_new_tokens=section.max_new_tokens)
 
 
 def close_sampler(sampler) -> None:

@@ -53,14 +53,11 @@ def _flatten(prefix: str, value) -> dict:
 
 
 def differences(recorded: dict, now: dict) -> list[str]:
-    """``key: recorded → now`` for every key whose value differs (or is only on one side)."""
-    missing = object()
-    out = []
-    for key in sorted(set(recorded) | set(now)):
-        a, b = recorded.get(key, missing), now.get(key, missing)
-        if a != b:
-            out.append(f"{key}: {'(unset)' if a is missing else repr(a)} → {'(unset)' if b is missing else repr(b)}")
-    return out
+    """``key: recorded → now`` for every key both sides have whose value differs. A key only one side has is
+    a setting a newer or older oreo added or removed (the config is typed, so a user cannot add one): its
+    default is what the run used, so it is not a difference."""
+    return [f"{key}: {recorded[key]!r} → {now[key]!r}" for key in sorted(set(recorded) & set(now))
+            if recorded[key] != now[key]]
 
 
 class StageSettingsChanged(ValueError):

@@ -1,22 +1,20 @@
-"""``python -m oreo.train [key=value ...] [+experiment=NAME]``: run the configured stages (conf/config.yaml)."""
+"""``python -m oreo.train [key=value ...] [+experiment=NAME]``: run the configured stages (``RunConfig``)."""
 from __future__ import annotations
 
-import os
-
 import hydra
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from oreo.distributed import rank_world
-
-CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
+from oreo.run_config import CONF_DIR, run_config, to_yaml
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
     from oreo.pipeline import Run
 
+    cfg = run_config(cfg)
     if rank_world()[0] == 0:
-        print(OmegaConf.to_yaml(cfg, resolve=True))
+        print(to_yaml(cfg))
     Run(cfg).run()
 
 

@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from oreo.config import EngineConfig  # noqa: E402
 from oreo.distributed import full_parameters  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig, accumulation_steps, unwrap, world  # noqa: E402
@@ -56,7 +57,7 @@ class Crash(Exception):
     pass
 
 
-def resumed_oreo(out: Path, tcfg) -> dict:
+def resumed_oreo(out: Path, tcfg, engine) -> dict:
     """OREO interrupted after step 2's checkpoint (save_every=1; every rank crashes as step 3 starts), then
     a fresh trainer resumes it from the in-stage checkpoint: the engines' states must carry everything."""
     cfg = tcfg()
@@ -73,18 +74,18 @@ def resumed_oreo(out: Path, tcfg) -> dict:
 
     trainer.losses = crashing
     try:
-        trainer.fit(records(), out_dir=out / "oreo_resumed")
+        trainer.fit(records(), engine=engine, out_dir=out / "oreo_resumed")
         raise AssertionError("the run was meant to crash")
     except Crash:
         pass
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
     trainer = OREOObjective(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), cfg)
-    info = trainer.fit(records(), out_dir=out / "oreo_resumed")
+    info = trainer.fit(records(), engine=engine, out_dir=out / "oreo_resumed")
     return {"resumed_from": info["resumed_from"], "oreo_policy_resumed": state(trainer.engines["policy"].module),
             "oreo_value_resumed": state(trainer.engines["value"].module)}
 
 
-def reloaded_values(out: Path, tcfg) -> dict:
+def reloaded_values(out: Path, tcfg, engine_cfg) -> dict:
     """The saved value model (backbone + head) loaded back into a fresh engine of the same kind; its
     values on a batch, next to the values of the model that was saved."""
     from oreo.batch import collate
@@ -96,7 +97,7 @@ def reloaded_values(out: Path, tcfg) -> dict:
     data = Encoder(tok, max_len=64).encode_all(records())
     batch = collate(data, tok.pad_token_id, "right")
     value = ValueModel.from_pretrained(out / "oreo" / "value")
-    engine = build_engine(value, tcfg(), 1e-3, total_steps=1)
+    engine = build_engine(value, tcfg(), 1e-3, total_steps=1, engine=engine_cfg)
     with torch.no_grad():
         return {"values": engine.module(batch.input_ids, batch.attention_mask).double()}
 
@@ -137,14 +138,16 @@ def main() -> None:
 
     def tcfg():
         return TrainConfig(epochs=1.0, batch_size=4, micro_batch_size=2, lr=3e-3, value_lr=3e-3, warmup_ratio=0.0,
-                           log_every=1, engine=args.engine, zero_stage=args.zero_stage, seed=0)
+                           log_every=1, seed=0)
+
+    engine = EngineConfig(backend=args.engine, zero_stage=args.zero_stage)
 
     torch.manual_seed(0)
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
     initial = state(policy)
     trainer = OREOObjective(policy, tok, OREOConfig(kl_type="k3", beta=0.1, max_len=64), tcfg())
     logger = ListLogger()
-    trainer.fit(records(), logger=logger, out_dir=out / "oreo")
+    trainer.fit(records(), engine=engine, logger=logger, out_dir=out / "oreo")
     if args.engine == "deepspeed" and args.zero_stage == 3:  # really partitioned: no rank holds a whole weight
         assert all(p.numel() == 0 for m in (policy, trainer.value) for p in m.parameters()), "ZeRO-3 did not partition"
     params = {"initial_policy": initial,
@@ -158,13 +161,14 @@ def main() -> None:
         batch = collate(Encoder(tok, max_len=64).encode_all(records()), tok.pad_token_id, "right")
         with torch.no_grad():
             trained = trainer.engines["value"].module(batch.input_ids, batch.attention_mask).double()
-        params["value_round_trip"] = {"trained": trained, **reloaded_values(out, tcfg)}
-        params.update(resumed_oreo(out, tcfg))
+        params["value_round_trip"] = {"trained": trained, **reloaded_values(out, tcfg, engine)}
+        params.update(resumed_oreo(out, tcfg, engine))
 
     if not args.no_sft:
         model, tok = load_policy("tiny", tiny=TINY, seed=1)
         logger = ListLogger()
-        SFTObjective(model, tok, SFTConfig(max_len=64), tcfg()).fit(records(), logger=logger, out_dir=out / "sft")
+        SFTObjective(model, tok, SFTConfig(max_len=64), tcfg()).fit(records(), engine=engine, logger=logger,
+                                                                    out_dir=out / "sft")
         params["sft_policy"] = state(model)
         rows += logger.rows
 

@@ -55,7 +55,7 @@ def test_math_splits_from_local_files():
 
 
 def test_unknown_split_and_bad_key_are_clear(tmp_path):
-    with pytest.raises(ValueError, match="known keys"):
+    with pytest.raises(ValueError, match="task.colour: unknown key; known: "):
         make_task({"name": "gsm8k", "colour": 1})
     task = make_task({"name": "gsm8k", "data_dir": str(tmp_path)})
     with pytest.raises(FileNotFoundError, match="train.jsonl"):

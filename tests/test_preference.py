@@ -60,6 +60,17 @@ def tiny():
     return load_policy("tiny", tiny=TINY, seed=0)
 
 
+def test_kto_balances_desirable_and_undesirable_unless_told(tiny):
+    policy, tok = tiny
+    records = [record(i, f"p{i}", i % 4 == 0) for i in range(8)]   # 2 desirable, 6 undesirable
+    balanced = KTOObjective(policy, tok, KTOConfig(undesirable_weight=0.5), reference=copy.deepcopy(policy))
+    balanced.encode(records)
+    assert balanced.desirable_weight == pytest.approx(0.5 * 6 / 2)   # λ_D·n_D = λ_U·n_U
+    fixed = KTOObjective(policy, tok, KTOConfig(desirable_weight=1.25), reference=copy.deepcopy(policy))
+    fixed.encode(records)
+    assert fixed.desirable_weight == 1.25
+
+
 def train_records() -> list[Trajectory]:
     out = []
     for p in range(8):

@@ -19,35 +19,8 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass
 
+from oreo.config import at_least, one_of, validate
 from oreo.types import Choice, Context
-
-
-@dataclass
-class SearchConfig:
-    strategy: str = "greedy"     # one of STRATEGIES
-    n: int = 8                   # majority, best_of_n, weighted_vote: samples per problem
-    width: int = 3               # beam: B beams, B samples per beam state per step
-    max_steps: int = 20          # beam: S, steps before the unfinished candidates are dropped
-    step_max_tokens: int = 64    # beam: token limit of one step
-    temperature: float = 1.0     # sampling temperature (every strategy but greedy)
-    dedupe: bool = True          # beam: identical candidates take one place (the reference keeps copies)
-    problems_per_batch: int = 64  # problems searched together (a block; the unit of resume)
-    value_batch_size: int = 64   # sequences per value forward
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"search.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if min(self.n, self.width, self.max_steps, self.step_max_tokens, self.problems_per_batch) < 1:
-            raise ValueError("search.n, width, max_steps, step_max_tokens and problems_per_batch must be >= 1")
-
-    @property
-    def tag(self) -> str:
-        """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``,
-        and ``best_of_n-n5-t0.3`` for a sampling temperature other than 1."""
-        if self.strategy == "greedy":
-            return "greedy"
-        tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
-        return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
 
 
 # ------------------------------------------------------------------ selection rules (pure)
@@ -96,6 +69,35 @@ RULES = {
     "weighted_vote": lambda finished, keys, values: weighted_vote_index(keys(), values()),
 }
 STRATEGIES = (*RULES, "beam")  # beam: step-level search, ``Searcher.beam``
+
+
+@dataclass
+class SearchConfig:
+    """The test-time strategy of ``python -m oreo.evaluate`` (presets in conf/search/)."""
+    strategy: str = one_of(STRATEGIES, "greedy")
+    n: int = at_least(1, 8)                 # majority, best_of_n, weighted_vote: samples per problem
+    width: int = at_least(1, 3)             # beam: B beams, and B samples per beam state per step (B² candidates)
+    # beam: S, steps before the unfinished candidates are dropped (the reference's 20)
+    max_steps: int = at_least(1, 20)
+    step_max_tokens: int = at_least(1, 64)  # beam: token limit of one step (the reference: 2048 on GSM8K/MATH)
+    temperature: float = at_least(0.0, 1.0)  # sampling temperature (every strategy but greedy)
+    dedupe: bool = True                     # beam: identical candidates take one place (the reference keeps copies)
+    problems_per_batch: int = at_least(1, 64)  # problems searched together: one block, the unit of resume
+    value_batch_size: int = at_least(1, 64)    # sequences per value forward
+
+    def __post_init__(self):
+        validate(self)
+
+    @property
+    def tag(self) -> str:
+        """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``,
+        and ``best_of_n-n5-t0.3`` for a sampling temperature other than 1."""
+        if self.strategy == "greedy":
+            return "greedy"
+        tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
+        return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
+
+
 NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam")
 
 

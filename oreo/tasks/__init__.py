@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from oreo.config import ConfigError
+from oreo.config import ConfigError, build
 
 # name → (module, config dataclass, task class); a task's module is imported when it is first made
 # (alfworld's pulls in its game engine)
@@ -21,23 +21,40 @@ TASKS = {
 }
 
 
-def make_task(cfg: dict):
-    """Build the task named by ``cfg["name"]`` (``TASKS``); the other keys are its settings."""
-    cfg = dict(cfg)
-    name = cfg.pop("name")
+def _load(name: str):
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; known: {', '.join(TASKS)}")
+        raise ConfigError("task.name", f"unknown task {name!r}; known: {', '.join(TASKS)}")
     module, config_class, task_class = TASKS[name]
     module = importlib.import_module(module)
-    config = getattr(module, config_class)
-    if "name" in config.__dataclass_fields__:  # one config class for several tasks
-        cfg["name"] = name
+    return getattr(module, config_class), getattr(module, task_class)
+
+
+def task_config_class(name: str) -> type:
+    """The config dataclass of the task ``name`` (its defaults are the task's defaults)."""
+    return _load(name)[0]
+
+
+def task_config(values: dict):
+    """The typed config of the task named by ``values["name"]``; an unknown key, a wrong type or a value out of
+    range fails naming ``task.KEY``."""
+    values = dict(values)
+    name = values.get("name")
+    if not isinstance(name, str):
+        raise ConfigError("task.name", f"must name a task ({', '.join(TASKS)}), got {name!r}")
     try:
-        return getattr(module, task_class)(config(**cfg))
-    except TypeError as e:
-        raise ValueError(f"task '{name}': {e} (see conf/task/{name}.yaml for the known keys)") from None
-    except ConfigError as e:
-        raise ConfigError(f"task.{e.key}", e.problem) from None
+        return build(task_config_class(name), values, "task")
+    except ValueError as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("task", str(e)) from None
+
+
+def make_task(cfg):
+    """Build the task from its typed config (``task_config``) or from a dict of one, such as a run's ``task``
+    section; ``cfg.name`` says which task (``TASKS``)."""
+    if isinstance(cfg, dict):
+        cfg = task_config(cfg)
+    return _load(cfg.name)[1](cfg)
 
 
 def task_vocabulary(name: str) -> list[str]:

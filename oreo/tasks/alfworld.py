@@ -277,13 +277,22 @@ class AlfworldEnv:
 
 # ------------------------------------------------------------------------------------------------ task
 
+def _default_data_dir() -> str:
+    # not $ALFWORLD_DATA: importing alfworld sets that to its own download folder
+    return os.environ.get("OREO_ALFWORLD_DATA", "../shared/data/alfworld.tar.gz")
+
+
 @dataclass
 class AlfworldConfig:
-    data_dir: str                   # the data folder, or alfworld.tar.gz (unpacked once into the cache)
+    """ALFWorld text games (pip install -e '.[alfworld]'): splits seen (valid_seen, 140 games), unseen
+    (valid_unseen, 134) and train (the games under json_2.1.1/valid_train, or a full train folder put
+    there); the hand-coded expert's episodes are the SFT data."""
+    name: str = "alfworld"
+    data_dir: str = field(default_factory=_default_data_dir)  # a folder with json_2.1.1/, or the .tar.gz holding it
     max_steps: int = 40             # actions per episode (the paper's limit)
-    chat: bool = True               # chat messages (models with a chat template) or plain-text prompts
+    chat: bool = True               # chat messages through the model's template; false: plain text (tiny models)
     limits: dict = field(default_factory=dict)  # {split: N}: the first N games of a split, after sorting
-    seed: int = 0                   # the expert's random choices
+    seed: int = 0                   # the expert's random choices (in a run: the run's seed)
 
 
 class AlfworldTask:

@@ -23,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from oreo.config import at_least, validate
+from oreo.config import at_least, one_of, validate
 from oreo.trajectory import Trajectory
 
 __all__ = [
@@ -69,20 +69,23 @@ class Problem:
 
 @dataclass
 class ArithmeticConfig:
-    """Sizes, chain lengths and value ranges of the generated splits."""
+    """The embedded default task: multi-step arithmetic chains, graded exactly."""
 
-    seed: int = 0
-    n_train: int = at_least(1, 1000)
-    n_test: int = at_least(0, 200)
-    n_heldout: int = at_least(0, 200)
+    name: str = one_of(("arithmetic",), "arithmetic")
+    seed: int = 0                     # the generator's (in a run: the run's seed)
+    n_train: int = at_least(1, 2000)  # training problems (SFT teacher data and OREO rollouts)
+    n_test: int = at_least(0, 1000)   # same chain lengths as train, disjoint problems
+    n_heldout: int = at_least(0, 500)  # longer chains: generalisation
     min_ops: int = 2
     max_ops: int = 4
     heldout_min_ops: int = 5
     heldout_max_ops: int = 6
-    max_value: int = 99
+    max_value: int = 30               # every intermediate value stays in [0, max_value]
+    # per-step slip rate of the imperfect SFT teacher (random: greedy decoding averages it out)
     teacher_error_rate: float = 0.15
-    teacher_skip_rate: float = 0.0
-    max_operand: int = 9  # largest operand of + and -
+    # chance the teacher skips an operation whose operator repeats the previous one (systematic)
+    teacher_skip_rate: float = 0.6
+    max_operand: int = 9              # largest operand of + and -
 
     def __post_init__(self) -> None:
         validate(self)

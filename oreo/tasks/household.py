@@ -83,18 +83,23 @@ INSTRUCTION = "Interact with a household to solve a task. Each turn, give one ac
 
 @dataclass
 class HouseholdConfig:
-    seed: int = 0
-    n_train: int = 400               # training games (expert episodes for SFT, rollouts for OREO)
-    n_test: int = 200                # held-out games: other seeds, same generator
+    """The embedded household environment: generated rooms, receptacles and objects; goals put / clean /
+    heat / cool / examine; an imperfect built-in expert for SFT."""
+    name: str = "household"
+    seed: int = 0                    # the generator's (in a run: the run's seed)
+    n_train: int = 400               # training games: expert episodes (SFT), rollouts (OREO, RFT)
+    n_test: int = 200                # held-out games (other seeds of the same generator)
     max_steps: int = 20              # actions per episode
     min_receptacles: int = 3
     max_receptacles: int = 5
     distractors: int = 2             # other objects in the room
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
-    teacher_error_rate: float = 0.1  # chance the expert puts the object in a wrong receptacle (random)
-    teacher_skip_rate: float = 0.7   # chance it skips cleaning/heating/cooling an object found in that appliance
-    chat: bool = False               # chat messages (models with a chat template) or plain text prompts
-    name: str = "household"
+    # the expert puts the object in a wrong place (random: greedy decoding averages it out)
+    teacher_error_rate: float = 0.1
+    # it skips cleaning/heating/cooling an object found inside that appliance (systematic)
+    teacher_skip_rate: float = 0.7
+    # chat messages (models with a chat template) or plain-text prompts (the tiny model)
+    chat: bool = False
 
     def __post_init__(self):
         unknown = set(self.kinds) - set(KINDS)

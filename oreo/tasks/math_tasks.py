@@ -48,14 +48,18 @@ class MathProblem:
 
 @dataclass
 class MathConfig:
+    """GSM8K (graded on the final number) and MATH (the last \\boxed{} answer, by symbolic equivalence)."""
     name: str = "gsm8k"                 # gsm8k | math
-    data_dir: str | None = None         # local jsonl files; None: the Hugging Face hub
-    limits: dict = field(default_factory=dict)   # split -> keep the first N problems (seeded shuffle first)
+    # None: the Hugging Face hub (GSM8K: openai/gsm8k; MATH: EleutherAI/hendrycks_math
+    data_dir: str | None = None
+                                        # and HuggingFaceH4/MATH-500); else a folder of jsonl files (module docstring)
+    # split -> keep N problems (a seeded sample), e.g. {train: 64, test: 32}
+    limits: dict = field(default_factory=dict)
     system_prompt: str | None = None    # None: the paper's (GSM8K_SYSTEM / MATH_SYSTEM)
     prompt_template: str | None = None  # a plain-text prompt instead of chat messages, e.g. "Q: {question}\nA:"
     step_separators: list[str] | None = None   # None: newline (GSM8K); newline, ". " and ".$ " (MATH)
-    grade_timeout: float = 5.0          # seconds per symbolic comparison (MATH)
-    seed: int = 0
+    grade_timeout: float = 5.0          # seconds per symbolic comparison (MATH); a timeout counts as wrong
+    seed: int = 0                       # the sample of limits (in a run: the run's seed)
 
     def __post_init__(self):
         if self.name not in STEP_SEPARATORS:

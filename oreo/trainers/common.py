@@ -7,32 +7,31 @@ from dataclasses import dataclass
 
 import torch
 
-from oreo.config import ConfigError, above, at_least, between, one_of, validate
+from oreo.config import ConfigError, EngineConfig, above, at_least, between, one_of, validate
 from oreo.distributed import all_reduce_scalars, init_distributed, rank_world
 from oreo.engine import OptimConfig, make_engine
 
 
 @dataclass
 class TrainConfig:
+    """A training stage's optimisation (each method's section has its own ``train``; the engine that runs
+    it is the run's ``engine`` section)."""
     epochs: float = above(0, 1.0)
     batch_size: int = at_least(1, 32)         # global: micro_batch_size × accumulation × world size
-    micro_batch_size: int = at_least(1, 8)
+    micro_batch_size: int = at_least(1, 32)   # per process and forward; the rest is gradient accumulation
     lr: float = above(0, 1e-4)
-    value_lr: float = above(0, 1e-4)          # OREO only
-    warmup_ratio: float = between(0, 1, 0.03)
-    min_lr_ratio: float = between(0, 1, 0.0)
+    value_lr: float = above(0, 1e-3)          # methods with a value model (OREO)
+    warmup_ratio: float = between(0, 1, 0.05)
+    min_lr_ratio: float = between(0, 1, 0.0)  # the cosine schedule ends at lr × this
     grad_clip: float = at_least(0, 1.0)       # 0: no clipping
     weight_decay: float = at_least(0, 0.0)
     betas: tuple = (0.9, 0.95)
-    seed: int = at_least(0, 0)
+    seed: int = at_least(0, 0)                # data order (in a run: the run's seed)
     padding_side: str = one_of(("right", "left"), "right")
-    group_by_length: bool = False  # batches of similar lengths (less padding; see epoch_order)
-    log_every: int = at_least(1, 10)
-    save_every: int = at_least(0, 0)          # optimizer steps between in-stage checkpoints (0: none; SIGTERM saves)
-    engine: str = one_of(("torch", "deepspeed"), "torch")
-    zero_stage: int = between(0, 3, 2)
-    bf16: bool = False
-    offload_optimizer: bool = False
+    group_by_length: bool = False  # batches of similar lengths, in random order (less padding, faster; see epoch_order)
+    log_every: int = at_least(1, 10)          # optimizer steps between logged rows
+    # optimizer steps between in-stage checkpoints (a killed stage resumes from the last; 0: none)
+    save_every: int = at_least(0, 100)
 
     def __post_init__(self):
         validate(self)
@@ -113,12 +112,13 @@ def micro_batches(n_examples: int, cfg: TrainConfig, total_steps: int, start_ste
             step += 1
 
 
-def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int):
-    if cfg.engine == "deepspeed":
+def build_engine(module, cfg: TrainConfig, lr: float, total_steps: int, engine: EngineConfig | None = None):
+    engine = engine or EngineConfig()
+    if engine.backend == "deepspeed":
         init_distributed()  # before accumulation_steps: it divides by the world size
-    return make_engine(module, cfg.optim(lr), backend=cfg.engine, total_steps=total_steps,
+    return make_engine(module, cfg.optim(lr), backend=engine.backend, total_steps=total_steps,
                        accumulation=accumulation_steps(cfg), micro_batch_size=cfg.micro_batch_size,
-                       zero_stage=cfg.zero_stage, bf16=cfg.bf16, offload_optimizer=cfg.offload_optimizer)
+                       zero_stage=engine.zero_stage, bf16=engine.bf16, offload_optimizer=engine.offload_optimizer)
 
 
 def unwrap(module):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
@@ -17,18 +17,23 @@ from oreo import losses
 from oreo.batch import Batch
 from oreo.config import above, at_least, between, validate
 from oreo.encode import Encoded
+from oreo.trainers.common import TrainConfig
 from oreo.trainers.objective import ReferenceObjective
 from oreo.trajectory import Trajectory
 
 
 @dataclass
 class DPOConfig:
-    beta: float = above(0, 0.1)                   # strength of the anchor to the reference (paper's baseline: 0.1)
+    # strength of the anchor to the reference (the paper's baseline: 0.1; 0.1 and 0.3 are below 1.0 here,
+    # experiments/results/dpo_kto.md)
+    beta: float = above(0, 1.0)
     label_smoothing: float = between(0, 0.5, 0.0)  # ε of conservative DPO: the share of pairs assumed mislabelled
     ipo: bool = False                             # IPO's squared loss instead of DPO's logistic one
     max_pairs_per_prompt: int = at_least(1, 6)    # the reference: 6 (Qwen 1.5B), 10 (DeepSeekMath 7B), 5 (ALFWorld)
-    max_len: int = at_least(2, 512)
+    max_len: int = at_least(2, 128)               # tokens; longer trajectories are dropped and counted
     chunk_size: int = at_least(1, 256)            # rows of logits at a time (bench_dpo: 0.67x TRL's peak memory)
+    # batch: pairs; lr 1e-4 falls below SFT (experiments/results/dpo_kto.md)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(micro_batch_size=16, lr=3e-5))
 
     def __post_init__(self):
         validate(self)

@@ -7,7 +7,7 @@ over ranks. A micro-batch of one example pairs it with itself.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -19,16 +19,20 @@ from oreo.distributed import all_reduce_scalars
 from oreo.encode import Encoded
 from oreo.logprobs import token_logprobs
 from oreo.models import hidden_states
+from oreo.trainers.common import TrainConfig
 from oreo.trainers.objective import ReferenceObjective
 
 
 @dataclass
 class KTOConfig:
-    beta: float = above(0, 0.1)
-    desirable_weight: float = above(0, 1.0)    # λ_D; KTO suggests λ_D·n_D / (λ_U·n_U) in [1, 4/3]
+    beta: float = above(0, 1.0)   # 0.1 and 0.3 fall below SFT here (experiments/results/dpo_kto.md)
+    # λ_D; null: balanced, λ_D·n_D = λ_U·n_U on the training data (the KTO paper asks for a ratio in [1, 4/3];
+    # at 1 with a buffer 21% correct, KTO collapses: experiments/results/dpo_kto.md)
+    desirable_weight: float | None = above(0, None)
     undesirable_weight: float = above(0, 1.0)  # λ_U
-    max_len: int = at_least(2, 512)
+    max_len: int = at_least(2, 128)            # tokens; longer trajectories are dropped and counted
     chunk_size: int = at_least(1, 1024)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(lr=3e-5))
 
     def __post_init__(self):
         validate(self)
@@ -66,6 +70,13 @@ class KTOObjective(ReferenceObjective):
     def encode(self, records: list) -> list[Encoded]:
         data = self.encode_trajectories(records, self.name)
         self.desirable = {e.index: self.records[e.index].correct for e in data}  # Encoded.index → bool
+        n_good = sum(self.desirable.values())
+        n_bad = len(data) - n_good
+        self.desirable_weight = self.cfg.desirable_weight
+        if self.desirable_weight is None:
+            self.desirable_weight = self.cfg.undesirable_weight * n_bad / max(n_good, 1)
+            print(f"kto: desirable_weight {self.desirable_weight:.3f} balances {n_good} desirable and {n_bad} "
+                  f"undesirable examples", flush=True)
         return data
 
     def collate(self, examples: list[Encoded]) -> KTOBatch:
@@ -91,6 +102,6 @@ class KTOObjective(ReferenceObjective):
         policy = losses.sequence_logprob(self.action_logprobs(batch), batch.action_mask)
         ref = losses.sequence_logprob(batch.ref_logprobs, batch.action_mask)
         loss, stats = losses.kto_loss(policy, ref, kb.desirable, self._reference_point(kb.mismatched),
-                                      beta=self.cfg.beta, desirable_weight=self.cfg.desirable_weight,
+                                      beta=self.cfg.beta, desirable_weight=self.desirable_weight,
                                       undesirable_weight=self.cfg.undesirable_weight)
         return {"loss": loss, **stats}

@@ -11,18 +11,19 @@ import time
 from pathlib import Path
 
 from oreo.checkpoint import StageCheckpoints, save_atomically, save_trainer_state
+from oreo.config import EngineConfig
 from oreo.distributed import full_parameters
 from oreo.progress import progress
 from oreo.trainers.common import TrainConfig, build_engine, log_window, micro_batches, optimizer_steps, unwrap, world
 
 
-def train(objective, records: list, cfg: TrainConfig, *, logger=None, out_dir: str | Path | None = None,
-          resume: bool = True, stage: str = "train") -> dict:
-    """Train ``objective`` on ``records``; with ``out_dir``, save the result there and keep in-stage
-    checkpoints next to it (``OUT.progress/``) that a rerun resumes from if ``resume``."""
+def train(objective, records: list, cfg: TrainConfig, *, engine: EngineConfig | None = None, logger=None,
+          out_dir: str | Path | None = None, resume: bool = True, stage: str = "train") -> dict:
+    """Train ``objective`` on ``records`` on ``engine`` (default: torch); with ``out_dir``, save the result
+    there and keep in-stage checkpoints next to it (``OUT.progress/``) that a rerun resumes from if ``resume``."""
     examples = objective.encode(records)
     total = optimizer_steps(len(examples), cfg)
-    engines = objective.engines = {name: build_engine(module, cfg, lr, total)
+    engines = objective.engines = {name: build_engine(module, cfg, lr, total, engine)
                                    for name, (module, lr) in objective.models().items()}
     device = next(unwrap(next(iter(engines.values())).module).parameters()).device
     objective.prepare(device)

@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from oreo.batch import Batch, collate
+from oreo.config import EngineConfig
 from oreo.encode import Encoded, Encoder
 from oreo.logprobs import gather_rows, scatter_rows, token_logprobs
 from oreo.lora import save_model
@@ -66,10 +67,11 @@ class Objective:
     def collate(self, examples: list[Encoded]) -> Batch:
         return collate(examples, self.tokenizer.pad_token_id, self.train_cfg.padding_side)
 
-    def fit(self, records: list, *, logger=None, out_dir: str | Path | None = None, resume: bool = True,
-            stage: str | None = None) -> dict:
-        """Train on ``records`` with the loop; save to ``out_dir`` if given (a killed run resumes there)."""
-        return train(self, records, self.train_cfg, logger=logger, out_dir=out_dir, resume=resume,
+    def fit(self, records: list, *, engine: EngineConfig | None = None, logger=None,
+            out_dir: str | Path | None = None, resume: bool = True, stage: str | None = None) -> dict:
+        """Train on ``records`` with the loop on ``engine`` (default: torch); save to ``out_dir`` if given
+        (a killed run resumes there)."""
+        return train(self, records, self.train_cfg, engine=engine, logger=logger, out_dir=out_dir, resume=resume,
                      stage=stage or self.name)
 
 
@@ -95,10 +97,12 @@ class ReferenceObjective(PolicyObjective):
     """A policy objective anchored to a frozen reference whose log-probs of the data are cached
     (``oreo.trainers.reference``) and ride in ``Batch.ref_logprobs``."""
 
-    def __init__(self, policy: nn.Module, tokenizer, cfg, train: TrainConfig, *, reference: nn.Module,
+    def __init__(self, policy: nn.Module, tokenizer, cfg, train: TrainConfig | None = None, *, reference: nn.Module,
                  cache_dir: str | Path | None = None, ref_name: str = "", granularity: str = "token"):
-        """``cfg``: the method's config (its ``max_len`` and ``chunk_size`` are read here)."""
-        super().__init__(policy, tokenizer, train, Encoder(tokenizer, granularity=granularity, max_len=cfg.max_len))
+        """``cfg``: the method's config (its ``max_len``, ``chunk_size`` and, unless ``train`` is given,
+        ``train`` are read here)."""
+        super().__init__(policy, tokenizer, train or cfg.train,
+                         Encoder(tokenizer, granularity=granularity, max_len=cfg.max_len))
         self.cfg = cfg
         self.reference = reference.requires_grad_(False).eval()
         self.chunk_size, self.cache_dir, self.ref_name = cfg.chunk_size, cache_dir, ref_name

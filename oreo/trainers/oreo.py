@@ -12,7 +12,7 @@ positions only.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch
-from oreo.config import above, at_least, one_of, validate
+from oreo.config import EngineConfig, above, at_least, one_of, validate
 from oreo.encode import GRANULARITIES
 from oreo.logprobs import gather_rows, scatter_rows, token_logprobs, token_logprobs_and_reverse_kl
 from oreo.lora import save_model
@@ -38,19 +38,21 @@ POLICY_LOSSES = {
 
 @dataclass
 class OREOConfig:
-    beta: float = above(0, 0.03)
-    granularity: str = one_of(GRANULARITIES, "token")   # which prefixes are MDP states
+    beta: float = above(0, 0.1)   # KL strength of the soft Bellman equation (paper: 0.03; README, results)
+    granularity: str = one_of(GRANULARITIES, "token")   # token | step | turn: which prefixes are MDP states
     policy_loss: str = one_of(POLICY_LOSSES, "oreo")     # oreo (Eq. 9, next-state) | response (Eq. 10) | single_step
-    kl_type: str = one_of(("exact", "k3", "none"), "exact")  # exact (reverse KL over the vocabulary) | k3 (data tokens)
+    # exact (reverse KL over the vocabulary) | k3 (data tokens) | none
+    kl_type: str = one_of(("exact", "k3", "none"), "exact")
     kl_coef: float = at_least(0, 0.01)
-    reward_mul: float = 1.0           # R = reward·mul + add, the same for every task
+    reward_mul: float = 1.0           # R = reward·mul + add (reward is 1 for a correct answer, else 0)
     reward_add: float = 0.0
-    clip_logratio: float | None = above(0, None)
+    clip_logratio: float | None = above(0, None)  # clamp of the cumulative log-ratio in the value target
     importance_sampling: bool = False
     importance_log_clip: float = 1.0
-    shared_backbone: bool = False
-    max_len: int = at_least(2, 512)
-    chunk_size: int = at_least(1, 1024)
+    shared_backbone: bool = False     # true: the value head reads the policy's hidden states (one model)
+    max_len: int = at_least(2, 128)   # tokens; longer trajectories are dropped and counted
+    chunk_size: int = at_least(1, 1024)  # rows of [tokens, vocab] logits computed at a time
+    train: TrainConfig = field(default_factory=TrainConfig)   # lr: the policy's; value_lr: the value model's
 
     def __post_init__(self):
         validate(self)
@@ -61,14 +63,11 @@ class OREOObjective(ReferenceObjective):
 
     name = "oreo"
 
-    def __init__(self, policy, tokenizer, cfg: OREOConfig, train: TrainConfig, *, reference=None, value=None,
-                 cache_dir: str | Path | None = None, ref_name: str = ""):
+    def __init__(self, policy, tokenizer, cfg: OREOConfig, train: TrainConfig | None = None, *, reference=None,
+                 value=None, cache_dir: str | Path | None = None, ref_name: str = ""):
         """``reference`` defaults to a frozen copy of ``policy``; ``value`` (a ``ValueModel`` or
         ``ValueHead`` to warm-start from) defaults to a fresh one initialised from ``policy``. The
         reference's log-probs are cached in ``cache_dir`` under ``ref_name`` (``oreo.trainers.reference``)."""
-        if cfg.shared_backbone and train.engine == "deepspeed":
-            raise ValueError("oreo.shared_backbone=true is supported with the torch engine only: two DeepSpeed "
-                             "engines cannot share one backbone's gradients; use shared_backbone=false")
         super().__init__(policy, tokenizer, cfg, train,
                          reference=reference if reference is not None else copy.deepcopy(policy),
                          cache_dir=cache_dir, ref_name=ref_name, granularity=cfg.granularity)
@@ -78,6 +77,12 @@ class OREOObjective(ReferenceObjective):
             self.value = ValueHead(policy.config.hidden_size).to(next(policy.parameters()).device)
         else:
             self.value = ValueModel.from_policy(policy)
+
+    def fit(self, records: list, *, engine: EngineConfig | None = None, **kwargs) -> dict:
+        if self.cfg.shared_backbone and engine is not None and engine.backend == "deepspeed":
+            raise ValueError("oreo.shared_backbone=true is supported with the torch engine only: two DeepSpeed "
+                             "engines cannot share one backbone's gradients; use shared_backbone=false")
+        return super().fit(records, engine=engine, **kwargs)
 
     def models(self):
         return {"policy": (self.policy, self.train_cfg.lr), "value": (self.value, self.train_cfg.value_lr)}

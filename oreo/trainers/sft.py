@@ -6,7 +6,7 @@ samples of the offline buffer), are this objective on different records.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -22,8 +22,11 @@ from oreo.trainers.objective import PolicyObjective
 
 @dataclass
 class SFTConfig:
-    max_len: int = at_least(2, 512)          # tokens; longer trajectories are dropped and counted
+    """The ``sft`` section (teacher data) and the ``rft`` one (the buffer's correct samples)."""
+    n_per_problem: int = at_least(1, 2)      # sft: teacher solutions per training problem
+    max_len: int = at_least(2, 128)          # tokens; longer trajectories are dropped and counted
     chunk_size: int = at_least(1, 1024)      # rows of [tokens, vocab] logits computed at a time
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=6, lr=3e-3))
 
     def __post_init__(self):
         validate(self)
@@ -32,8 +35,9 @@ class SFTConfig:
 class SFTObjective(PolicyObjective):
     name = "sft"
 
-    def __init__(self, policy: nn.Module, tokenizer, cfg: SFTConfig, train: TrainConfig):
-        super().__init__(policy, tokenizer, train, Encoder(tokenizer, granularity="token", max_len=cfg.max_len))
+    def __init__(self, policy: nn.Module, tokenizer, cfg: SFTConfig, train: TrainConfig | None = None):
+        super().__init__(policy, tokenizer, train or cfg.train,
+                         Encoder(tokenizer, granularity="token", max_len=cfg.max_len))
         self.chunk_size = cfg.chunk_size
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
