@@ -69,6 +69,8 @@ def _check_type(value, annotation) -> str | None:
         return None
     if kinds & {list, tuple} and isinstance(value, (list, tuple)):
         return None
+    if dict in kinds and isinstance(value, dict):
+        return None
     if any(isinstance(k, type) and dataclasses.is_dataclass(k) and isinstance(value, k) for k in kinds):
         return None
     names = " or ".join(sorted(getattr(k, "__name__", str(k)) for k in kinds))
@@ -140,6 +142,9 @@ class TinyModelConfig:
 
     def __post_init__(self):
         validate(self)
+        if self.hidden_size % self.num_heads:
+            raise ConfigError("hidden_size", f"must be a multiple of num_heads ({self.num_heads}), "
+                                             f"got {self.hidden_size}")
 
 
 @dataclass

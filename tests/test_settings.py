@@ -83,3 +83,24 @@ def test_a_damaged_run_json_names_the_file_and_what_to_do(tmp_path):
     (tmp_path / "run" / "run.json").write_text('{"accuracy": {"sft": ')  # cut by a full disk
     with pytest.raises(RuntimeError, match=r"run\.json: damaged.*delete it"):
         run_with(tmp_path)
+
+
+@pytest.mark.parametrize("overrides,key,says", [
+    (["task=household", "task.max_steps=0"], "task.max_steps", ">= 1"),
+    (["task=household", "task.min_receptacles=6"], "task.min_receptacles", "<= max_receptacles"),
+    (["task=household", "task.teacher_skip_rate=1.5"], "task.teacher_skip_rate", "<= 1.0"),
+    (["task=household", "task.kinds=[fly]"], "task.kinds", "unknown ['fly']"),
+    (["task=gsm8k", "task.grade_timeout=0"], "task.grade_timeout", "> 0"),
+    (["task=alfworld", "task.max_steps=0"], "task.max_steps", ">= 1"),
+    (["task.min_ops=5"], "task.min_ops", "<= max_ops"),
+    (["task.max_value=1"], "task.max_value", ">= 2"),
+    (["model.tiny.num_heads=3"], "model.tiny.hidden_size", "multiple of num_heads"),
+    (["model.tiny.num_layers=0"], "model.tiny.num_layers", ">= 1"),
+    (["model.lora.r=0"], "model.lora.r", ">= 1"),
+    (["model.dtype=float64"], "model.dtype", "one of float32, bfloat16, float16"),
+    (["search.width=0"], "search.width", ">= 1"),
+])
+def test_every_task_and_model_setting_is_checked(overrides, key, says):
+    with pytest.raises(ConfigError) as e:
+        compose(overrides)
+    assert e.value.key == key and says in str(e.value), str(e.value)

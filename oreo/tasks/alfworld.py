@@ -44,6 +44,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oreo.config import at_least, validate
 from oreo.tasks.agent import episode_record, expert_turns, format_prompt
 from oreo.trajectory import Trajectory
 from oreo.types import Game
@@ -289,10 +290,13 @@ class AlfworldConfig:
     there); the hand-coded expert's episodes are the SFT data."""
     name: str = "alfworld"
     data_dir: str = field(default_factory=_default_data_dir)  # a folder with json_2.1.1/, or the .tar.gz holding it
-    max_steps: int = 40             # actions per episode (the paper's limit)
+    max_steps: int = at_least(1, 40)             # actions per episode (the paper's limit)
     chat: bool = True               # chat messages through the model's template; false: plain text (tiny models)
     limits: dict = field(default_factory=dict)  # {split: N}: the first N games of a split, after sorting
     seed: int = 0                   # the expert's random choices (in a run: the run's seed)
+
+    def __post_init__(self):
+        validate(self)
 
 
 class AlfworldTask:

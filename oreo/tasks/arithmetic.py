@@ -23,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
-from oreo.config import at_least, one_of, validate
+from oreo.config import ConfigError, at_least, between, one_of, validate
 from oreo.trajectory import Trajectory
 
 __all__ = [
@@ -76,29 +76,24 @@ class ArithmeticConfig:
     n_train: int = at_least(1, 2000)  # training problems (SFT teacher data and OREO rollouts)
     n_test: int = at_least(0, 1000)   # same chain lengths as train, disjoint problems
     n_heldout: int = at_least(0, 500)  # longer chains: generalisation
-    min_ops: int = 2
-    max_ops: int = 4
-    heldout_min_ops: int = 5
-    heldout_max_ops: int = 6
-    max_value: int = 30               # every intermediate value stays in [0, max_value]
+    min_ops: int = at_least(1, 2)
+    max_ops: int = at_least(1, 4)
+    heldout_min_ops: int = at_least(1, 5)
+    heldout_max_ops: int = at_least(1, 6)
+    max_value: int = at_least(2, 30)               # every intermediate value stays in [0, max_value]
     # per-step slip rate of the imperfect SFT teacher (random: greedy decoding averages it out)
-    teacher_error_rate: float = 0.15
+    teacher_error_rate: float = between(0.0, 1.0, 0.15)
     # chance the teacher skips an operation whose operator repeats the previous one (systematic)
-    teacher_skip_rate: float = 0.6
-    max_operand: int = 9              # largest operand of + and -
+    teacher_skip_rate: float = between(0.0, 1.0, 0.6)
+    max_operand: int = at_least(1, 9)              # largest operand of + and -
 
     def __post_init__(self) -> None:
         validate(self)
-        if not 1 <= self.min_ops <= self.max_ops:
-            raise ValueError("need 1 <= min_ops <= max_ops")
-        if not 1 <= self.heldout_min_ops <= self.heldout_max_ops:
-            raise ValueError("need 1 <= heldout_min_ops <= heldout_max_ops")
-        if self.max_value < 2 or self.max_operand < 1:
-            raise ValueError("need max_value >= 2 and max_operand >= 1")
-        if not 0.0 <= self.teacher_error_rate <= 1.0:
-            raise ValueError("teacher_error_rate must be in [0, 1]")
-        if not 0.0 <= self.teacher_skip_rate <= 1.0:
-            raise ValueError("teacher_skip_rate must be in [0, 1]")
+        if self.min_ops > self.max_ops:
+            raise ConfigError("min_ops", f"must be <= max_ops ({self.max_ops}), got {self.min_ops}")
+        if self.heldout_min_ops > self.heldout_max_ops:
+            raise ConfigError("heldout_min_ops", f"must be <= heldout_max_ops ({self.heldout_max_ops}), "
+                                                 f"got {self.heldout_min_ops}")
 
 
 # --------------------------------------------------------------------- format

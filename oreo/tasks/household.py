@@ -30,6 +30,7 @@ import random
 import re
 from dataclasses import dataclass, field
 
+from oreo.config import ConfigError, at_least, between, validate
 from oreo.tasks.agent import episode_record, expert_turns, format_prompt
 from oreo.trajectory import Trajectory
 from oreo.types import Game
@@ -87,28 +88,28 @@ class HouseholdConfig:
     heat / cool / examine; an imperfect built-in expert for SFT."""
     name: str = "household"
     seed: int = 0                    # the generator's (in a run: the run's seed)
-    n_train: int = 400               # training games: expert episodes (SFT), rollouts (OREO, RFT)
-    n_test: int = 200                # held-out games (other seeds of the same generator)
-    max_steps: int = 20              # actions per episode
-    min_receptacles: int = 3
-    max_receptacles: int = 5
-    distractors: int = 2             # other objects in the room
+    n_train: int = at_least(1, 400)               # training games: expert episodes (SFT), rollouts (OREO, RFT)
+    n_test: int = at_least(0, 200)                # held-out games (other seeds of the same generator)
+    max_steps: int = at_least(1, 20)              # actions per episode
+    min_receptacles: int = at_least(1, 3)
+    max_receptacles: int = at_least(1, 5)
+    distractors: int = at_least(0, 2)             # other objects in the room
     kinds: list[str] = field(default_factory=lambda: list(KINDS))
     # the expert puts the object in a wrong place (random: greedy decoding averages it out)
-    teacher_error_rate: float = 0.1
+    teacher_error_rate: float = between(0.0, 1.0, 0.1)
     # it skips cleaning/heating/cooling an object found inside that appliance (systematic)
-    teacher_skip_rate: float = 0.7
+    teacher_skip_rate: float = between(0.0, 1.0, 0.7)
     # chat messages (models with a chat template) or plain-text prompts (the tiny model)
     chat: bool = False
 
     def __post_init__(self):
+        validate(self)
         unknown = set(self.kinds) - set(KINDS)
         if unknown or not self.kinds:
-            raise ValueError(f"household.kinds: unknown {sorted(unknown)}; known: {list(KINDS)}")
-        if not 1 <= self.min_receptacles <= self.max_receptacles:
-            raise ValueError("household: need 1 <= min_receptacles <= max_receptacles")
-        if self.max_steps < 1:
-            raise ValueError(f"household.max_steps must be >= 1, got {self.max_steps}")
+            raise ConfigError("kinds", f"unknown {sorted(unknown)}; known: {list(KINDS)}")
+        if self.min_receptacles > self.max_receptacles:
+            raise ConfigError("min_receptacles", f"must be <= max_receptacles ({self.max_receptacles}), "
+                                                 f"got {self.min_receptacles}")
 
 
 @dataclass

@@ -22,6 +22,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from oreo.buffer import json_lines
+from oreo.config import above, one_of, validate
 from oreo.tasks import grading
 from oreo.trajectory import Trajectory
 
@@ -49,7 +50,7 @@ class MathProblem:
 @dataclass
 class MathConfig:
     """GSM8K (graded on the final number) and MATH (the last \\boxed{} answer, by symbolic equivalence)."""
-    name: str = "gsm8k"                 # gsm8k | math
+    name: str = one_of(("gsm8k", "math"), "gsm8k")
     # None: the Hugging Face hub (GSM8K: openai/gsm8k; MATH: EleutherAI/hendrycks_math
     data_dir: str | None = None
                                         # and HuggingFaceH4/MATH-500); else a folder of jsonl files (module docstring)
@@ -58,12 +59,11 @@ class MathConfig:
     system_prompt: str | None = None    # None: the paper's (GSM8K_SYSTEM / MATH_SYSTEM)
     prompt_template: str | None = None  # a plain-text prompt instead of chat messages, e.g. "Q: {question}\nA:"
     step_separators: list[str] | None = None   # None: newline (GSM8K); newline, ". " and ".$ " (MATH)
-    grade_timeout: float = 5.0          # seconds per symbolic comparison (MATH); a timeout counts as wrong
+    grade_timeout: float = above(0, 5.0)          # seconds per symbolic comparison (MATH); a timeout counts as wrong
     seed: int = 0                       # the sample of limits (in a run: the run's seed)
 
     def __post_init__(self):
-        if self.name not in STEP_SEPARATORS:
-            raise ValueError(f"task name must be one of {sorted(STEP_SEPARATORS)}, got {self.name!r}")
+        validate(self)
 
 
 def split_on(text: str, separators: list[str]) -> list[str]:
