@@ -1,0 +1,122 @@
+"""The search-tree core: merged duplicate steps, selection and backup by hand, a tree that round-trips
+through a buffer round, and ReST-MCTS*'s inferred per-step targets on hand-built trees."""
+import random
+
+import pytest
+
+from oreo.buffer import Buffer
+from oreo.search.process_values import inferred_values, min_steps_to_correct
+from oreo.search.tree import Tree, backup, select_child, uct_score
+
+
+def chain(tree, parent, steps, *, reward=None):
+    """Add ``steps`` below ``parent``; the last node is terminal with ``reward`` if it is given."""
+    node = parent
+    for s in steps:
+        node, _ = tree.add(node, s)
+    if reward is not None:
+        node.terminal, node.reward = True, reward
+    return node
+
+
+def test_duplicate_steps_are_one_child():
+    tree = Tree("t", "p", "2+2?")
+    a, new = tree.add(tree.root, "2+2=4\n", prior=-0.5)
+    b, again = tree.add(tree.root, " 2+2=4 \n", prior=-9.0)
+    assert new and not again and a is b and a.prior == -0.5
+    assert len(tree.children(tree.root)) == 1 and a.depth == 1 and tree.steps(a) == ["2+2=4\n"]
+    a.terminal = True
+    with pytest.raises(ValueError, match="terminal"):
+        tree.add(a, "more")
+
+
+def test_uct_prefers_the_unvisited_bonus_then_value_plus_exploration():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a")
+    b, _ = tree.add(tree.root, "b")
+    tree.root.visits, a.visits, a.value, b.value = 4, 2, 0.5, 0.1
+    assert uct_score(b, 4, c=0.5, unvisited_bonus=0.9) == pytest.approx(1.0)
+    assert uct_score(a, 4, c=0.5, unvisited_bonus=0.9) == pytest.approx(0.5 + 0.5 * (2 * 1.3862944 / 2) ** 0.5)
+    assert select_child(tree, tree.root, random.Random(0), c=0.5, unvisited_bonus=0.9) is a  # 1.089 > 1.0
+    assert select_child(tree, tree.root, random.Random(0), c=0.5, unvisited_bonus=1.2) is b
+
+
+def test_puct_weighs_the_prior():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a", prior=-0.1)
+    b, _ = tree.add(tree.root, "b", prior=-3.0)
+    tree.root.visits = 1
+    assert select_child(tree, tree.root, random.Random(0), rule="puct", c=1.0) is a
+    a.value, b.value = -1.0, 0.5
+    assert select_child(tree, tree.root, random.Random(0), rule="puct", c=1.0) is b
+
+
+def test_backup_counts_visits_and_takes_the_visit_weighted_mean():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a")
+    b, _ = tree.add(tree.root, "b")
+    a1, _ = tree.add(a, "a1")
+    a2, _ = tree.add(a, "a2")
+    a1.value, a1.visits, a2.value, a2.visits = 0.8, 1, 0.2, 3
+    b.value, b.visits = 0.6, 2
+    backup(tree, a)
+    assert a.visits == 1 and a.value == pytest.approx((0.8 * 1 + 0.2 * 3) / 4)
+    assert tree.root.visits == 1 and tree.root.value == pytest.approx((0.35 * 1 + 0.6 * 2) / 3)
+
+
+def test_a_tree_round_trips_through_a_buffer_round(tmp_path):
+    tree = Tree("tree-7", "p7", "1+2+3?", task="arithmetic")
+    a, _ = tree.add(tree.root, "1+2=3\n", prior=-0.2)
+    chain(tree, a, ["3+3=6\n", "#### 6"], reward=1.0)
+    chain(tree, a, ["3+3=7\n", "#### 7"], reward=0.0)
+    tree.add(tree.root, "1+3=4\n", prior=-1.5)   # an unexpanded leaf
+    for i, node in enumerate(tree.nodes.values()):
+        node.visits, node.value = i, i / 10
+    rows = tree.to_trajectories()
+    assert len(rows) == 3 and all(r.tree_id == "tree-7" for r in rows)
+    buffer = Buffer(tmp_path / "buffer")
+    buffer.append(rows, round=0)
+    again = Tree.from_trajectories(buffer.load())
+    assert again.nodes == tree.nodes
+    assert (again.id, again.problem_id, again.prompt, again.task) == ("tree-7", "p7", "1+2+3?", "arithmetic")
+
+
+def test_values_along_an_all_correct_path_are_k_over_K():
+    tree = Tree("t", "p", "q")
+    leaf = chain(tree, tree.root, ["s1", "s2", "s3", "s4"], reward=1.0)
+    values = inferred_values(tree)
+    assert [values[n.id] for n in tree.path(leaf)] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+
+
+def test_a_wrong_branch_inherits_its_branching_points_distance():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a")
+    c = chain(tree, a, ["b", "c"], reward=1.0)
+    y = chain(tree, a, ["x", "y"], reward=0.0)
+    steps, good = min_steps_to_correct(tree)
+    b, x = tree.nodes[c.parent], tree.nodes[y.parent]
+    assert (steps["0"], steps[a.id], steps[b.id], steps[c.id]) == (4, 3, 2, 1)
+    assert steps[x.id] == steps[y.id] == 3 and good == {"0", a.id, b.id, c.id}
+    v = inferred_values(tree)
+    # v_a = 1/3; v_b = 1/3 + (2/3)/2; v_c = 2/3 + (1/3)/1; v_x = 1/3 - (2/3)/3 = 1/9; v_y = max(0, 1/9 - (8/9)/3)
+    assert (v[a.id], v[b.id], v[c.id], v[x.id], v[y.id]) == pytest.approx((1 / 3, 2 / 3, 1.0, 1 / 9, 0.0))
+
+
+def test_the_nearest_correct_leaf_sets_the_distance_and_unfinished_nodes_get_none():
+    tree = Tree("t", "p", "q")
+    short = chain(tree, tree.root, ["a", "b"], reward=1.0)
+    long = chain(tree, tree.root, ["p", "q", "r"], reward=1.0)
+    wrong = chain(tree, tree.root, ["w"], reward=0.0)
+    open_leaf = chain(tree, tree.nodes[long.parent], ["unfinished"])
+    v = inferred_values(tree)
+    assert [v[n.id] for n in tree.path(short)] == pytest.approx([0.5, 1.0])
+    assert [v[n.id] for n in tree.path(long)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert v[wrong.id] == 0.0          # max(0, 0 - 1/3): it branches off the root (distance 3)
+    assert open_leaf.id not in v and "0" not in v
+
+
+def test_a_tree_without_a_correct_answer_gives_no_targets():
+    tree = Tree("t", "p", "q")
+    chain(tree, tree.root, ["a", "b"], reward=0.0)
+    chain(tree, tree.root, ["c"])
+    assert inferred_values(tree) == {} and min_steps_to_correct(tree) == ({}, set())
