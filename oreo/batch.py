@@ -27,6 +27,8 @@ class Batch:
     index: Tensor              # [B] long: each row's position in the list of records given to the encoder
     # the frozen reference, when the objective uses one
     ref_logprobs: Tensor | None = None  # [B, L-1] float32: log π_ref(x_{t+1} | x_≤t), 0 on padding
+    # per-step value targets, when the objective trains a process value model
+    value_targets: Tensor | None = None  # [B, L] float32: a step's target at its last token, NaN elsewhere
 
     def to(self, device) -> Batch:
         return Batch(**{f.name: None if (v := getattr(self, f.name)) is None else v.to(device) for f in fields(self)})
@@ -37,9 +39,10 @@ class Batch:
 
 
 def collate(examples: list[Encoded], pad_token_id: int, padding_side: str = "right",
-            ref_logprobs: list[Tensor] | None = None) -> Batch:
-    """Pad encoded trajectories (and, when given, their reference log-probs, ``[len - 1]`` each) into a
-    ``Batch``; ``padding_side`` is ``"right"`` or ``"left"``."""
+            ref_logprobs: list[Tensor] | None = None, step_targets: list[list[float]] | None = None) -> Batch:
+    """Pad encoded trajectories (and, when given, their reference log-probs, ``[len - 1]`` each, and their
+    per-step targets, one per ``Encoded.step_ends`` entry) into a ``Batch``; ``padding_side`` is ``"right"``
+    or ``"left"``."""
     if padding_side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
     length = max(len(e.input_ids) for e in examples)
@@ -57,4 +60,14 @@ def collate(examples: list[Encoded], pad_token_id: int, padding_side: str = "rig
         index=torch.tensor([e.index for e in examples]),
         ref_logprobs=None if ref_logprobs is None else torch.tensor(
             [pad(r.tolist(), 0.0, length - 1) for r in ref_logprobs], dtype=torch.float32),
+        value_targets=None if step_targets is None else torch.tensor(
+            [pad(_at(e.step_ends, t, len(e.input_ids)), float("nan"), length) for e, t in zip(examples, step_targets)],
+            dtype=torch.float32),
     )
+
+
+def _at(positions: list[int], values: list[float], length: int) -> list[float]:
+    row = [float("nan")] * length
+    for position, value in zip(positions, values):
+        row[position] = value
+    return row

@@ -53,6 +53,7 @@ class Encoded:
     state_mask: list[int]
     reward: float
     index: int  # position of the record in the input list
+    step_ends: list[int] = field(default_factory=list)  # per step: the index of its last token (before any EOS)
 
     def __len__(self) -> int:
         return len(self.input_ids)
@@ -132,13 +133,15 @@ class Encoder:
         # An empty response that ended with EOS is still one action (the EOS): the model must learn
         # from stopping at once too.
         steps = list(record.steps) or ([""] if finished else [])
-        ids, is_action, step_starts = [], [], []
+        ids, is_action, step_starts, step_ends = [], [], [], []
         ends = []  # positions of the EOS / end-of-turn tokens that close a step
         for segment, action, closed in self._segments(record.prompt, steps, observations, finished=finished):
             if action and segment:
                 step_starts.append(len(ids))
             if closed:
                 ends.append(len(ids) + len(segment) - 1)
+            if action:  # where V of the prefix ending with this step is read (an empty step: where it would be)
+                step_ends.append(len(ids) + len(segment) - 1 - int(closed))
             ids += segment
             is_action += [int(action)] * len(segment)
         if len(ids) > self.max_len:
@@ -158,7 +161,7 @@ class Encoder:
             self.stats.no_state += 1
             return None
         self.stats.kept += 1
-        return Encoded(ids, action_mask, state_mask, record.reward, index)
+        return Encoded(ids, action_mask, state_mask, record.reward, index, step_ends[:len(record.steps)])
 
     def encode_all(self, records: list[Trajectory | dict]) -> list[Encoded]:
         out = [self.encode(r, i) for i, r in enumerate(records)]

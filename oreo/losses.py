@@ -399,3 +399,17 @@ def kto_loss(
     return loss, {"desirable_reward": _masked(reward, d).sum() / d.sum().clamp(min=1),
                   "undesirable_reward": _masked(reward, ~d).sum() / (~d).sum().clamp(min=1),
                   "reference_point": z}
+
+
+def process_value_loss(values: Tensor, targets: Tensor) -> Tensor:
+    """MSE of a process value model against per-step targets (ReST-MCTS*'s PRM loss, spec §1.4).
+
+    ``values``: [B, L] V(x_≤t) at every position; ``targets``: [B, L] the step's target at the position of
+    each step's last token, NaN where there is none. Returns the mean of (V − v)² over the targets (a
+    scalar; 0 with a gradient if there are none)."""
+    has = ~torch.isnan(targets)
+    if not bool(has.any()):
+        return values.sum() * 0.0
+    diff = _float(values)[has] - targets[has].float()
+    return (diff * diff).mean()
+

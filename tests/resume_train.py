@@ -1,7 +1,7 @@
 """Train a tiny model with one objective of the training loop and in-stage checkpoints; run by
 tests/test_resume.py::
 
-    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto [--pace 0.05]
+    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto|prm [--pace 0.05]
 
 Checkpoints every 2 optimizer steps (batch 4 = 2 micro-batches of 2), 12 steps in all. With ``--pace``
 it prints ``micro N`` (1-based) as micro-batch N starts and then sleeps, so the test can kill it at a
@@ -22,11 +22,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_train import TINY, records, state  # noqa: E402
 
-from oreo.models import load_policy  # noqa: E402
+from oreo.models import ValueModel, load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig  # noqa: E402
 from oreo.trainers.dpo import DPOConfig, DPOObjective  # noqa: E402
 from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
 from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
+from oreo.trainers.prm import PRMConfig, PRMObjective  # noqa: E402
 from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
 
 # every objective of the loop, each on data for 3 optimizer steps per epoch (DPO: 24 records make 12 pairs)
@@ -38,7 +39,14 @@ OBJECTIVES = {
                                                        reference=copy.deepcopy(policy))),
     "kto": (12, lambda policy, tok, cfg: KTOObjective(policy, tok, KTOConfig(beta=0.1, max_len=64), cfg,
                                                        reference=copy.deepcopy(policy))),
+    "prm": (12, lambda policy, tok, cfg: PRMObjective(ValueModel.from_policy(policy), tok, PRMConfig(max_len=64), cfg)),
 }
+
+
+def with_step_targets(rows: list[dict]) -> list[dict]:
+    """The records with a process target per step (k/K on a correct one, 0 on the others)."""
+    return [{**r, "step_values": [(k + 1) / len(r["steps"]) * (r["reward"] == 1.0) for k in range(len(r["steps"]))]}
+            for r in rows]
 
 
 def paced(fn, pace: float):
@@ -68,7 +76,8 @@ def main() -> None:
     objective = build(policy, tok, cfg)
     if args.pace:
         objective.losses = paced(objective.losses, args.pace)
-    objective.fit(records(n_records), out_dir=out / "stage")
+    data = records(n_records)
+    objective.fit(with_step_targets(data) if args.objective == "prm" else data, out_dir=out / "stage")
     torch.save({name: state(module) for name, (module, _) in objective.models().items()}, out / "params.pt")
 
 

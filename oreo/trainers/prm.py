@@ -1,0 +1,70 @@
+"""A process value model (ReST-MCTS*'s PRM, spec §1.4): V regressed by MSE onto per-step targets.
+
+It trains on trajectories whose ``step_values`` hold one target per step (the inferred values of
+``oreo.search.process_values``, or any process labels); V of the prefix that ends with step k is read at
+that step's last token, where value-guided search reads it. The model is the project's value model (a
+backbone and a float32 head), started from a given one (an OREO value, an earlier round's PRM) or from
+the policy; it may be larger than the policy.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from torch import Tensor
+
+from oreo import losses
+from oreo.batch import Batch, collate
+from oreo.config import at_least, validate
+from oreo.encode import Encoded, Encoder
+from oreo.models import ValueModel
+from oreo.trainers.common import TrainConfig, unwrap
+from oreo.trainers.objective import Objective
+
+
+@dataclass
+class PRMConfig:
+    max_len: int = at_least(2, 128)   # tokens; longer trajectories are dropped and counted
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-3))  # lr: the value model's
+
+    def __post_init__(self):
+        validate(self)
+
+
+class PRMObjective(Objective):
+    name = "prm"
+
+    def __init__(self, value: ValueModel, tokenizer, cfg: PRMConfig, train: TrainConfig | None = None):
+        super().__init__(tokenizer, train or cfg.train, Encoder(tokenizer, granularity="step", max_len=cfg.max_len))
+        self.value, self.cfg = value, cfg
+
+    def encode(self, records: list) -> list[Encoded]:
+        """The records with a target per step (the others are dropped and counted)."""
+        data = self.encode_trajectories(records, self.name)
+        kept = [e for e in data if len(self.records[e.index].step_values) == len(e.step_ends) > 0]
+        if len(kept) < len(data):
+            print(f"{self.name}: {len(data) - len(kept)} of {len(data)} trajectories have no per-step targets",
+                  flush=True)
+        self.data = kept
+        return kept
+
+    def collate(self, examples: list[Encoded]) -> Batch:
+        return collate(examples, self.tokenizer.pad_token_id, self.train_cfg.padding_side,
+                       step_targets=[self.records[e.index].step_values for e in examples])
+
+    def models(self):
+        return {"value": (self.value, self.train_cfg.lr)}
+
+    def losses(self, batch: Batch) -> dict[str, Tensor]:
+        values = self.value(batch.input_ids, batch.attention_mask)
+        targets = batch.value_targets
+        has = ~targets.isnan()
+        return {"loss": losses.process_value_loss(values, targets),
+                "value_mean": values.detach()[has].mean(), "target_mean": targets[has].mean()}
+
+    def backward(self, out: dict[str, Tensor]) -> dict[str, Tensor]:
+        return {"value": out["loss"]}
+
+    def save(self, folder: Path) -> None:
+        unwrap(self.value).save_pretrained(folder)
+        self.tokenizer.save_pretrained(folder)
