@@ -11,8 +11,8 @@ step k can still lead to the correct answer, else 1:
 As in the reference code, ``min_steps`` = m + 1 is 1 at a correct leaf and grows by one per step up to
 the root; the nodes of a branch that ends in a wrong answer take the ``min_steps`` of the node they
 branch off (the nearest ancestor on a path to a correct leaf) and have r = 1; the other nodes (never
-finished, or on no path to a graded answer) get no target. A tree without a correct leaf gives none.
-Along a correct path of K steps, v_k = k/K.
+finished, dead ends without a grade, or on no path to a graded answer) get no target. A tree without a
+correct leaf gives none. Along a correct path of K steps, v_k = k/K.
 """
 from __future__ import annotations
 
@@ -36,8 +36,8 @@ def min_steps_to_correct(tree: Tree) -> tuple[dict[str, int], set[str]]:
     if not correct:
         return {}, set()
     for leaf in tree.nodes.values():  # step 3: wrong answers inherit their branching point's distance
-        if not leaf.terminal or leaf.id in on_correct_path:
-            continue
+        if not leaf.terminal or leaf.reward is None or leaf.id in on_correct_path:
+            continue  # a dead end (terminal, no grade) is not an answer
         branch: list[Node] = []
         node = leaf
         while node.id not in on_correct_path:

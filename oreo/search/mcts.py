@@ -1,0 +1,176 @@
+"""MCTS* (ReST-MCTS*, spec §1.2) over reasoning steps, batched across problems.
+
+Each iteration, in every problem's tree at once:
+
+1. **select** a leaf: from the root, the best child (UCT with the unvisited bonus, or PUCT) while the
+   node has children;
+2. **expand** it by ``branch`` sampled next steps (a step ends at the task's step separator; a sample
+   that ends with EOS is a finished solution: a terminal child, graded by the task's grader). All the
+   selected leaves of all problems are expanded in one sampler call;
+3. **score** every new child with the value model, in one call, clipped to [0, 1];
+4. optionally **roll out** greedily from the best new child for ``rollout_steps`` steps (``rollout_branch``
+   samples a step, the highest-valued kept, nothing added to the tree) and mix the rollout's best
+   value in: V ← (1 − α)·V + α·v_max;
+5. **back up**: one more visit on the path, each node's value the visit-weighted mean of its children's.
+
+A leaf that cannot be expanded (every sample cut by the token limit, or ``max_depth`` reached) becomes a
+dead end: terminal, with no grade. With ``end_gate`` set (evaluation), a problem's search stops at the
+first new node whose value reaches it, as in the reference's evaluation mode.
+
+The reference's three default sets disagree (spec §1.2.6); the defaults here are its data-generation set
+for GSM8K (``generate_both_samples_GSM.py``: 40 iterations, b = 3, c = 0.5, bonus 0.9, one rollout step,
+α = 0.5, temperature 0.7), because in oreo MCTS* first of all builds the trees the process value model
+and the policy learn from; evaluation uses the same budget unless told otherwise.
+"""
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+
+from oreo.config import at_least, between, one_of, validate
+from oreo.search.tree import Node, Tree, backup, select_child
+from oreo.types import Context
+
+
+@dataclass
+class MCTSConfig:
+    iterations: int = at_least(1, 40)      # the budget: rounds of select-expand-score-rollout-backup per problem
+    branch: int = at_least(1, 3)           # b: sampled next steps per expansion
+    selection: str = one_of(("uct", "puct"), "uct")
+    c: float = at_least(0.0, 0.5)          # exploration constant
+    unvisited_bonus: float = 0.9           # UCT: added to an unvisited child's value (the reference's finite "INF")
+    rollout_steps: int = at_least(0, 1)    # greedy value-guided rollout depth (0: none)
+    rollout_branch: int = at_least(1, 1)   # samples per rollout step
+    alpha: float = between(0.0, 1.0, 0.5)  # weight of the rollout's best value in the rolled node's value
+    temperature: float = at_least(0.0, 0.7)
+    max_depth: int = at_least(1, 20)       # steps before a partial solution becomes a dead end
+    step_max_tokens: int = at_least(1, 64)  # token limit of one step
+    end_gate: float | None = None          # stop a problem at the first node with V >= end_gate (None: whole budget)
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
+class SearchStats:
+    nodes: int = 0            # nodes added to the trees
+    tokens: int = 0           # tokens generated (expansions and rollouts)
+    wall_s: float = 0.0
+
+    def as_dict(self) -> dict:
+        return {**self.__dict__, "nodes_per_s": self.nodes / max(self.wall_s, 1e-9),
+                "tokens_per_s": self.tokens / max(self.wall_s, 1e-9)}
+
+
+class MCTS:
+    """MCTS* with a ``task`` (step separators, grader), a ``sampler`` and a value ``scorer``."""
+
+    def __init__(self, cfg: MCTSConfig, task, sampler, scorer):
+        self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
+        self.stats = SearchStats()
+
+    def search(self, problems: list, seed: int = 0) -> list[Tree]:
+        """One tree per problem (tree id = problem id), searched for ``cfg.iterations`` iterations."""
+        start = time.perf_counter()
+        rng = random.Random(seed)
+        trees = [Tree(str(p.id), str(p.id), p.prompt, getattr(self.task, "name", "")) for p in problems]
+        done = [False] * len(trees)
+        for it in range(self.cfg.iterations):
+            active = [i for i, d in enumerate(done) if not d]
+            if not active:
+                break
+            leaves = {i: self._select(trees[i], rng) for i in active}
+            todo = [i for i in active if not leaves[i].terminal]
+            new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, seed * 100_003 + 2 * it)
+            for i in active:
+                kids = new.get(i, [])
+                if self.cfg.end_gate is not None and any(k.value >= self.cfg.end_gate for k in kids):
+                    done[i] = True
+            if self.cfg.rollout_steps:
+                self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng,
+                              seed * 100_003 + 2 * it + 1)
+            for i in active:
+                backup(trees[i], leaves[i])
+        self.stats.wall_s += time.perf_counter() - start
+        return trees
+
+    def _select(self, tree: Tree, rng: random.Random) -> Node:
+        node = tree.root
+        while node.children:
+            node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
+                                unvisited_bonus=self.cfg.unvisited_bonus)
+        return node
+
+    def _expand(self, items: dict[int, tuple], seed: int) -> dict[int, list[Node]]:
+        """Expand the leaf of each ``{i: (problem, tree, leaf)}`` in one sampler call and score the new
+        children in one value call; returns them per ``i``."""
+        if not items:
+            return {}
+        outs = self.sampler.generate([Context(p.prompt, tuple(t.steps(leaf))) for p, t, leaf in items.values()],
+                                     n=self.cfg.branch, temperature=self.cfg.temperature, seed=seed,
+                                     stop=self.task.step_stops, max_new_tokens=self.cfg.step_max_tokens)
+        new: dict[int, list[Node]] = {}
+        for (k, (problem, tree, leaf)), completions in zip(items.items(), outs):
+            for c in completions:
+                self.stats.tokens += c.n_tokens
+                if c.truncated or not c.text.strip() and not c.finished:
+                    continue  # cut by the token limit (or empty): never a step
+                child, fresh = tree.add(leaf, c.text)
+                if not fresh:
+                    continue
+                self.stats.nodes += 1
+                if c.finished:
+                    child.terminal = True
+                    child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
+                elif child.depth >= self.cfg.max_depth:
+                    child.terminal = True  # a dead end: too deep, no grade
+                new.setdefault(k, []).append(child)
+            if not leaf.children:
+                leaf.terminal = True  # nothing usable came out: a dead end
+        flat = [(k, child) for k, kids in new.items() for child in kids]
+        values = self._values([(items[k][0], items[k][1], child) for k, child in flat])
+        for (_, child), v in zip(flat, values):
+            child.value = v
+        return new
+
+    def _values(self, nodes: list) -> list[float]:
+        if not nodes:
+            return []
+        raw = self.scorer([Context(p.prompt, tuple(t.steps(n))) for p, t, n in nodes])
+        return [min(1.0, max(0.0, float(v))) for v in raw]
+
+    def _rollout(self, items: list, rng: random.Random, seed: int) -> None:
+        """From the best new child of each expanded leaf, ``rollout_steps`` greedy value-guided steps."""
+        starts = []
+        for problem, tree, leaf in items:
+            node = select_child(tree, leaf, rng, rule=self.cfg.selection, c=self.cfg.c,
+                                unvisited_bonus=self.cfg.unvisited_bonus)
+            if not node.terminal:
+                starts.append((problem, tree, node, tuple(tree.steps(node))))
+        best = {id(node): 0.0 for _, _, node, _ in starts}
+        current = list(starts)
+        for r in range(self.cfg.rollout_steps):
+            if not current:
+                break
+            outs = self.sampler.generate([Context(p.prompt, steps) for p, _, _, steps in current],
+                                         n=self.cfg.rollout_branch, temperature=self.cfg.temperature,
+                                         seed=seed * 31 + r, stop=self.task.step_stops,
+                                         max_new_tokens=self.cfg.step_max_tokens)
+            scored = [(i, steps + (c.text,), c) for i, ((_, _, _, steps), cs) in enumerate(zip(current, outs))
+                      for c in cs if not c.truncated]
+            for _, _, c in scored:
+                self.stats.tokens += c.n_tokens
+            values = self.scorer([Context(current[i][0].prompt, steps) for i, steps, _ in scored]) if scored else []
+            keep = {}
+            for (i, steps, c), v in zip(scored, values):
+                v = min(1.0, max(0.0, float(v)))
+                node = current[i][2]
+                best[id(node)] = max(best[id(node)], v)
+                if i not in keep or v > keep[i][0]:
+                    keep[i] = (v, steps, c.finished)
+            current = [(current[i][0], current[i][1], current[i][2], steps)
+                       for i, (_, steps, finished) in sorted(keep.items()) if not finished]
+        for _, _, node, _ in starts:
+            node.value = (1 - self.cfg.alpha) * node.value + self.cfg.alpha * best[id(node)]
+            node.visits += 1

@@ -1,0 +1,124 @@
+"""MCTS* on scripted samplers and values: what one iteration does by hand, one sampler call and one value
+call per phase for all problems together, terminal grading, merged and cut samples, dead ends, the end
+gate, and trees that give ReST-MCTS*'s targets."""
+import pytest
+
+from oreo.search.mcts import MCTS, MCTSConfig
+from oreo.search.process_values import inferred_values
+from oreo.types import Completion
+
+
+class Task:
+    name = "toy"
+    step_stops = ["\n"]
+
+    def grade(self, problem, text):
+        answer = text.rsplit("#### ", 1)[1] if "#### " in text else None
+        return answer, answer == problem.answer
+
+
+class Problem:
+    def __init__(self, pid, answer="1"):
+        self.id, self.prompt, self.answer = pid, f"q{pid}\n", answer
+
+
+def step(text):
+    return Completion(text, finished=False, n_tokens=len(text), stop="\n")
+
+
+def end(text):
+    return Completion(text, finished=True, n_tokens=len(text) + 1)
+
+
+class Scripted:
+    """Completions of a context scripted by its steps (cycled over n); records every call."""
+
+    def __init__(self, script):
+        self.script, self.calls = script, []
+
+    def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+        self.calls.append(len(prompts))
+        return [[self.script.get("".join(p.steps), [end("#### 0")])[k % len(self.script.get("".join(p.steps),
+                                                                                              [end("#### 0")]))]
+                 for k in range(n)] for p in prompts]
+
+
+class Values:
+    def __init__(self, values):
+        self.values, self.calls = values, []
+
+    def __call__(self, contexts):
+        self.calls.append(len(contexts))
+        return [self.values.get("".join(c.steps), 0.5) for c in contexts]
+
+
+def test_one_iteration_by_hand():
+    sampler = Scripted({"": [step("a\n"), step("b\n")], "a\n": [end("#### 1")]})
+    scorer = Values({"a\n": 0.6, "b\n": 0.2, "a\n#### 1": 0.9})
+    cfg = MCTSConfig(iterations=1, branch=2, rollout_steps=1, alpha=0.5)
+    (tree,) = MCTS(cfg, Task(), sampler, scorer).search([Problem(0)])
+    a, b = tree.children(tree.root)
+    assert (a.step, b.step) == ("a\n", "b\n") and (a.depth, b.depth) == (1, 1)
+    # both unvisited: UCT gives V + 0.9, so a (0.6) is rolled out: one step, "#### 1" valued 0.9
+    assert a.value == pytest.approx(0.5 * 0.6 + 0.5 * 0.9) and a.visits == 1
+    assert b.value == pytest.approx(0.2) and b.visits == 0
+    assert tree.root.visits == 1 and tree.root.value == pytest.approx(a.value)  # visit-weighted mean
+    assert sampler.calls == [1, 1] and scorer.calls == [2, 1]   # expansion, rollout
+
+
+def test_every_phase_is_one_call_for_all_problems():
+    sampler = Scripted({"": [step("x\n"), step("y\n"), end("#### 1")]})
+    scorer = Values({})
+    problems = [Problem(i) for i in range(5)]
+    trees = MCTS(MCTSConfig(iterations=3, branch=3, rollout_steps=0), Task(), sampler, scorer).search(problems)
+    assert len(trees) == 5 and sampler.calls[0] == 5 and scorer.calls[0] == 5 * 3
+    assert len(sampler.calls) == 3 and len(scorer.calls) == 3
+
+
+def test_terminal_children_are_graded_duplicates_merged_cut_samples_dropped():
+    cut = Completion("never ends", finished=False, n_tokens=64)
+    sampler = Scripted({"": [end("#### 1"), end("#### 2"), end("#### 1"), cut]})
+    mcts = MCTS(MCTSConfig(iterations=1, branch=4, rollout_steps=0), Task(), sampler, Values({}))
+    (tree,) = mcts.search([Problem(0, answer="1")])
+    kids = tree.children(tree.root)
+    assert [(k.step, k.terminal, k.reward) for k in kids] == [("#### 1", True, 1.0), ("#### 2", True, 0.0)]
+    assert mcts.stats.nodes == 2 and mcts.stats.tokens == 7 + 7 + 7 + 64
+    assert inferred_values(tree) == {kids[0].id: 1.0, kids[1].id: 0.0}
+
+
+def test_a_leaf_that_gives_nothing_usable_is_a_dead_end():
+    cut = Completion("…", finished=False, n_tokens=64)
+    sampler = Scripted({"": [step("a\n")], "a\n": [cut]})
+    (tree,) = MCTS(MCTSConfig(iterations=3, branch=1, rollout_steps=0), Task(), sampler, Values({})).search(
+        [Problem(0)])
+    (a,) = tree.children(tree.root)
+    assert a.terminal and a.reward is None and not a.children
+    assert sampler.calls == [1, 1]  # the dead end is never expanded again
+    assert inferred_values(tree) == {}
+
+
+def test_max_depth_and_the_end_gate():
+    sampler = Scripted({"": [step("a\n")], "a\n": [step("b\n")], "a\nb\n": [step("c\n")]})
+    (tree,) = MCTS(MCTSConfig(iterations=10, branch=1, rollout_steps=0, max_depth=2), Task(), sampler,
+                   Values({})).search([Problem(0)])
+    assert max(n.depth for n in tree.nodes.values()) == 2 and len(sampler.calls) == 2
+    gated = Scripted({"": [step("a\n"), step("b\n")]})
+    mcts = MCTS(MCTSConfig(iterations=10, branch=2, rollout_steps=0, end_gate=0.8), Task(), gated,
+                Values({"b\n": 0.85}))
+    mcts.search([Problem(0)])
+    assert gated.calls == [1]  # b reached the gate in the first iteration: the search stopped
+
+
+def test_search_is_deterministic_and_finds_the_correct_leaf():
+    script = {"": [step("1+0=1\n"), step("1+0=2\n")], "1+0=1\n": [end("#### 1")], "1+0=2\n": [end("#### 2")]}
+    values = {"1+0=1\n": 0.7, "1+0=2\n": 0.6}
+
+    def run():
+        return MCTS(MCTSConfig(iterations=6, branch=2), Task(), Scripted(script), Values(values)).search(
+            [Problem(0, answer="1")], seed=3)[0]
+
+    tree = run()
+    assert tree.nodes == run().nodes
+    targets = inferred_values(tree)
+    good = [n for n in tree.nodes.values() if n.reward == 1.0]
+    assert good and [targets[n.id] for n in tree.path(good[0])] == pytest.approx([0.5, 1.0])
