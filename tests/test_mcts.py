@@ -122,3 +122,30 @@ def test_search_is_deterministic_and_finds_the_correct_leaf():
     targets = inferred_values(tree)
     good = [n for n in tree.nodes.values() if n.reward == 1.0]
     assert good and [targets[n.id] for n in tree.path(good[0])] == pytest.approx([0.5, 1.0])
+
+
+def test_runs_with_a_real_sampler_and_value_model_and_round_trips_its_trees(tmp_path):
+    from oreo.buffer import Buffer
+    from oreo.encode import Encoder
+    from oreo.models import ValueModel, load_policy
+    from oreo.rollout.sampler import HFSampler
+    from oreo.search.tree import Tree
+    from oreo.search.value import ValueScorer
+    from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask
+
+    task = ArithmeticTask(ArithmeticConfig(n_train=3, n_test=1, n_heldout=1))
+    policy, tok = load_policy("tiny", tiny=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
+                              seed=1)
+    sampler = HFSampler(policy, tok, Encoder(tok), batch_size=64, max_new_tokens=64)
+    mcts = MCTS(MCTSConfig(iterations=3, branch=4, step_max_tokens=64), task, sampler,
+                ValueScorer(ValueModel.from_policy(policy), Encoder(tok)))
+    trees = mcts.search(task.problems("train"), seed=0)
+    assert len(trees) == 3 and mcts.stats.nodes == sum(len(t.nodes) - 1 for t in trees) > 0
+    assert all(0.0 <= n.value <= 1.0 for t in trees for n in t.nodes.values())
+    assert mcts.stats.as_dict()["nodes_per_s"] > 0
+    buffer = Buffer(tmp_path / "buffer")
+    buffer.append([row for t in trees for row in t.to_trajectories()], round=0)
+    rows = buffer.load()
+    for tree in trees:
+        if len(tree.nodes) > 1:
+            assert Tree.from_trajectories([r for r in rows if r.tree_id == tree.id]).nodes == tree.nodes
