@@ -149,3 +149,38 @@ def test_runs_with_a_real_sampler_and_value_model_and_round_trips_its_trees(tmp_
     for tree in trees:
         if len(tree.nodes) > 1:
             assert Tree.from_trajectories([r for r in rows if r.tree_id == tree.id]).nodes == tree.nodes
+
+
+def test_tree_collection_resumes_by_chunk_with_the_same_trees(tmp_path):
+    from oreo.buffer import Buffer
+    from oreo.search.mcts import collect_trees
+    from oreo.search.tree import Tree
+
+    script = {"": [step("1+0=1\n"), step("1+0=2\n"), end("#### 3")], "1+0=1\n": [end("#### 1"), step("x\n")],
+              "1+0=2\n": [end("#### 2")]}
+
+    class Flaky(Scripted):
+        def __init__(self, fail_at=None):
+            super().__init__(script)
+            self.fail_at = fail_at
+
+        def generate(self, prompts, **kw):
+            if self.fail_at is not None and len(self.calls) == self.fail_at:
+                raise KeyboardInterrupt
+            return super().generate(prompts, **kw)
+
+    problems = [Problem(str(i), answer="1") for i in range(5)]
+    cfg = MCTSConfig(iterations=4, branch=3)
+    whole = Buffer(tmp_path / "a")
+    info = collect_trees(Task(), problems, Flaky(), Values({}), whole, cfg, seed=1, round=0, problems_per_chunk=2)
+    assert info["records"] == len(whole.load()) and info["nodes"] > 0 and info["nodes_per_s"] > 0
+    resumed = Buffer(tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        collect_trees(Task(), problems, Flaky(fail_at=9), Values({}), resumed, cfg, seed=1, round=0,
+                      problems_per_chunk=2)
+    assert not resumed.rounds() and list((tmp_path / "b").glob("round_000.partial*.jsonl"))
+    collect_trees(Task(), problems, Flaky(), Values({}), resumed, cfg, seed=1, round=0, problems_per_chunk=2)
+    a, b = whole.load(), resumed.load()
+    assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
+    trees = {t: Tree.from_trajectories([r for r in a if r.tree_id == t]) for t in {r.tree_id for r in a}}
+    assert sorted(trees) == [f"r0-{i}" for i in range(5)]

@@ -29,6 +29,7 @@ import time
 from dataclasses import dataclass
 
 from oreo.config import at_least, between, one_of, validate
+from oreo.rollout.collector import collect_in_chunks
 from oreo.search.tree import Node, Tree, backup, select_child
 from oreo.types import Context
 
@@ -70,11 +71,12 @@ class MCTS:
         self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
         self.stats = SearchStats()
 
-    def search(self, problems: list, seed: int = 0) -> list[Tree]:
-        """One tree per problem (tree id = problem id), searched for ``cfg.iterations`` iterations."""
+    def search(self, problems: list, seed: int = 0, prefix: str = "") -> list[Tree]:
+        """One tree per problem (its id: ``prefix`` + the problem's), searched for ``cfg.iterations``
+        iterations."""
         start = time.perf_counter()
         rng = random.Random(seed)
-        trees = [Tree(str(p.id), str(p.id), p.prompt, getattr(self.task, "name", "")) for p in problems]
+        trees = [Tree(f"{prefix}{p.id}", str(p.id), p.prompt, getattr(self.task, "name", "")) for p in problems]
         done = [False] * len(trees)
         for it in range(self.cfg.iterations):
             active = [i for i, d in enumerate(done) if not d]
@@ -174,3 +176,29 @@ class MCTS:
         for _, _, node, _ in starts:
             node.value = (1 - self.cfg.alpha) * node.value + self.cfg.alpha * best[id(node)]
             node.visits += 1
+
+
+def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, seed: int, round: int | None = None,
+                  problems_per_chunk: int = 64, meta: dict | None = None) -> dict:
+    """MCTS* on every problem, its trees written as one buffer round (one row per root-to-leaf path).
+
+    Resumable and shared out between ranks like sampling (``oreo.rollout.collector.collect_in_chunks``):
+    each chunk of problems is searched with a seed of its own and appended to a partial file, so a killed
+    collection resumes with exactly the trees an uninterrupted one would have. Returns the collection's
+    statistics plus the search's nodes/s and tokens/s."""
+    round_ = buffer.next_round() if round is None else round
+    stats = SearchStats()
+
+    def produce(chunk, chunk_seed, bar):
+        mcts = MCTS(cfg, task, sampler, scorer)
+        trees = mcts.search(chunk, seed=chunk_seed, prefix=f"r{round_}-")
+        for key in ("nodes", "tokens", "wall_s"):
+            setattr(stats, key, getattr(stats, key) + getattr(mcts.stats, key))
+        bar.update(len(chunk))
+        settings = {"search": "mcts", "seed": chunk_seed, **(meta or {})}
+        return [row for tree in trees for row in tree.to_trajectories(meta=settings)], mcts.stats.tokens
+
+    info = collect_in_chunks(buffer, problems, produce, n=1, seed=seed, round=round_,
+                             problems_per_chunk=problems_per_chunk, unit="tree")
+    return {**info, **{k: v for k, v in stats.as_dict().items() if k != "tokens"}}
+

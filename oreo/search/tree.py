@@ -80,10 +80,11 @@ class Tree:
         return [n for n in self.nodes.values() if not n.children]
 
     # ------------------------------------------------------------------ buffer rows
-    def to_trajectories(self, round: int | None = None) -> list[Trajectory]:
+    def to_trajectories(self, round: int | None = None, meta: dict | None = None) -> list[Trajectory]:
         """One row per leaf (every node lies on one), in node order: the path's steps, node and parent ids,
         node values, and in ``meta`` the visits, priors and terminal flags of the path's nodes (the
-        root's in ``meta["root"]``). ``reward``/``correct``: the leaf's grade (0 if it has none)."""
+        root's in ``meta["root"]``), besides ``meta``. ``reward``/``correct``: the leaf's grade (0 if it has
+        none); ``meta["finished"]``: the leaf is a graded solution."""
         rows = []
         root = self.root
         for leaf in self.leaves():
@@ -96,7 +97,8 @@ class Tree:
                 correct=bool(leaf.reward and leaf.reward > 0),
                 step_values=[n.value for n in path], tree_id=self.id, node_ids=[n.id for n in path],
                 parent_ids=[n.parent for n in path],
-                meta={"tree": {"visits": [n.visits for n in path], "priors": [n.prior for n in path],
+                meta={**(meta or {}), "finished": leaf.terminal and leaf.reward is not None,
+                      "tree": {"visits": [n.visits for n in path], "priors": [n.prior for n in path],
                                "terminal": [n.terminal for n in path], "leaf_reward": leaf.reward,
                                "root": {"visits": root.visits, "value": root.value}}}))
         return rows
