@@ -120,3 +120,30 @@ def test_a_tree_without_a_correct_answer_gives_no_targets():
     chain(tree, tree.root, ["a", "b"], reward=0.0)
     chain(tree, tree.root, ["c"])
     assert inferred_values(tree) == {} and min_steps_to_correct(tree) == ({}, set())
+
+
+def test_samples_of_a_problem_form_a_prefix_tree_with_targets():
+    from oreo.search.tree import prefix_tree
+    from oreo.trajectory import Trajectory
+
+    def sample(i, steps, correct, finished=True):
+        return Trajectory(id=f"s{i}", task="arithmetic", problem_id="p", prompt="1+2+3?\n", steps=steps,
+                          reward=float(correct), correct=correct, meta={"finished": finished})
+
+    rows = [sample(0, ["1+2=3\n", "3+3=6\n", "#### 6"], True),
+            sample(1, ["1+2=3\n", "3+3=7\n", "#### 7"], False),
+            sample(2, ["1+2=3\n", "3+3=6\n", "#### 6"], True),      # a duplicate: the same path
+            sample(3, ["1+2=4\n", "4+3"], False, finished=False)]    # cut: an ungraded leaf
+    tree = prefix_tree(rows)
+    assert len(tree.nodes) == 1 + 5 + 2
+    a = tree.children(tree.root)[0]
+    assert [k.step for k in tree.children(a)] == ["3+3=6\n", "3+3=7\n"]
+    cut = tree.children(tree.children(tree.root)[1])[0]
+    assert not cut.terminal and cut.reward is None
+    v = inferred_values(tree)
+    six, seven = tree.children(a)
+    assert (v[a.id], v[six.id]) == pytest.approx((1 / 3, 2 / 3))
+    # the wrong branch inherits a's distance (3): 1/3 - (2/3)/3 = 1/9, then max(0, 1/9 - (8/9)/3) = 0
+    assert v[seven.id] == pytest.approx(1 / 9) and cut.id not in v
+    with pytest.raises(ValueError, match="exactly one problem"):
+        prefix_tree(rows + [Trajectory(**{**rows[0].to_dict(), "id": "o", "problem_id": "q"})])

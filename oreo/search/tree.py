@@ -132,6 +132,26 @@ class Tree:
         return tree
 
 
+def prefix_tree(rows: list[Trajectory], tree_id: str | None = None) -> Tree:
+    """The tree that sampled solutions of one problem form by their shared step prefixes (MATH-SHEPHERD's
+    view of N samples): each finished, graded sample ends in a terminal node with its reward; a sample cut
+    by the token limit ends in an ungraded leaf. ReST-MCTS*'s targets can be read from it like from a
+    search tree (a cold start for the process value model, from an ordinary collection round)."""
+    if not rows or len({r.problem_id for r in rows}) != 1:
+        raise ValueError("prefix_tree needs the samples of exactly one problem")
+    first = rows[0]
+    tree = Tree(tree_id or f"prefix-{first.problem_id}", first.problem_id, first.prompt, first.task)
+    for r in rows:
+        node = tree.root
+        for step in r.steps:
+            if node.terminal:   # a longer sample continues a finished one's text: keep the finished one
+                break
+            node, _ = tree.add(node, step)
+        if r.meta.get("finished", True) and node is not tree.root and not node.children:
+            node.terminal, node.reward = True, (1.0 if r.correct else 0.0)
+    return tree
+
+
 # ---------------------------------------------------------------------- selection and backup (pure)
 def uct_score(child: Node, parent_visits: int, c: float, unvisited_bonus: float) -> float:
     """ReST-MCTS*'s selection score: V + c·sqrt(2 ln N_parent / N_child); an unvisited child gets V plus a
