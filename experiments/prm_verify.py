@@ -28,33 +28,13 @@ from oreo.encode import Encoder
 from oreo.models import ValueModel, load_policy
 from oreo.rollout.sampler import HFSampler
 from oreo.run_config import run_config
-from oreo.search.process_values import inferred_values
+from oreo.search.process_values import target_rows
 from oreo.search.strategies import majority_index
-from oreo.search.tree import prefix_tree
 from oreo.search.value import ValueScorer
 from oreo.tasks import make_task
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.prm import PRMConfig, PRMObjective
-from oreo.trajectory import Trajectory
 from oreo.types import Context
-
-
-def target_rows(rows: list[Trajectory]) -> list[Trajectory]:
-    """One row per leaf of each problem's prefix tree whose path has targets, with them as step_values."""
-    by_problem = defaultdict(list)
-    for r in rows:
-        by_problem[r.problem_id].append(r)
-    out = []
-    for pid, samples in by_problem.items():
-        tree = prefix_tree(samples)
-        targets = inferred_values(tree)
-        for leaf in tree.leaves():
-            path = tree.path(leaf)
-            if path and all(n.id in targets for n in path):
-                out.append(Trajectory(id=f"{tree.id}-{leaf.id}", task=tree.task, problem_id=pid, prompt=tree.prompt,
-                                      steps=[n.step for n in path], reward=leaf.reward or 0.0,
-                                      step_values=[targets[n.id] for n in path]))
-    return out
 
 
 def auc(scores: list[float], labels: list[bool]) -> float:
@@ -82,7 +62,7 @@ def main() -> None:
     task = make_task(cfg.task)
     policy, tok = load_policy(str(run / "checkpoints" / "sft"), dtype=cfg.model.dtype)
     rows = target_rows(Buffer(run / "buffer").load([0]))
-    prm = PRMObjective(ValueModel.from_policy(policy), tok, PRMConfig(max_len=cfg.oreo.max_len),
+    prm = PRMObjective(policy, tok, PRMConfig(max_len=cfg.oreo.max_len),
                        TrainConfig(epochs=args.epochs, lr=args.lr, seed=cfg.seed))
     info = prm.fit(rows)
     print(f"PRM: {len(rows)} target paths, {info['steps']} steps", flush=True)

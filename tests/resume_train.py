@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from dist_train import TINY, records, state  # noqa: E402
 
-from oreo.models import ValueModel, load_policy  # noqa: E402
+from oreo.models import load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig  # noqa: E402
 from oreo.trainers.dpo import DPOConfig, DPOObjective  # noqa: E402
 from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
@@ -39,7 +39,7 @@ OBJECTIVES = {
                                                        reference=copy.deepcopy(policy))),
     "kto": (12, lambda policy, tok, cfg: KTOObjective(policy, tok, KTOConfig(beta=0.1, max_len=64), cfg,
                                                        reference=copy.deepcopy(policy))),
-    "prm": (12, lambda policy, tok, cfg: PRMObjective(ValueModel.from_policy(policy), tok, PRMConfig(max_len=64), cfg)),
+    "prm": (12, lambda policy, tok, cfg: PRMObjective(policy, tok, PRMConfig(max_len=64), cfg)),
 }
 
 

@@ -8,7 +8,7 @@ import torch
 from oreo import losses
 from oreo.batch import collate
 from oreo.encode import Encoder
-from oreo.models import ValueModel, load_policy
+from oreo.models import load_policy
 from oreo.search.process_values import inferred_values
 from oreo.search.tree import Tree
 from oreo.trainers.common import TrainConfig
@@ -74,7 +74,7 @@ def test_a_prm_fits_the_inferred_targets():
     policy, tok = load_policy("tiny", tiny=TINY, seed=0)
     rows = tree_rows()
     assert len(rows) == 4 and rows[0].step_values == pytest.approx([1 / 3, 2 / 3, 1.0])
-    objective = PRMObjective(ValueModel.from_policy(policy), tok, PRMConfig(max_len=64),
+    objective = PRMObjective(policy, tok, PRMConfig(max_len=64),
                              TrainConfig(epochs=60, batch_size=4, micro_batch_size=4, lr=3e-3, warmup_ratio=0.0))
     data = objective.encode(rows + [Trajectory(id="x", task="t", problem_id="q", prompt="?", steps=["a"], reward=0.0)])
     assert len(data) == 4  # the row without targets is dropped

@@ -147,3 +147,23 @@ def test_samples_of_a_problem_form_a_prefix_tree_with_targets():
     assert v[seven.id] == pytest.approx(1 / 9) and cut.id not in v
     with pytest.raises(ValueError, match="exactly one problem"):
         prefix_tree(rows + [Trajectory(**{**rows[0].to_dict(), "id": "o", "problem_id": "q"})])
+
+
+def test_target_rows_from_samples_trees_and_labels():
+    from oreo.search.process_values import target_rows
+    from oreo.trajectory import Trajectory
+
+    def sample(i, pid, steps, correct):
+        return Trajectory(id=f"s{i}", task="t", problem_id=pid, prompt="q\n", steps=steps, reward=float(correct),
+                          correct=correct)
+
+    samples = [sample(0, "p", ["a\n", "#### 1"], True), sample(1, "p", ["b\n", "#### 2"], False),
+               sample(2, "never", ["c\n", "#### 3"], False)]     # no correct sample: no targets
+    tree = Tree("r1-p", "p", "q\n", task="t")
+    chain(tree, tree.root, ["x\n", "#### 1"], reward=1.0)
+    chain(tree, tree.root, ["y\n"])                                 # unfinished: no target
+    labelled = Trajectory(id="l", task="t", problem_id="z", prompt="q\n", steps=["s\n"], reward=1.0,
+                          step_values=[0.7])
+    out = {tuple(r.steps): r.step_values for r in target_rows(samples + tree.to_trajectories() + [labelled])}
+    assert out == {("a\n", "#### 1"): pytest.approx([0.5, 1.0]), ("b\n", "#### 2"): pytest.approx([0.0, 0.0]),
+                   ("x\n", "#### 1"): pytest.approx([0.5, 1.0]), ("s\n",): [0.7]}

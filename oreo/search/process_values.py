@@ -16,7 +16,10 @@ correct leaf gives none. Along a correct path of K steps, v_k = k/K.
 """
 from __future__ import annotations
 
-from oreo.search.tree import Node, Tree
+from collections import defaultdict
+
+from oreo.search.tree import Node, Tree, prefix_tree
+from oreo.trajectory import Trajectory
 
 
 def min_steps_to_correct(tree: Tree) -> tuple[dict[str, int], set[str]]:
@@ -65,3 +68,29 @@ def inferred_values(tree: Tree) -> dict[str, float]:
     if steps:
         visit(tree.root, 0.0)
     return values
+
+
+def target_rows(rows: list[Trajectory]) -> list[Trajectory]:
+    """Training rows for a process value model from buffer rows: the rows of a search tree (``tree_id``)
+    are read back as that tree, the other rows of a problem (samples) as their prefix tree; every leaf
+    whose whole path has targets gives one row with them as ``step_values``. Rows that already carry a
+    target per step (imported process labels) are kept as they are."""
+    labelled = [r for r in rows if r.step_values and len(r.step_values) == len(r.steps) and r.tree_id is None]
+    groups: dict[tuple, list[Trajectory]] = defaultdict(list)
+    for r in rows:
+        if r.tree_id is not None:
+            groups[("tree", r.tree_id)].append(r)
+        elif not (r.step_values and len(r.step_values) == len(r.steps)):
+            groups[("samples", r.problem_id)].append(r)
+    out = list(labelled)
+    for (kind, _), members in groups.items():
+        tree = Tree.from_trajectories(members) if kind == "tree" else prefix_tree(members)
+        targets = inferred_values(tree)
+        for leaf in tree.leaves():
+            path = tree.path(leaf)
+            if path and all(n.id in targets for n in path):
+                out.append(Trajectory(id=f"{tree.id}-{leaf.id}-target", task=tree.task, problem_id=tree.problem_id,
+                                      prompt=tree.prompt, steps=[n.step for n in path], reward=leaf.reward or 0.0,
+                                      correct=bool(leaf.reward), step_values=[targets[n.id] for n in path]))
+    return out
+

@@ -1,10 +1,11 @@
 """A process value model (ReST-MCTS*'s PRM, spec §1.4): V regressed by MSE onto per-step targets.
 
-It trains on trajectories whose ``step_values`` hold one target per step (the inferred values of
-``oreo.search.process_values``, or any process labels); V of the prefix that ends with step k is read at
-that step's last token, where value-guided search reads it. The model is the project's value model (a
-backbone and a float32 head), started from a given one (an OREO value, an earlier round's PRM) or from
-the policy; it may be larger than the policy.
+It trains on buffer rows: search trees and the samples of each problem give ReST-MCTS*'s inferred
+per-step targets (``oreo.search.process_values.target_rows``); rows that already hold a target per step
+in ``step_values`` (imported process labels) are used as they are. V of the prefix that ends with step k is
+read at that step's last token, where value-guided search reads it. The model is the project's value model
+(a backbone and a float32 head), started from a given one (an OREO value, an earlier round's PRM) or from
+the policy it is given; it may be larger than the policy.
 """
 from __future__ import annotations
 
@@ -18,8 +19,10 @@ from oreo.batch import Batch, collate
 from oreo.config import at_least, validate
 from oreo.encode import Encoded, Encoder
 from oreo.models import ValueModel
+from oreo.search.process_values import target_rows
 from oreo.trainers.common import TrainConfig, unwrap
 from oreo.trainers.objective import Objective
+from oreo.trajectory import Trajectory
 
 
 @dataclass
@@ -34,13 +37,17 @@ class PRMConfig:
 class PRMObjective(Objective):
     name = "prm"
 
-    def __init__(self, value: ValueModel, tokenizer, cfg: PRMConfig, train: TrainConfig | None = None):
+    def __init__(self, policy, tokenizer, cfg: PRMConfig, train: TrainConfig | None = None, *,
+                 value: ValueModel | None = None):
+        """``value``: the model to train (a ``ValueModel``); default: a fresh head on a copy of ``policy``."""
         super().__init__(tokenizer, train or cfg.train, Encoder(tokenizer, granularity="step", max_len=cfg.max_len))
-        self.value, self.cfg = value, cfg
+        self.value, self.cfg = value if value is not None else ValueModel.from_policy(policy), cfg
 
     def encode(self, records: list) -> list[Encoded]:
-        """The records with a target per step (the others are dropped and counted)."""
-        data = self.encode_trajectories(records, self.name)
+        """The target rows of ``records`` (``target_rows``), encoded; rows without a target per step are
+        dropped and counted."""
+        rows = [Trajectory.from_dict(r, f"record {i}") for i, r in enumerate(records)]
+        data = self.encode_trajectories(target_rows(rows), self.name)
         kept = [e for e in data if len(self.records[e.index].step_values) == len(e.step_ends) > 0]
         if len(kept) < len(data):
             print(f"{self.name}: {len(data) - len(kept)} of {len(data)} trajectories have no per-step targets",
