@@ -232,6 +232,8 @@ def search_run(cfg: RunConfig) -> dict:
     search = cfg.search
     device = pick_device(cfg.device)
     policy_dir, value_dir = resolve_checkpoint(cfg.checkpoint or Path(cfg.run_dir) / "checkpoints" / "oreo")
+    if cfg.value is not None:
+        value_dir = Path(cfg.value)
     task = make_task(cfg.task)
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
     scorer = None
@@ -240,8 +242,11 @@ def search_run(cfg: RunConfig) -> dict:
         scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
                              batch_size=search.value_batch_size)
     elif search.strategy in NEEDS_VALUE:
-        raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/")
-    out_dir = Path(cfg.run_dir) / "search" / search.tag
+        raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/; "
+                         f"give one with value=PATH (e.g. RUN_DIR/checkpoints/prm)")
+    # results scored by another value model than the checkpoint's go to a folder of their own
+    tag = search.tag if cfg.value is None else f"{search.tag}-{Path(cfg.value).name}"
+    out_dir = Path(cfg.run_dir) / "search" / tag
     metrics_path = out_dir / "metrics.json"
     # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
     fingerprint = {"search": as_dict(search), "policy": str(policy_dir), "value": str(value_dir), "seed": cfg.seed,

@@ -34,7 +34,7 @@ from oreo.trainers.reference import reference_name
 
 # what `stages` may name, in the order they run: the SFT model is trained, the buffer collected, then
 # each trained method starts from the SFT model on its data (oreo.trainers.METHODS) and is evaluated
-STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto")
+STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto", "prm")
 
 
 class Run:
@@ -346,8 +346,8 @@ class Run:
             self.results["buffer"] = self.collect(sft_dir, round=0)
             self._write_results()
         for name in STAGES[2:]:  # the trained methods, each from the SFT model
-            if name in stages and (policy_dir := self.train_method(name, sft_dir)) is not None:
-                self.evaluate(name, policy_dir)
+            if name in stages and (out := self.train_method(name, sft_dir)) is not None and METHODS[name].policy:
+                self.evaluate(name, out)
         self._write_results()
         self.logger.close()
         if self.main:

@@ -44,6 +44,7 @@ from oreo.trainers.common import TrainConfig
 from oreo.trainers.dpo import DPOConfig
 from oreo.trainers.kto import KTOConfig
 from oreo.trainers.oreo import OREOConfig
+from oreo.trainers.prm import PRMConfig
 from oreo.trainers.sft import SFTConfig
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -61,11 +62,13 @@ class RunConfig:
     threads: int | None = at_least(1, None)   # torch CPU threads; null: torch's default
     # python -m oreo.evaluate: the checkpoint (policy/, value/); null: RUN_DIR/checkpoints/oreo
     checkpoint: str | None = None
+    # python -m oreo.evaluate: the value model that scores (e.g. RUN_DIR/checkpoints/prm); null: the checkpoint's value/
+    value: str | None = None
     # skip stages whose outputs exist in run_dir; a killed stage continues from its last in-stage checkpoint
     resume: bool = True
     # stages to redo, with every stage that depends on them (e.g. [oreo], [collect])
     recompute: list = field(default_factory=list)
-    # which stages run, of sft, collect, rft, oreo, dpo, kto (in that order); every trained method is evaluated
+    # which stages run, of sft, collect, rft, oreo, dpo, kto, prm (in that order); every trained policy is evaluated
     stages: list = field(default_factory=lambda: ["sft", "collect", "rft", "oreo"])
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -77,6 +80,7 @@ class RunConfig:
     oreo: OREOConfig = field(default_factory=OREOConfig)
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
+    prm: PRMConfig = field(default_factory=PRMConfig)   # a process value model (stages=[...,prm]; not evaluated)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)

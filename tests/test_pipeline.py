@@ -91,6 +91,25 @@ def reference_format_file(path: Path, n_problems: int = 20) -> Path:
     return path
 
 
+
+def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
+    """stages=[...,prm]: a PRM on the buffer's inferred per-step targets (here from imported samples, one right
+    and two wrong per problem), not evaluated as a policy; python -m oreo.evaluate value=... scores with it."""
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    run_dir = tmp_path / "run"
+    proc = run("oreo.train", f"run_dir={run_dir}", *TRIM, "stages=[sft,collect,prm]", f"collect.from_file={data}",
+               "prm.train.batch_size=8", "prm.train.micro_batch_size=8")
+    details = json.loads((run_dir / "run.json").read_text())
+    assert set(details["accuracy"]) == {"sft"} and "prm" not in details.get("skipped", {})
+    # 20 problems: the right solution's path and the two wrong ones, each with a target per step
+    assert details["stages"]["prm"]["encode"]["kept"] == 60 and details["stages"]["prm"]["steps"] == 2 * (60 // 8)
+    assert (run_dir / "checkpoints/prm/value_head.safetensors").exists() and "prm" in proc.stdout
+    args = [f"checkpoint={run_dir}/checkpoints/sft", f"value={run_dir}/checkpoints/prm", f"run_dir={tmp_path}",
+            "evaluate.splits=[test]", *TRIM]
+    run("oreo.evaluate", *args, "search=best_of_n", "search.n=2")
+    metrics = json.loads((tmp_path / "search/best_of_n-n2-prm/metrics.json").read_text())
+    assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == str(run_dir / "checkpoints/prm")
+
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
     data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from oreo.trainers.dpo import DPOConfig, DPOObjective
 from oreo.trainers.kto import KTOConfig, KTOObjective
 from oreo.trainers.oreo import OREOConfig, OREOObjective
+from oreo.trainers.prm import PRMConfig, PRMObjective
 from oreo.trainers.sft import SFTConfig, SFTObjective
 
 
@@ -22,6 +23,7 @@ class Method:
     reference: bool = False   # anchored to a frozen copy of the policy it starts from
     value: bool = False       # trains a value model beside the policy (warm-started from a given one)
     policy_dir: str = ""      # where the trained policy lands inside the stage's checkpoint folder
+    policy: bool = True       # trains the policy (evaluated after its stage); false: a value model only
 
 
 METHODS = {
@@ -30,4 +32,6 @@ METHODS = {
     "oreo": Method(OREOObjective, OREOConfig, "buffer", reference=True, value=True, policy_dir="policy"),
     "dpo": Method(DPOObjective, DPOConfig, "buffer", reference=True),
     "kto": Method(KTOObjective, KTOConfig, "buffer", reference=True),
+    # a process value model on the buffer's inferred per-step targets (ReST-MCTS*), from the SFT policy
+    "prm": Method(PRMObjective, PRMConfig, "buffer", value=True, policy=False),
 }
