@@ -17,6 +17,7 @@ from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import progress_dir, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, init_distributed, rank_world
+from oreo.encode import Encoder
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import add_lora
 from oreo.metrics import MetricsLogger
@@ -26,6 +27,8 @@ from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
 from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
+from oreo.search.mcts import collect_trees
+from oreo.search.value import ValueScorer
 from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
@@ -234,6 +237,24 @@ class Run:
             info = collect(self.task, problems, sampler, self.buffer,
                            n=c.n, temperature=c.temperature, seed=self.cfg.seed + 1000 * round,
                            round=round, meta={"policy": str(policy_dir)})
+            close_sampler(sampler)
+            self.logger.log("collect", round, info)
+            self.results.setdefault("stages", {})[f"collect_{round}"] = info
+        return self.buffer.stats(rounds=[round])
+
+    def collect_trees(self, policy_dir: Path, value_dir: Path, round: int) -> dict:
+        """Collection round ``round`` as MCTS* trees (``mcts`` settings) with the policy in ``policy_dir`` and
+        the value model in ``value_dir`` on the first ``rest.max_problems`` training problems."""
+        self.claim(f"collect_{round}")
+        if not (self.cfg.resume and round in self.buffer.rounds()):
+            self.seed(2 + 100 * round)
+            sampler = self.sampler(policy_dir, self.cfg.collect)
+            value = ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device).eval()
+            scorer = ValueScorer(value, Encoder(sampler.tokenizer, max_len=10**9))
+            problems = self.task.problems("train")[:self.cfg.rest.max_problems]
+            info = collect_trees(self.task, problems, sampler, scorer, self.buffer, self.cfg.mcts,
+                                 seed=self.cfg.seed + 1000 * round, round=round,
+                                 meta={"policy": str(policy_dir), "value": str(value_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
             self.results.setdefault("stages", {})[f"collect_{round}"] = info

@@ -36,6 +36,7 @@ from oreo.config import (
     build,
     validate,
 )
+from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig
 from oreo.tasks import TASKS, task_config, task_config_class
 from oreo.tasks.arithmetic import ArithmeticConfig
@@ -49,6 +50,16 @@ from oreo.trainers.sft import SFTConfig
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 SCHEMA = "oreo_schema"   # the name conf/config.yaml's defaults list starts with
+
+
+@dataclass
+class RestConfig:
+    """ReST-MCTS*'s self-training, ``python -m oreo.rest_mcts`` (spec §1.5)."""
+    rounds: int = at_least(1, 2)                  # MCTS* → SFT on its correct traces → PRM on its targets, per round
+    max_problems: int | None = at_least(1, None)  # search the first K training problems (null: all of them)
+
+    def __post_init__(self):
+        validate(self)
 
 
 @dataclass
@@ -82,6 +93,8 @@ class RunConfig:
     kto: KTOConfig = field(default_factory=KTOConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)   # a process value model (stages=[...,prm]; not evaluated)
     iterate: IterateConfig = field(default_factory=IterateConfig)
+    mcts: MCTSConfig = field(default_factory=MCTSConfig)    # the tree search of python -m oreo.rest_mcts
+    rest: RestConfig = field(default_factory=RestConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     wandb: WandbConfig = field(default_factory=WandbConfig)

@@ -27,7 +27,8 @@ def shaped_by(stage: str) -> tuple[str, ...]:
     if k == "sft":
         own = ("sft",)
     elif k == "collect":
-        own = ("collect", "sampler.backend") + (("iterate",) if stage != "collect_0" else ())
+        # later rounds: iterate's (samples) or rest_mcts's (search trees) collections
+        own = ("collect", "sampler.backend") + (("iterate", "mcts", "rest") if stage != "collect_0" else ())
     elif k == "evaluate":
         own = ("evaluate.max_new_tokens", "evaluate.sampled", "sampler.backend")
     else:  # a trained method

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from oreo.buffer import Buffer
+
 ROOT = Path(__file__).resolve().parents[1]
 
 TRIM = ["+experiment=smoke"]
@@ -243,3 +245,26 @@ def test_household_agents_run_end_to_end_and_search_with_best_of_k(tmp_path):
     assert 0.0 <= metrics["test"]["success"] <= 1.0 and metrics["test"]["n"] == 6
     bad = run("oreo.evaluate", f"run_dir={tmp_path}", *HOUSEHOLD_TRIM, "search=beam", check=False)
     assert bad.returncode != 0 and "best_of_n" in bad.stderr
+
+
+def test_rest_mcts_runs_its_rounds_and_resumes(tmp_path):
+    """python -m oreo.rest_mcts: SFT → samples → PRM → per round MCTS* trees → SFT on their correct
+    solutions → PRM on their targets → evaluation; a rerun trains and searches nothing again."""
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", *TRIM, f"collect.from_file={data}", "rest.rounds=1", "rest.max_problems=4",
+            "mcts.iterations=2", "mcts.branch=2", "mcts.step_max_tokens=12", "prm.train.batch_size=8",
+            "prm.train.micro_batch_size=8"]
+    proc = run("oreo.rest_mcts", *args)
+    details = json.loads((run_dir / "run.json").read_text())
+    assert [r["method"] for r in details["rounds"]] == ["sft", "rest_round1"]
+    trees = Buffer(run_dir / "buffer").load([1])
+    assert trees and all(r.tree_id and r.tree_id.startswith("r1-") for r in trees)
+    assert len({r.tree_id for r in trees}) == 4 and details["stages"]["collect_1"]["nodes"] > 0
+    assert (run_dir / "checkpoints/prm_round0/value_head.safetensors").exists()
+    for stage in ("rft_round1", "prm_round1"):  # trained, or skipped with the reason (a barely trained policy)
+        assert (run_dir / "checkpoints" / stage).exists() or stage in details.get("skipped", {})
+    assert (run_dir / "plots/rest_mcts.png").exists() and "round" in proc.stdout
+    before = (run_dir / "metrics.jsonl").read_text()
+    run("oreo.rest_mcts", *args)
+    assert (run_dir / "metrics.jsonl").read_text() == before

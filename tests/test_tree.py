@@ -167,3 +167,11 @@ def test_target_rows_from_samples_trees_and_labels():
     out = {tuple(r.steps): r.step_values for r in target_rows(samples + tree.to_trajectories() + [labelled])}
     assert out == {("a\n", "#### 1"): pytest.approx([0.5, 1.0]), ("b\n", "#### 2"): pytest.approx([0.0, 0.0]),
                    ("x\n", "#### 1"): pytest.approx([0.5, 1.0]), ("s\n",): [0.7]}
+
+
+def test_a_tree_that_is_its_root_alone_is_one_empty_row():
+    tree = Tree("lone", "p", "q")
+    tree.root.visits, tree.root.terminal = 2, True   # a dead end: nothing usable was sampled
+    (row,) = tree.to_trajectories()
+    assert row.steps == [] and row.tree_id == "lone" and not row.correct
+    assert Tree.from_trajectories([row]).nodes == tree.nodes

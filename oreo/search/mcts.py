@@ -84,14 +84,14 @@ class MCTS:
                 break
             leaves = {i: self._select(trees[i], rng) for i in active}
             todo = [i for i in active if not leaves[i].terminal]
-            new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, seed * 100_003 + 2 * it)
+            new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, _seed(seed, it, 0))
             for i in active:
                 kids = new.get(i, [])
                 if self.cfg.end_gate is not None and any(k.value >= self.cfg.end_gate for k in kids):
                     done[i] = True
             if self.cfg.rollout_steps:
                 self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng,
-                              seed * 100_003 + 2 * it + 1)
+                              _seed(seed, it, 1))
             for i in active:
                 backup(trees[i], leaves[i])
         self.stats.wall_s += time.perf_counter() - start
@@ -157,7 +157,7 @@ class MCTS:
                 break
             outs = self.sampler.generate([Context(p.prompt, steps) for p, _, _, steps in current],
                                          n=self.cfg.rollout_branch, temperature=self.cfg.temperature,
-                                         seed=seed * 31 + r, stop=self.task.step_stops,
+                                         seed=_seed(seed, r, 2), stop=self.task.step_stops,
                                          max_new_tokens=self.cfg.step_max_tokens)
             scored = [(i, steps + (c.text,), c) for i, ((_, _, _, steps), cs) in enumerate(zip(current, outs))
                       for c in cs if not c.truncated]
@@ -176,6 +176,11 @@ class MCTS:
         for _, _, node, _ in starts:
             node.value = (1 - self.cfg.alpha) * node.value + self.cfg.alpha * best[id(node)]
             node.visits += 1
+
+
+def _seed(seed: int, step: int, phase: int) -> int:
+    """A sampler seed per (search seed, iteration or rollout step, phase), kept small: samplers multiply it."""
+    return (seed * 1_000_003 + step * 3 + phase) % 2**31
 
 
 def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, seed: int, round: int | None = None,

@@ -87,9 +87,7 @@ class Tree:
         none); ``meta["finished"]``: the leaf is a graded solution."""
         rows = []
         root = self.root
-        for leaf in self.leaves():
-            if leaf is root:
-                continue
+        for leaf in self.leaves():  # a tree that is its root alone (nothing usable was sampled) is one empty row
             path = self.path(leaf)
             rows.append(Trajectory(
                 id=f"{self.id}-{leaf.id}", round=round, task=self.task, problem_id=self.problem_id,
@@ -100,7 +98,8 @@ class Tree:
                 meta={**(meta or {}), "finished": leaf.terminal and leaf.reward is not None,
                       "tree": {"visits": [n.visits for n in path], "priors": [n.prior for n in path],
                                "terminal": [n.terminal for n in path], "leaf_reward": leaf.reward,
-                               "root": {"visits": root.visits, "value": root.value}}}))
+                               "root": {"visits": root.visits, "value": root.value,
+                                        "terminal": root.terminal}}}))
         return rows
 
     @classmethod
@@ -112,6 +111,7 @@ class Tree:
         tree = cls(first.tree_id, first.problem_id, first.prompt, first.task)
         info = first.meta.get("tree", {}).get("root", {})
         tree.root.visits, tree.root.value = info.get("visits", 0), info.get("value", 0.0)
+        tree.root.terminal = info.get("terminal", False)
         found = {}
         for r in rows:
             t = r.meta.get("tree", {})
