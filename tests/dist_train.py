@@ -16,6 +16,7 @@ rank writes ``OUT/logs_rank{r}.json`` (the rows the trainers logged on that rank
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 import time
@@ -29,6 +30,8 @@ from oreo.config import EngineConfig  # noqa: E402
 from oreo.distributed import full_parameters  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
 from oreo.trainers.common import TrainConfig, accumulation_steps, unwrap, world  # noqa: E402
+from oreo.trainers.dpo import DPOConfig, DPOObjective  # noqa: E402
+from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
 from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
 from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
 
@@ -171,6 +174,15 @@ def main() -> None:
                                                                     out_dir=out / "sft")
         params["sft_policy"] = state(model)
         rows += logger.rows
+
+    # the preference objectives: DPO (12 pairs from 24 records) and KTO, each 3 steps from its own start
+    for name, n, build in (("dpo", 24, lambda m, t: DPOObjective(m, t, DPOConfig(beta=0.1, max_len=64), tcfg(),
+                                                                  reference=copy.deepcopy(m))),
+                           ("kto", 12, lambda m, t: KTOObjective(m, t, KTOConfig(beta=0.1, max_len=64), tcfg(),
+                                                                  reference=copy.deepcopy(m)))):
+        model, tok = load_policy("tiny", tiny=TINY, seed=2)
+        build(model, tok).fit(records(n), engine=engine, out_dir=out / name)
+        params[f"{name}_policy"] = state(model)
 
     rank, size = world()
     out.mkdir(parents=True, exist_ok=True)

@@ -1,13 +1,14 @@
 """DeepSpeed ZeRO in two processes (torchrun, gloo on CPU) trains exactly like one plain-torch process.
 
-tests/dist_train.py trains a tiny model with the OREO trainer (policy + value model, 3 steps) and with
-SFT (3 steps). Every run uses micro_batch_size=2, batch_size=4: one process accumulates two
-micro-batches per step; two ranks take one micro-batch each (rank r gets its contiguous share of the
-global batch) and average gradients. Losses are means per micro-batch, so every run computes the same
-global gradient, and the final parameters, logged losses, gradient norms and learning rates must agree
-up to float32 rounding; and each run's saved checkpoints (the trainers' ``save``) must hold exactly its
-final parameters. ZeRO-2 is the main case; ZeRO-3 (every parameter partitioned) also checks that
-partitioned parameters are gathered for the forward pass and for saving.
+tests/dist_train.py trains a tiny model with the OREO trainer (policy + value model, 3 steps), with
+SFT (3 steps), and with DPO and KTO (3 steps each, a frozen reference each). Every run uses
+micro_batch_size=2, batch_size=4: one process accumulates two micro-batches per step; two ranks take
+one micro-batch each (rank r gets its contiguous share of the global batch) and average gradients.
+Losses are means per micro-batch, so every run computes the same global gradient, and the final
+parameters, logged losses, gradient norms and learning rates must agree up to float32 rounding; and
+each run's saved checkpoints (the trainers' ``save``) must hold exactly its final parameters. ZeRO-2 is
+the main case; ZeRO-3 (every parameter partitioned) also checks that partitioned parameters are
+gathered for the forward pass and for saving.
 
 The first DeepSpeed start on a machine compiles a shared-memory op (about a minute, cached afterwards
 in ~/.cache/torch_extensions).
@@ -106,13 +107,16 @@ def test_zero_on_two_ranks_ends_with_the_single_process_parameters(runs, stage):
     zero, single = (torch.load(runs(which) / "params.pt") for which in (stage, "torch"))
     assert single.keys() == zero.keys() == {"initial_policy", "oreo_policy", "oreo_value", "sft_policy",
                                             "value_round_trip", "resumed_from", "oreo_policy_resumed",
-                                            "oreo_value_resumed"}
+                                            "oreo_value_resumed", "dpo_policy", "kto_policy"}
     assert _max_diff(single["initial_policy"], zero["initial_policy"]) == 0
     # training moved the weights far beyond the tolerance, so the comparison below means something
     assert _max_diff(single["oreo_policy"], single["initial_policy"]) > 100 * PARAM_TOL
-    diffs = {name: _max_diff(single[name], zero[name]) for name in ("oreo_policy", "oreo_value", "sft_policy")}
+    diffs = {name: _max_diff(single[name], zero[name])
+             for name in ("oreo_policy", "oreo_value", "sft_policy", "dpo_policy", "kto_policy")}
     print(f"max |Δparam| single process vs ZeRO-{stage} on 2 ranks: {diffs}")
-    assert all(d < PARAM_TOL for d in diffs.values()), diffs
+    # KTO's reference point is a mean over the micro-batch, averaged over ranks: one process with two
+    # accumulated micro-batches and two ranks with one each see it through other roundings
+    assert all(d < (10 * PARAM_TOL if name == "kto_policy" else PARAM_TOL) for name, d in diffs.items()), diffs
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -137,7 +141,9 @@ def _saved(out: Path) -> dict:
     value = {f"backbone.{k}": v for k, v in load_file(str(out / "oreo" / "value" / "model.safetensors")).items()}
     value.update({f"head.{k}": v for k, v in load_file(str(out / "oreo" / "value" / "value_head.safetensors")).items()})
     return {"oreo_policy": load_file(str(out / "oreo" / "policy" / "model.safetensors")), "oreo_value": value,
-            "sft_policy": load_file(str(out / "sft" / "model.safetensors"))}
+            "sft_policy": load_file(str(out / "sft" / "model.safetensors")),
+            "dpo_policy": load_file(str(out / "dpo" / "model.safetensors")),
+            "kto_policy": load_file(str(out / "kto" / "model.safetensors"))}
 
 
 @pytest.mark.parametrize("which", [2, 3, "torch"])

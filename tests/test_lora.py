@@ -115,3 +115,29 @@ def test_gradient_checkpointing_gives_the_same_losses_and_gradients(records):
             n += 1
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
     assert n > 10
+
+
+@pytest.mark.parametrize("name", ["dpo", "kto"])
+def test_preference_objectives_with_lora_train_adapters_only_and_save_the_merged_policy(tmp_path, name):
+    from oreo.trainers.dpo import DPOConfig, DPOObjective
+    from oreo.trainers.kto import KTOConfig, KTOObjective
+    from oreo.trajectory import Trajectory
+
+    # four teacher solutions per problem, graded as they are: its slips are the incorrect, undesirable ones
+    task = ArithmeticTask(ArithmeticConfig(seed=1, n_train=16, n_test=1, n_heldout=1, teacher_error_rate=0.4))
+    rows = [Trajectory.from_dict(r) for r in task.sft_records(rng_seed=0, n_per_problem=4)]
+    assert {r.correct for r in rows} == {True, False}
+    policy, tok = load_policy("tiny", tiny=TINY, seed=0)
+    reference = copy.deepcopy(policy)
+    policy = add_lora(policy, LoRAConfig(policy=True, r=4))
+    before = {n: p.detach().clone() for n, p in policy.named_parameters()}
+    train = TrainConfig(epochs=2, batch_size=4, micro_batch_size=4, lr=1e-2, warmup_ratio=0.0)
+    objective = (DPOObjective(policy, tok, DPOConfig(max_len=64), train, reference=reference) if name == "dpo" else
+                 KTOObjective(policy, tok, KTOConfig(max_len=64), train, reference=reference))
+    objective.fit(rows, out_dir=tmp_path / name)
+    changed = {n for n, p in policy.named_parameters() if not torch.equal(before[n], p)}
+    assert changed and all("lora_" in n for n in changed), sorted(changed)[:5]
+    ids = torch.randint(3, 90, (2, 9))
+    with torch.no_grad():
+        merged = AutoModelForCausalLM.from_pretrained(tmp_path / name)
+        torch.testing.assert_close(merged(ids).logits, policy.eval()(ids).logits, rtol=1e-4, atol=1e-4)

@@ -112,6 +112,7 @@ def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
     metrics = json.loads((tmp_path / "search/best_of_n-n2-prm/metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == str(run_dir / "checkpoints/prm")
 
+
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
     data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"
