@@ -59,11 +59,17 @@ def run_iterations(cfg: RunConfig) -> list[dict]:
                      **run.evaluate(name, policy_dir)})
         if run.main:
             print(f"round {k}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
+    return report_rounds(run, rows, splits, "iterate")
+
+
+def report_rounds(run, rows: list[dict], splits: list[str], name: str) -> list[dict]:
+    """Record the per-round ``rows`` in run.json, close the logger, print the table and plot it to
+    ``plots/NAME.png``."""
     run.results["rounds"] = rows
     run._write_results()
     run.logger.close()
     if run.main:
-        plot = plot_rounds(rows, splits, run.dir / "plots" / "iterate.png")
+        plot = plot_rounds(rows, splits, run.dir / "plots" / f"{name}.png")
         print(format_rounds(rows, splits))
         print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
     return rows

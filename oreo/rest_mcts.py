@@ -15,13 +15,11 @@ A round whose trees hold no correct solution (or no target) keeps the previous p
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import hydra
 from omegaconf import DictConfig
 
 from oreo.distributed import rank_world
-from oreo.iterate import format_rounds, plot_rounds
+from oreo.iterate import report_rounds
 from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
 
 
@@ -48,14 +46,7 @@ def run_rest_mcts(cfg: RunConfig) -> list[dict]:
                      **run.evaluate(name, policy_dir)})
         if run.main:
             print(f"round {k}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
-    run.results["rounds"] = rows
-    run._write_results()
-    run.logger.close()
-    if run.main:
-        plot = plot_rounds(rows, splits, Path(run.dir) / "plots" / "rest_mcts.png")
-        print(format_rounds(rows, splits))
-        print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
-    return rows
+    return report_rounds(run, rows, splits, "rest_mcts")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
