@@ -28,7 +28,7 @@ from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
 from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
 from oreo.search.mcts import collect_trees
-from oreo.search.value import ValueScorer
+from oreo.search.value import ValueScorer, load_value_model
 from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
@@ -167,8 +167,9 @@ class Run:
         """Before ``stage`` runs or its output is reused: record the settings that shape it."""
         now = settings_of(self.plain, stage)
         recorded = self.results.get("settings", {}).get(stage)
-        if recorded is not None and differences(recorded, now) and self.started(stage):
-            raise StageSettingsChanged(stage, differences(recorded, now), self.dir)
+        changes = differences(recorded, now) if recorded is not None else []
+        if changes and self.started(stage):
+            raise StageSettingsChanged(stage, changes, self.dir)
         if recorded != now:
             self.results.setdefault("settings", {})[stage] = now
             self._write_results()
@@ -249,7 +250,7 @@ class Run:
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             sampler = self.sampler(policy_dir, self.cfg.collect)
-            value = ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device).eval()
+            value = load_value_model(value_dir, dtype=self.cfg.model.dtype).to(self.device).eval()
             scorer = ValueScorer(value, Encoder(sampler.tokenizer, max_len=10**9))
             problems = self.task.problems("train")[:self.cfg.rest.max_problems]
             info = collect_trees(self.task, problems, sampler, scorer, self.buffer, self.cfg.mcts,

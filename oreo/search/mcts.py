@@ -139,8 +139,11 @@ class MCTS:
     def _values(self, nodes: list) -> list[float]:
         if not nodes:
             return []
-        raw = self.scorer([Context(p.prompt, tuple(t.steps(n))) for p, t, n in nodes])
-        return [min(1.0, max(0.0, float(v))) for v in raw]
+        return self._scores([Context(p.prompt, tuple(t.steps(n))) for p, t, n in nodes])
+
+    def _scores(self, contexts: list[Context]) -> list[float]:
+        """The value model's scores, clipped to [0, 1] as the reference does."""
+        return [min(1.0, max(0.0, float(v))) for v in self.scorer(contexts)] if contexts else []
 
     def _rollout(self, items: list, rng: random.Random, seed: int) -> None:
         """From the best new child of each expanded leaf, ``rollout_steps`` greedy value-guided steps."""
@@ -163,10 +166,9 @@ class MCTS:
                       for c in cs if not c.truncated]
             for _, _, c in scored:
                 self.stats.tokens += c.n_tokens
-            values = self.scorer([Context(current[i][0].prompt, steps) for i, steps, _ in scored]) if scored else []
+            values = self._scores([Context(current[i][0].prompt, steps) for i, steps, _ in scored])
             keep = {}
             for (i, steps, c), v in zip(scored, values):
-                v = min(1.0, max(0.0, float(v)))
                 node = current[i][2]
                 best[id(node)] = max(best[id(node)], v)
                 if i not in keep or v > keep[i][0]:
