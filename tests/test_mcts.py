@@ -184,3 +184,64 @@ def test_tree_collection_resumes_by_chunk_with_the_same_trees(tmp_path):
     assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
     trees = {t: Tree.from_trajectories([r for r in a if r.tree_id == t]) for t in {r.tree_id for r in a}}
     assert sorted(trees) == [f"r0-{i}" for i in range(5)]
+
+
+# ---------------------------------------------------------------------- search=mcts at test time
+def _answer_tree():
+    from oreo.search.tree import Tree
+
+    tree = Tree("t", "0", "q\n")
+    a, _ = tree.add(tree.root, "a\n")
+    b, _ = tree.add(tree.root, "b\n")
+    a1, _ = tree.add(a, "#### 1")
+    a2, _ = tree.add(a, "#### 2")
+    b2, _ = tree.add(b, "#### 2")
+    dead, _ = tree.add(b, "c\n")
+    for node, value in [(a, 0.7), (b, 0.95), (a1, 0.8), (a2, 0.6), (b2, 0.5), (dead, 0.99)]:
+        node.value = value
+    for leaf, reward in [(a1, 1.0), (a2, 0.0), (b2, 0.0), (dead, None)]:
+        leaf.terminal, leaf.reward = True, reward
+    return tree, {"a": a, "b": b, "a1": a1, "a2": a2, "b2": b2, "dead": dead}
+
+
+def test_mcts_answer_rules_by_hand():
+    from oreo.search.strategies import mcts_answer
+
+    tree, n = _answer_tree()
+    # the dead end (0.99) is never an answer; b (0.95) is the best node that can still be continued
+    assert mcts_answer(tree, "best_value") is n["b"]
+    assert mcts_answer(tree, "best_value", gated=n["a2"]) is n["a2"]
+    assert mcts_answer(tree, "best_value", gated=n["dead"]) is n["b"]
+    assert mcts_answer(tree, "best_leaf") is n["a1"]
+    # answer "2": 0.6 + 0.5 = 1.1 beats answer "1": 0.8; its best node is a2
+    keys = {n["a1"].id: "1", n["a2"].id: "2", n["b2"].id: "2"}
+    assert mcts_answer(tree, "weighted_vote", keys=keys) is n["a2"]
+    with pytest.raises(ValueError, match="mcts.answer"):
+        mcts_answer(tree, "nope")
+
+
+def test_search_mcts_completes_an_unfinished_answer_and_counts_its_tokens():
+    from oreo.search.strategies import SearchConfig, Searcher
+
+    script = {"": [step("a\n"), step("b\n")], "a\n": [end("#### 1")], "b\n": [end("#### 2")]}
+    cfg = SearchConfig(strategy="mcts", mcts=MCTSConfig(iterations=5, branch=2, rollout_steps=0, end_gate=0.9))
+    sampler = Scripted(script)
+    (choice,) = Searcher(cfg, Task(), sampler, Values({"a\n": 0.95, "b\n": 0.1})).solve([Problem(0)])
+    # "a" reached the gate at once: the search stopped and the policy finished "a" greedily
+    assert choice.response == "a\n#### 1" and choice.value == pytest.approx(0.95)
+    assert sampler.calls == [1, 1] and choice.samples == 3 and choice.tokens == 2 + 2 + 7
+    cut = Scripted({"": [step("a\n")], "a\n": [Completion("…", finished=False, n_tokens=64)]})
+    (choice,) = Searcher(cfg, Task(), cut, Values({"a\n": 0.95})).solve([Problem(0)])
+    assert choice.response is None and choice.tokens == 2 + 2 + 64  # the completion was cut: no answer
+
+
+def test_search_mcts_best_leaf_over_several_problems():
+    from oreo.search.strategies import SearchConfig, Searcher
+
+    script = {"": [end("#### 1"), end("#### 2"), step("a\n")]}
+    cfg = SearchConfig(strategy="mcts", mcts=MCTSConfig(iterations=1, branch=3, rollout_steps=0, answer="best_leaf"))
+    values = Values({"#### 1": 0.3, "#### 2": 0.4, "a\n": 0.9})
+    mcts_choices = Searcher(cfg, Task(), Scripted(script), values).solve([Problem(0), Problem(1)])
+    assert [c.response for c in mcts_choices] == ["#### 2", "#### 2"]
+    assert all(c.tokens == 7 + 7 + 2 and c.samples == 3 for c in mcts_choices)
+    assert cfg.tag == "mcts-i1-b3-best_leaf-t0.7"

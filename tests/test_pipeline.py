@@ -253,9 +253,7 @@ def test_rest_mcts_runs_its_rounds_and_resumes(tmp_path):
     solutions → PRM on their targets → evaluation; a rerun trains and searches nothing again."""
     data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"
-    args = [f"run_dir={run_dir}", *TRIM, f"collect.from_file={data}", "rest.rounds=1", "rest.max_problems=4",
-            "mcts.iterations=2", "mcts.branch=2", "mcts.step_max_tokens=12", "prm.train.batch_size=8",
-            "prm.train.micro_batch_size=8"]
+    args = [f"run_dir={run_dir}", "+experiment=rest_mcts_smoke", f"collect.from_file={data}"]
     proc = run("oreo.rest_mcts", *args)
     details = json.loads((run_dir / "run.json").read_text())
     assert [r["method"] for r in details["rounds"]] == ["sft", "rest_round1"]
@@ -269,3 +267,9 @@ def test_rest_mcts_runs_its_rounds_and_resumes(tmp_path):
     before = (run_dir / "metrics.jsonl").read_text()
     run("oreo.rest_mcts", *args)
     assert (run_dir / "metrics.jsonl").read_text() == before
+    # test time: MCTS* with the PRM of the last round
+    prm = next(p for p in (run_dir / "checkpoints/prm_round1", run_dir / "checkpoints/prm_round0") if p.exists())
+    run("oreo.evaluate", f"checkpoint={run_dir}/checkpoints/sft", f"value={prm}", f"run_dir={tmp_path}",
+        "+experiment=rest_mcts_smoke", "evaluate.splits=[test]", "search=mcts")
+    metrics = json.loads((tmp_path / f"search/mcts-i2-b2-best_value-t0.7-{prm.name}/metrics.json").read_text())
+    assert metrics["test"]["n"] == 16 and metrics["test"]["mean_tokens"] > 0

@@ -178,8 +178,10 @@ def test_beam_generates_and_scores_every_problem_of_a_step_in_one_call():
 def test_value_strategies_need_a_value_model():
     with pytest.raises(ValueError, match="needs a value model"):
         Searcher(SearchConfig(strategy="beam"), Task(), Scripted(TREE), None)
-    with pytest.raises(ValueError, match="strategy: must be one of greedy, .*got 'mcts'"):
-        SearchConfig(strategy="mcts")
+    with pytest.raises(ValueError, match="needs a value model"):
+        Searcher(SearchConfig(strategy="mcts"), Task(), Scripted(TREE), None)
+    with pytest.raises(ValueError, match="strategy: must be one of greedy, .*got 'dfs'"):
+        SearchConfig(strategy="dfs")
 
 
 def test_the_tag_tells_settings_apart():

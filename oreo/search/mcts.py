@@ -48,6 +48,10 @@ class MCTSConfig:
     max_depth: int = at_least(1, 20)       # steps before a partial solution becomes a dead end
     step_max_tokens: int = at_least(1, 64)  # token limit of one step
     end_gate: float | None = None          # stop a problem at the first node with V >= end_gate (None: whole budget)
+    # search=mcts, the answer (spec §1.2.5): best_value: the node that reached end_gate, else the highest-V node
+    # (unfinished: completed greedily); best_leaf: the highest-V finished solution; weighted_vote: the answer
+    # whose finished solutions' values sum highest
+    answer: str = one_of(("best_value", "best_leaf", "weighted_vote"), "best_value")
 
     def __post_init__(self):
         validate(self)
@@ -70,6 +74,9 @@ class MCTS:
     def __init__(self, cfg: MCTSConfig, task, sampler, scorer):
         self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
         self.stats = SearchStats()
+        self.tokens: dict[str, int] = {}      # tree id → tokens generated for it
+        self.samples: dict[str, int] = {}     # tree id → completions generated for it
+        self.gated: dict[str, Node] = {}      # tree id → the first node whose value reached end_gate
 
     def search(self, problems: list, seed: int = 0, prefix: str = "") -> list[Tree]:
         """One tree per problem (its id: ``prefix`` + the problem's), searched for ``cfg.iterations``
@@ -77,6 +84,9 @@ class MCTS:
         start = time.perf_counter()
         rng = random.Random(seed)
         trees = [Tree(f"{prefix}{p.id}", str(p.id), p.prompt, getattr(self.task, "name", "")) for p in problems]
+        for t in trees:
+            self.tokens.setdefault(t.id, 0)
+            self.samples.setdefault(t.id, 0)
         done = [False] * len(trees)
         for it in range(self.cfg.iterations):
             active = [i for i, d in enumerate(done) if not d]
@@ -86,8 +96,10 @@ class MCTS:
             todo = [i for i in active if not leaves[i].terminal]
             new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, _seed(seed, it, 0))
             for i in active:
-                kids = new.get(i, [])
-                if self.cfg.end_gate is not None and any(k.value >= self.cfg.end_gate for k in kids):
+                gate = self.cfg.end_gate
+                passed = [k for k in new.get(i, []) if gate is not None and k.value >= gate]
+                if passed:
+                    self.gated[trees[i].id] = max(passed, key=lambda k: k.value)
                     done[i] = True
             if self.cfg.rollout_steps:
                 self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng,
@@ -116,6 +128,8 @@ class MCTS:
         for (k, (problem, tree, leaf)), completions in zip(items.items(), outs):
             for c in completions:
                 self.stats.tokens += c.n_tokens
+                self.tokens[tree.id] += c.n_tokens
+                self.samples[tree.id] += 1
                 if c.truncated or not c.text.strip() and not c.finished:
                     continue  # cut by the token limit (or empty): never a step
                 child, fresh = tree.add(leaf, c.text)
@@ -162,10 +176,13 @@ class MCTS:
                                          n=self.cfg.rollout_branch, temperature=self.cfg.temperature,
                                          seed=_seed(seed, r, 2), stop=self.task.step_stops,
                                          max_new_tokens=self.cfg.step_max_tokens)
+            for (_, tree, _, _), cs in zip(current, outs):
+                n_tokens = sum(c.n_tokens for c in cs)
+                self.stats.tokens += n_tokens
+                self.tokens[tree.id] += n_tokens
+                self.samples[tree.id] += len(cs)
             scored = [(i, steps + (c.text,), c) for i, ((_, _, _, steps), cs) in enumerate(zip(current, outs))
                       for c in cs if not c.truncated]
-            for _, _, c in scored:
-                self.stats.tokens += c.n_tokens
             values = self._scores([Context(current[i][0].prompt, steps) for i, steps, _ in scored])
             keep = {}
             for (i, steps, c), v in zip(scored, values):

@@ -9,6 +9,10 @@ returns one ``Choice`` per problem (the chosen response, its value, the tokens s
 - ``beam``: step-level beam search (spec §6.2). B beams; every beam state gets B sampled next steps;
   finished candidates join an answer pool; the B highest-valued unfinished candidates form the next
   beam; at most S steps; the answer is the highest-valued finished candidate.
+- ``mcts``: MCTS* (``oreo.search.mcts``, ReST-MCTS*'s tree search) with the value model, answered by the
+  spec's §1.2.5 rules (``mcts.answer``): the node that reached ``mcts.end_gate``, else the highest-valued
+  node, completed greedily by the policy when it is not a finished solution (the reference's separate
+  summary call); or the highest-valued finished solution; or the value-weighted vote of the finished ones.
 
 A completion cut by a token limit is never an answer, in every strategy. All candidates of one step
 (over every problem of the call) are generated in one ``generate`` call and scored in one scorer
@@ -17,9 +21,11 @@ call. ``best_of_k_actions`` is the per-turn choice for agents (spec §6.3).
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from oreo.config import at_least, one_of, validate
+from oreo.search.mcts import MCTS, MCTSConfig
+from oreo.search.tree import Node, Tree
 from oreo.types import Choice, Context
 
 
@@ -68,7 +74,7 @@ RULES = {
     "best_of_n": lambda finished, keys, values: best_value_index(values(), finished),
     "weighted_vote": lambda finished, keys, values: weighted_vote_index(keys(), values()),
 }
-STRATEGIES = (*RULES, "beam")  # beam: step-level search, ``Searcher.beam``
+STRATEGIES = (*RULES, "beam", "mcts")  # step-level searches: ``Searcher.beam``, ``Searcher.mcts``
 
 
 @dataclass
@@ -84,6 +90,8 @@ class SearchConfig:
     dedupe: bool = True                     # beam: identical candidates take one place (the reference keeps copies)
     problems_per_batch: int = at_least(1, 64)  # problems searched together: one block, the unit of resume
     value_batch_size: int = at_least(1, 64)    # sequences per value forward
+    # mcts: the tree search's settings (budget, branching, end_gate, answer rule); its temperature is mcts.temperature
+    mcts: MCTSConfig = field(default_factory=lambda: MCTSConfig(end_gate=0.9))
 
     def __post_init__(self):
         validate(self)
@@ -91,14 +99,17 @@ class SearchConfig:
     @property
     def tag(self) -> str:
         """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``,
-        and ``best_of_n-n5-t0.3`` for a sampling temperature other than 1."""
+        ``best_of_n-n5-t0.3`` for a sampling temperature other than 1, ``mcts-i40-b3-best_value-t0.7``."""
         if self.strategy == "greedy":
             return "greedy"
+        if self.strategy == "mcts":
+            m = self.mcts
+            return f"mcts-i{m.iterations}-b{m.branch}-{m.answer}-t{m.temperature:g}"
         tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
         return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
 
 
-NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam")
+NEEDS_VALUE = ("best_of_n", "weighted_vote", "beam", "mcts")
 
 
 # ------------------------------------------------------------------ strategies
@@ -110,8 +121,8 @@ class Searcher:
         self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
 
     def solve(self, problems: list, seed: int = 0) -> list[Choice]:
-        if self.cfg.strategy == "beam":
-            return self.beam(problems, seed)
+        if self.cfg.strategy in ("beam", "mcts"):
+            return getattr(self, self.cfg.strategy)(problems, seed)
         if self.cfg.strategy == "greedy":
             outs = self.sampler.generate([p.prompt for p in problems], n=1, temperature=0.0, seed=seed)
         else:
@@ -121,9 +132,10 @@ class Searcher:
 
     def _key(self, problem, completion):
         """The answer a finished completion gives, as the vote groups it; None if cut or no answer."""
-        if not completion.finished:
-            return None
-        answer, _ = self.task.grade(problem, completion.text)
+        return self._answer_key(problem, completion.text) if completion.finished else None
+
+    def _answer_key(self, problem, text: str):
+        answer, _ = self.task.grade(problem, text)
         return None if answer is None else getattr(self.task, "answer_key", str)(answer)
 
     def values(self, problem, completions) -> list[float] | None:
@@ -181,6 +193,32 @@ class Searcher:
                                   tokens[p], samples[p]))
         return choices
 
+    def mcts(self, problems: list, seed: int) -> list[Choice]:
+        """MCTS* over all ``problems`` at once, each answered by ``mcts.answer`` (module docstring). The tokens
+        of a problem are those of its tree's expansions and rollouts plus the completion of its answer."""
+        search = MCTS(self.cfg.mcts, self.task, self.sampler, self.scorer)
+        trees = search.search(problems, seed=seed)
+        rule = self.cfg.mcts.answer
+        picks = []
+        for problem, tree in zip(problems, trees):
+            keys = {n.id: self._answer_key(problem, "".join(tree.steps(n))) for n in tree.nodes.values()
+                    if n.terminal and n.reward is not None} if rule == "weighted_vote" else None
+            picks.append(mcts_answer(tree, rule, search.gated.get(tree.id), keys))
+        todo = [i for i, node in enumerate(picks) if node is not None and not node.terminal]
+        outs = self.sampler.generate([Context(problems[i].prompt, tuple(trees[i].steps(picks[i]))) for i in todo],
+                                     n=1, temperature=0.0, seed=seed) if todo else []
+        completions = {i: c for i, (c,) in zip(todo, outs)}
+        choices = []
+        for i, (tree, node) in enumerate(zip(trees, picks)):
+            tokens, samples = search.tokens[tree.id], search.samples[tree.id]
+            response = None if node is None else "".join(tree.steps(node))
+            if i in completions:
+                c = completions[i]
+                tokens, samples = tokens + c.n_tokens, samples + 1
+                response = response + c.text if c.finished else None   # cut by the token limit: no answer
+            choices.append(Choice(response, None if node is None else node.value, tokens, samples))
+        return choices
+
 
 def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, temperature: float = 1.0, seed: int = 0,
                       stop: list[str] | None = None) -> list[Choice]:
@@ -201,3 +239,28 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
         choices.append(Choice(completions[pick].text, vs[pick], sum(c.n_tokens for c in completions), k,
                               completions[pick].truncated))
     return choices
+
+
+def mcts_answer(tree: Tree, rule: str, gated: Node | None = None, keys: dict[str, object] | None = None) -> Node | None:
+    """The node whose solution answers a searched ``tree`` (spec §1.2.5), or None if there is none.
+
+    ``best_value``: ``gated`` (the node that reached the end gate) if given, else the highest-valued node that
+    is a finished solution or can still be continued (dead ends are never answers); ``best_leaf``: the
+    highest-valued finished solution; ``weighted_vote``: of the finished solutions, grouped by ``keys`` (node
+    id → answer key, None: no answer), the group whose values sum highest, and its highest-valued node.
+    Ties go to the earliest node."""
+    nodes = [n for n in tree.nodes.values() if n.parent is not None]
+    finished = [n.terminal and n.reward is not None for n in nodes]
+    if rule == "best_value":
+        if gated is not None and (gated.reward is not None or not gated.terminal):
+            return gated
+        pick = best_value_index([n.value for n in nodes], [f or not n.terminal for n, f in zip(nodes, finished)])
+    elif rule == "best_leaf":
+        pick = best_value_index([n.value for n in nodes], finished)
+    elif rule == "weighted_vote":
+        keys = keys or {}
+        pick = weighted_vote_index([keys.get(n.id) if f else None for n, f in zip(nodes, finished)],
+                                   [n.value for n in nodes])
+    else:
+        raise ValueError(f"mcts.answer must be best_value, best_leaf or weighted_vote, got {rule!r}")
+    return None if pick is None else nodes[pick]
