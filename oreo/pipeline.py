@@ -261,25 +261,28 @@ class Run:
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
 
-    def records_for(self, name: str, rounds: list[int] | None = None) -> list:
-        """What method ``name`` trains on (``METHODS[name].data``)."""
+    def records_for(self, name: str, rounds: list[int] | None = None, keep=None) -> list:
+        """What method ``name`` trains on (``METHODS[name].data``), of those the ones ``keep(record)`` accepts
+        if given."""
         data = METHODS[name].data
         if data == "teacher":
             return self.task.sft_records(self.cfg.seed, self.cfg.method(name).n_per_problem)
         records = self.training_records(rounds)
-        return [r for r in records if r.correct] if data == "correct" else records
+        records = [r for r in records if r.correct] if data == "correct" else records
+        return records if keep is None else [r for r in records if keep(r)]
 
     def train_method(self, name: str, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
-                     rounds: list[int] | None = None, stage: str | None = None) -> Path | None:
+                     rounds: list[int] | None = None, stage: str | None = None, keep=None) -> Path | None:
         """Method ``name`` (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the
         buffer's ``rounds``, default all), anchored to the reference in ``ref_dir`` (default: ``init_dir``)
-        if it uses one; OREO's value model warm-starts from ``value_dir`` if given. Returns the trained
+        if it uses one; OREO's value model warm-starts from ``value_dir`` if given; ``keep(record)``, if given,
+        selects among the records. Returns the trained
         policy's folder, or ``None`` (and the reason in run.json) when there is less than one batch of data."""
         stage = stage or name
         method, out = METHODS[name], self.checkpoint(stage)
         self.claim(stage)
         if not self.done(out):
-            records = self.records_for(name, rounds)
+            records = self.records_for(name, rounds, keep)
             self.seed(STAGES.index(name) + 1)
             cfg = self.cfg.method(name)
             policy, tokenizer = self.load(init_dir)

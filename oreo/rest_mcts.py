@@ -11,7 +11,9 @@ policy on the targets inferred from those samples (their prefix trees). Then eac
 
 A round whose trees hold no correct solution (or no target) keeps the previous policy (or PRM), and
 ``run.json`` says why. Every stage resumes like the others. A per-round table is printed and plotted to
-``plots/rest_mcts.png``. The reference's optional filter of the policy's traces by PRM value is not here yet.
+``plots/rest_mcts.png``. With ``rest.value_filter`` set, the policy learns only from the correct paths whose
+finished solution the guiding PRM valued at least that (the reference's ``vm_critic`` filter, 0.2), and with
+``rest.min_chars`` only from responses at least that long (the reference: 50 characters).
 """
 from __future__ import annotations
 
@@ -20,7 +22,16 @@ from omegaconf import DictConfig
 
 from oreo.distributed import rank_world
 from oreo.iterate import report_rounds
-from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
+from oreo.run_config import CONF_DIR, RestConfig, RunConfig, run_config, to_yaml
+from oreo.trajectory import Trajectory
+
+
+def trace_kept(row: Trajectory, rest: RestConfig) -> bool:
+    """Whether a correct search path trains the policy: its response is at least ``rest.min_chars`` long and,
+    with ``rest.value_filter`` set, the value the search gave its last node (the finished solution) reaches it."""
+    if len("".join(row.steps)) < rest.min_chars:
+        return False
+    return rest.value_filter is None or bool(row.step_values) and row.step_values[-1] >= rest.value_filter
 
 
 def run_rest_mcts(cfg: RunConfig) -> list[dict]:
@@ -38,7 +49,8 @@ def run_rest_mcts(cfg: RunConfig) -> list[dict]:
     policy_dir = sft_dir
     for k in range(1, cfg.rest.rounds + 1):
         stats = run.collect_trees(policy_dir, value_dir, round=k)
-        policy_dir = run.train_method("rft", policy_dir, rounds=[k], stage=f"rft_round{k}") or policy_dir
+        policy_dir = run.train_method("rft", policy_dir, rounds=[k], stage=f"rft_round{k}",
+                                      keep=lambda r: trace_kept(r, cfg.rest)) or policy_dir
         value_dir = run.train_method("prm", policy_dir, value_dir=value_dir, rounds=[k],
                                      stage=f"prm_round{k}") or value_dir
         name = f"rest_round{k}"

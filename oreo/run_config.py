@@ -33,6 +33,7 @@ from oreo.config import (
     SamplerConfig,
     WandbConfig,
     at_least,
+    between,
     build,
     validate,
 )
@@ -57,6 +58,10 @@ class RestConfig:
     """ReST-MCTS*'s self-training, ``python -m oreo.rest_mcts`` (spec §1.5)."""
     rounds: int = at_least(1, 2)                  # MCTS* → SFT on its correct traces → PRM on its targets, per round
     max_problems: int | None = at_least(1, None)  # search the first K training problems (null: all of them)
+    # the policy's traces: a correct search path is kept only if the value model that guided the search valued its
+    # finished solution at least this (the reference's vm_critic filter used 0.2); null: every correct path
+    value_filter: float | None = between(0.0, 1.0, None)
+    min_chars: int = at_least(0, 0)   # ... and only if its response has this many characters (the reference: 50)
 
     def __post_init__(self):
         validate(self)

@@ -89,3 +89,20 @@ def test_a_prm_fits_the_inferred_targets():
     info = objective.fit(rows)
     assert info["steps"] == 60 and math.isfinite(before)
     assert mse() < 0.1 * before
+
+
+def test_rest_mcts_keeps_the_policy_traces_the_value_filter_accepts():
+    from oreo.rest_mcts import trace_kept
+    from oreo.run_config import RestConfig
+    from oreo.trajectory import Trajectory
+
+    def row(steps, values):
+        return Trajectory(id="t", task="toy", problem_id="0", prompt="q", steps=steps, reward=1.0, correct=True,
+                          step_values=values)
+
+    assert trace_kept(row(["a\n", "#### 1"], [0.9, 0.1]), RestConfig())   # no filter: every correct path
+    strict = RestConfig(value_filter=0.2, min_chars=5)
+    assert trace_kept(row(["abc\n", "#### 1"], [0.1, 0.2]), strict)        # the finished solution's value counts
+    assert not trace_kept(row(["abc\n", "#### 1"], [0.9, 0.19]), strict)
+    assert trace_kept(row(["#### 1"], [0.9]), strict)
+    assert not trace_kept(row(["#### 1"], [0.9]), RestConfig(min_chars=7))  # 6 characters: too short
