@@ -253,3 +253,34 @@ def test_search_evaluation_resumes_by_block_with_the_same_rows(tmp_path):
     assert whole["n"] == 10 and whole["mean_tokens"] > 0
     assert set(rows[0]) == {"problem_id", "prompt", "response", "answer", "gold", "correct", "value", "tokens",
                             "samples"}
+
+
+def test_step_logprobs_sum_each_steps_token_logprobs():
+    import torch
+
+    from oreo.encode import Encoder
+    from oreo.models import tiny_causal_lm, tiny_tokenizer
+    from oreo.search.value import step_logprobs
+
+    torch.manual_seed(0)
+    tok = tiny_tokenizer()
+    model = tiny_causal_lm(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
+    encoder = Encoder(tok, max_len=10**9)
+    contexts = [Context("1 +2\n", ("1+2=3\n", "#### 3")), Context("4 -1 *2\n", ("4-1=3\n",)), Context("7\n", ())]
+    got = step_logprobs(model, encoder, contexts, batch_size=2)
+    for ctx, per_step in zip(contexts, got):
+        ids = encoder.prompt_ids(ctx.prompt)
+        expected = []
+        for step in ctx.steps:
+            for t in encoder._ids(step):   # each token scored alone, by a full forward of its prefix
+                with torch.no_grad():
+                    logits = model(torch.tensor([ids])).logits[0, -1]
+                expected.append((len(expected), float(torch.log_softmax(logits, -1)[t])))
+                ids = ids + [t]
+        lengths = [len(encoder._ids(s)) for s in ctx.steps]
+        sums, pos = [], 0
+        for n in lengths:
+            sums.append(sum(v for _, v in expected[pos:pos + n]))
+            pos += n
+        assert per_step == pytest.approx(sums, abs=1e-4)
+    assert got[2] == []

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from oreo.logprobs import token_logprobs
 from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states
 from oreo.rollout.sampler import context_ids
 from oreo.types import Context
@@ -80,3 +81,38 @@ class ValueScorer:
         finally:
             self.model.train(was_training)
         return values
+
+
+@torch.no_grad()
+def step_logprobs(model: nn.Module, encoder, contexts: list[Context], *, batch_size: int = 64) -> list[list[float]]:
+    """log π(step_k | prompt, steps before it) for every step of every (single-turn) context, under the causal
+    LM ``model``: the sum of its tokens' log-probabilities, tokenized as training and sampling tokenize it."""
+    if any(c.observations for c in contexts):
+        raise ValueError("step_logprobs scores single-turn contexts (no observations)")
+    rows = []
+    for c in contexts:
+        steps = [encoder._ids(s) for s in c.steps]
+        rows.append((encoder.prompt_ids(c.prompt), steps))
+    device = next(model.parameters()).device
+    pad = encoder.tokenizer.pad_token_id
+    out: list[list[float]] = [[] for _ in contexts]
+    order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]) + sum(map(len, rows[i][1])))
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, len(order), batch_size):
+            chunk = order[start:start + batch_size]
+            ids = [rows[i][0] + [t for s in rows[i][1] for t in s] for i in chunk]
+            length = max(len(x) for x in ids)
+            input_ids = torch.tensor([x + [pad] * (length - len(x)) for x in ids], device=device)
+            mask = torch.tensor([[1] * len(x) + [0] * (length - len(x)) for x in ids], device=device)
+            hidden = hidden_states(model, input_ids, mask)
+            logp = token_logprobs(hidden[:, :-1], model.get_output_embeddings(), input_ids[:, 1:]).tolist()
+            for row, i in zip(logp, chunk):
+                pos = len(rows[i][0]) - 1   # the prediction of token t+1 sits at position t
+                for step in rows[i][1]:
+                    out[i].append(float(sum(row[pos:pos + len(step)])))
+                    pos += len(step)
+    finally:
+        model.train(was_training)
+    return out
