@@ -225,19 +225,26 @@ def search_run(cfg: RunConfig) -> dict:
     from oreo.encode import Encoder
     from oreo.runtime import build_sampler, close_sampler, pick_device, quiet_library_progress_bars
     from oreo.search.strategies import NEEDS_VALUE, Searcher
-    from oreo.search.value import ValueScorer, load_value_model
+    from oreo.search.value import StepLikelihoodScorer, ValueScorer, load_value_model
     from oreo.tasks import make_task
 
     quiet_library_progress_bars()
     search = cfg.search
     device = pick_device(cfg.device)
     policy_dir, value_dir = resolve_checkpoint(cfg.checkpoint or Path(cfg.run_dir) / "checkpoints" / "oreo")
-    if cfg.value is not None:
+    if cfg.value not in (None, "policy"):
         value_dir = Path(cfg.value)
     task = make_task(cfg.task)
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
     scorer = None
-    if value_dir is not None:
+    if cfg.value == "policy":   # the policy's own step likelihood (oreo.search.value.StepLikelihoodScorer)
+        if not hasattr(sampler, "model") or task.kind == "agent":
+            raise ValueError("value=policy scores single-turn responses with the policy's own log-probs: it needs "
+                             "sampler.backend=hf and a task that is not an agent task")
+        scorer = StepLikelihoodScorer(sampler.model, Encoder(sampler.tokenizer, max_len=10**9),
+                                      batch_size=search.value_batch_size)
+        value_dir = "policy"
+    elif value_dir is not None:
         value = load_value_model(value_dir, dtype=cfg.model.dtype, policy=getattr(sampler, "model", None))
         scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
                              batch_size=search.value_batch_size)
@@ -251,7 +258,7 @@ def search_run(cfg: RunConfig) -> dict:
     # What must match for earlier results in out_dir to be reused: the settings, the checkpoint, the seed.
     fingerprint = {"search": as_dict(search), "policy": str(policy_dir), "value": str(value_dir), "seed": cfg.seed,
                    "max_new_tokens": cfg.evaluate.max_new_tokens,
-                   "weights": [weights_stamp(policy_dir), weights_stamp(value_dir)]}
+                   "weights": [weights_stamp(policy_dir), None if cfg.value == "policy" else weights_stamp(value_dir)]}
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() and cfg.resume else {}
     if metrics.get("fingerprint") != fingerprint:
         metrics = {}

@@ -78,7 +78,8 @@ class RunConfig:
     threads: int | None = at_least(1, None)   # torch CPU threads; null: torch's default
     # python -m oreo.evaluate: the checkpoint (policy/, value/); null: RUN_DIR/checkpoints/oreo
     checkpoint: str | None = None
-    # python -m oreo.evaluate: the value model that scores (e.g. RUN_DIR/checkpoints/prm); null: the checkpoint's value/
+    # python -m oreo.evaluate: the value model that scores (e.g. RUN_DIR/checkpoints/prm); null: the checkpoint's
+    # value/; policy: the policy's own step likelihood, exp(mean step log-prob), no value model needed
     value: str | None = None
     # skip stages whose outputs exist in run_dir; a killed stage continues from its last in-stage checkpoint
     resume: bool = True

@@ -111,6 +111,9 @@ def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
     run("oreo.evaluate", *args, "search=best_of_n", "search.n=2")
     metrics = json.loads((tmp_path / "search/best_of_n-n2-prm/metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == str(run_dir / "checkpoints/prm")
+    run("oreo.evaluate", *args, "search=best_of_n", "search.n=2", "value=policy")   # the policy's own likelihood
+    metrics = json.loads((tmp_path / "search/best_of_n-n2-policy/metrics.json").read_text())
+    assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == "policy"
 
 
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):

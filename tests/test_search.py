@@ -284,3 +284,15 @@ def test_step_logprobs_sum_each_steps_token_logprobs():
             pos += n
         assert per_step == pytest.approx(sums, abs=1e-4)
     assert got[2] == []
+
+
+def test_step_likelihood_scorer_is_exp_of_the_mean_step_logprob():
+    import math
+
+    from oreo.search.value import StepLikelihoodScorer, step_logprobs
+
+    policy, tok = load_policy("tiny", tiny=TINY, seed=1)
+    contexts = [Context("1 +2\n", ("1+2=3\n", "#### 3")), Context("5\n", ())]
+    per_step = step_logprobs(policy, Encoder(tok), contexts)
+    values = StepLikelihoodScorer(policy, Encoder(tok))(contexts)
+    assert values[0] == pytest.approx(math.exp(sum(per_step[0]) / 2)) and 0 < values[0] < 1 and values[1] == 1.0

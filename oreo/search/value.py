@@ -11,6 +11,7 @@ position), which for an unfinished candidate is the state *before* its separator
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -116,3 +117,16 @@ def step_logprobs(model: nn.Module, encoder, contexts: list[Context], *, batch_s
     finally:
         model.train(was_training)
     return out
+
+
+class StepLikelihoodScorer:
+    """The policy as its own verifier: exp of the mean over a context's steps of log π(step | prefix), in (0, 1]
+    (1 for a context with no step). Free (no training) and, on the embedded task, the ranking any learned value
+    has to beat (``experiments/results/value_designs.md``): a wrong line is an unlikely one."""
+
+    def __init__(self, policy: nn.Module, encoder, *, batch_size: int = 64):
+        self.policy, self.encoder, self.batch_size = policy, encoder, batch_size
+
+    def __call__(self, items: list[Context]) -> list[float]:
+        per_step = step_logprobs(self.policy, self.encoder, items, batch_size=self.batch_size)
+        return [math.exp(sum(s) / len(s)) if s else 1.0 for s in per_step]
