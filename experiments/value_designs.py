@@ -11,6 +11,10 @@ default run (SFT → collect → RFT → OREO):
    - ``prm + log-probs``: the same PRM's value and the SFT policy's per-step log-probs as inputs of a linear value
      fitted by least squares on the same targets (features at each step end: the PRM's value, the step's
      log-prob, the lowest and the mean step log-prob so far);
+   - ``log-probs (outcome)`` and ``prm + log-probs (outcome)``: a logistic regression of the outcome (right or
+     wrong) of the collection's finished samples on the policy's step log-probs of the whole response (the mean,
+     the lowest and the last step's, and the number of steps), without and with the PRM's value: the same inputs,
+     fitted to tell right from wrong rather than to regress the progress targets;
    - ``implicit (oreo)``: OREO's own relation V(s_T) − V(s_0) = β Σ_t log π/π_ref, from the OREO policy against
      the SFT policy (its reference);
    - ``mean step log-prob`` and ``min step log-prob``: the SFT policy's own log-probability of each step,
@@ -72,6 +76,35 @@ def path_features(step_lp: list[float]) -> list[list[float]]:
     return out
 
 
+def response_features(step_lp: list[list[float]], prm: list[float] | None) -> torch.Tensor:
+    """Per response: its mean, lowest and last step log-prob, its number of steps (and the PRM's value)."""
+    rows = [[sum(lp) / len(lp), min(lp), lp[-1], float(len(lp))] if lp else [0.0, 0.0, 0.0, 0.0] for lp in step_lp]
+    if prm is not None:
+        rows = [r + [v] for r, v in zip(rows, prm)]
+    return torch.tensor(rows, dtype=torch.float64)
+
+
+def outcome_fit(step_lp, prm, labels: torch.Tensor, l2: float = 1e-3):
+    """A logistic regression of ``labels`` on ``response_features`` (standardised, L2-regularised, L-BFGS);
+    returns the scorer ``(step_lp, prm) → logits``."""
+    x = response_features(step_lp, prm)
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(z.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logits = z @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + l2 * (w[:-1] ** 2).sum()
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    weights = w.detach()
+    return lambda lp, v: (((response_features(lp, v) - mean) / std) @ weights[:-1] + weights[-1]).tolist()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir")
@@ -81,6 +114,7 @@ def main() -> None:
     parser.add_argument("--prm-epochs", type=float, default=2.0)
     parser.add_argument("--prm-lr", type=float, default=1e-3)
     parser.add_argument("--out", default=None, help="default: experiments/results/value_designs_seedS")
+    parser.add_argument("--dump", default=None, help="also write every scored sample to this jsonl")
     args = parser.parse_args()
     start = time.perf_counter()
     run = Path(args.run_dir)
@@ -131,6 +165,23 @@ def main() -> None:
     sample_x = torch.tensor([[v, *path_features(lp)[-1], 1.0] if lp else [v, 0.0, 0.0, 0.0, 1.0]
                              for v, lp in zip(scores["prm"], sft_steps)], dtype=torch.float64)
     scores["prm + log-probs"] = (sample_x @ w).tolist()
+
+    # the same inputs, fitted to the outcome of the collection's finished samples (a logistic regression)
+    finished = [r for r in Buffer(run / "buffer").load([0]) if r.meta.get("finished", True) and r.steps]
+    fin_contexts = [Context(r.prompt, tuple(r.steps)) for r in finished]
+    fin_lp = step_logprobs(sft, encoder, fin_contexts, batch_size=256)
+    fin_prm = prm_scorer(fin_contexts)
+    labels = torch.tensor([float(r.correct) for r in finished], dtype=torch.float64)
+    for name, with_prm in (("log-probs (outcome)", False), ("prm + log-probs (outcome)", True)):
+        fit = outcome_fit(fin_lp, fin_prm if with_prm else None, labels)
+        scores[name] = fit(sft_steps, scores["prm"] if with_prm else None)
+
+    if args.dump:
+        with open(args.dump, "w") as f:
+            for k, (i, c) in enumerate(items):
+                f.write(json.dumps({"problem": i, "position": position[k], "correct": correct[k], "key": keys[k],
+                                    "steps": list(contexts[k].steps), "step_logprobs": sft_steps[k],
+                                    **{name: values[k] for name, values in scores.items()}}) + "\n")
 
     # 3. the measures
     by_problem: dict[int, list[int]] = defaultdict(list)
