@@ -239,6 +239,9 @@ class SamplerConfig:
     backend: str = one_of(("hf", "vllm", "auto"), "hf")
     # vllm: share of GPU memory for its engine (freed before training)
     gpu_memory_utilization: float = between(0.01, 1.0, 0.5)
+    # hf: the rows of a batch that continue the same context (a prompt's n samples, a tree node's children) encode
+    # it once and share its KV cache (vLLM: prefix caching does the same)
+    share_prefix: bool = True
 
     def __post_init__(self):
         validate(self)

@@ -52,7 +52,7 @@ def build_sampler(cfg: RunConfig, policy_dir: str | Path, section, device: torch
                            gpu_memory_utilization=cfg.sampler.gpu_memory_utilization)
     model, tokenizer = load_model(cfg, policy_dir, device)
     return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=section.batch_size,
-                     max_new_tokens=section.max_new_tokens)
+                     max_new_tokens=section.max_new_tokens, share_prefix=cfg.sampler.share_prefix)
 
 
 def close_sampler(sampler) -> None:

@@ -186,3 +186,22 @@ def test_a_context_is_continued_as_training_encodes_it(tiny):
     # an agent's context: each turn ended by the end-of-turn token, the observation on its own line
     assert Encoder(tok).context_ids("1 +2\n", ["go"], ["obs"]) == (
         tok("1 +2\ngo")["input_ids"] + [tok.eos_token_id] + tok("\nobs\n", add_special_tokens=False)["input_ids"])
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_shared_context_is_encoded_once_with_the_same_samples(tiny, temperature):
+    """share_prefix: the rows of a batch that continue the same context reuse one KV cache of it, and the samples
+    (with stop strings, over chunks that straddle prompts, with Contexts of steps) equal encoding every row."""
+    from oreo.types import Context
+
+    model, tok = tiny
+    prompts = [*PROMPTS, Context("5 +5\n", ("5+5=10\n",))]
+    kw = dict(n=3, temperature=temperature, seed=7, stop=["\n"])
+    shared, plain = (sampler(model, tok, batch_size=5, max_new_tokens=10, share_prefix=flag) for flag in (True, False))
+    a, b = shared.generate(prompts, **kw), plain.generate(prompts, **kw)
+    assert [[(c.text, c.finished, c.n_tokens) for c in cs] for cs in a] == \
+        [[(c.text, c.finished, c.n_tokens) for c in cs] for cs in b]
+    assert shared.prefill_tokens < plain.prefill_tokens
+    unique = sampler(model, tok, batch_size=5, max_new_tokens=4)
+    unique.generate(PROMPTS, n=1, temperature=0.0)   # no context repeats: nothing to share
+    assert unique.prefill_tokens == sum(len(Encoder(tok).prompt_ids(p)) for p in PROMPTS)

@@ -1,14 +1,21 @@
 """Samplers: turn prompts, or partial trajectories, into completions. One interface, two backends:
 Hugging Face ``generate`` (here) and vLLM (``oreo.rollout.vllm_sampler``, an optional extra).
 
+Rows that continue the same context (a prompt's n samples, the children of a search-tree node) encode it
+once: its KV cache is computed for one row and copied to the others (``share_prefix``; vLLM's prefix caching
+does the same), with the same samples as encoding every row.
+
 A completion records how it ended: with EOS (``finished``), at one of the caller's stop strings
 (``stop``, the string kept at the end of its text, so splitting stays lossless), or cut by the token
 limit (``truncated``). A truncated completion is never a final answer with a terminal reward.
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 
+from oreo.models import position_ids
 from oreo.types import Completion, Context
 
 
@@ -46,12 +53,35 @@ class HFSampler:
     policy itself. Seeding uses a forked RNG, so the caller's random stream is untouched.
     """
 
-    def __init__(self, model, tokenizer, encoder, *, batch_size: int = 64, max_new_tokens: int = 64):
+    def __init__(self, model, tokenizer, encoder, *, batch_size: int = 64, max_new_tokens: int = 64,
+                 share_prefix: bool = True):
         self.model = model
         self.tokenizer = tokenizer
         self.encoder = encoder  # turns a prompt (text or chat) into ids exactly as training does
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
+        self.share_prefix = share_prefix
+        self.prefill_tokens = 0   # context tokens encoded (a shared context counts once)
+
+    def _shared_prefix_cache(self, prompt_ids: list[list[int]], input_ids, attention_mask):
+        """The KV cache of every row's context but its last token, computed once per distinct context and
+        copied to the rows that continue it (a prompt's n samples, a node's children), or None when no
+        context repeats. ``generate`` then encodes only each row's last context token."""
+        firsts = {}
+        for i, p in enumerate(prompt_ids):
+            firsts.setdefault(tuple(p), i)
+        if len(firsts) == len(prompt_ids) or input_ids.shape[1] < 2:
+            return None
+        rows = sorted(firsts.values())
+        slot = {row: k for k, row in enumerate(rows)}
+        index = torch.tensor([slot[firsts[tuple(p)]] for p in prompt_ids], device=input_ids.device)
+        ids, mask = input_ids[rows, :-1], attention_mask[rows, :-1]
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
+        cache = out[name] if name in out else out.past_key_values
+        cache.reorder_cache(index)   # one copy per row, in the batch's order
+        self.prefill_tokens += int(mask.sum()) + len(prompt_ids)   # the shared contexts, then each row's last token
+        return {name: cache}
 
     @torch.no_grad()
     def _generate_batch(self, prompt_ids: list[list[int]], temperature: float, seed: int, stop: list[str],
@@ -76,11 +106,15 @@ class HFSampler:
         saved, self.model.generation_config = self.model.generation_config, bare
         # Seed a forked RNG: the samples depend on ``seed`` only, and the caller's RNG stream (e.g. a
         # training loop's) is left as it was.
+        input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         try:
+            cache = self._shared_prefix_cache(prompt_ids, input_ids, attention_mask) if self.share_prefix else None
+            if cache is None:
+                self.prefill_tokens += int(attention_mask.sum())
             with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
                 torch.manual_seed(seed)
                 out = self.model.generate(
-                    input_ids=input_ids.to(device), attention_mask=attention_mask.to(device),
+                    input_ids=input_ids, attention_mask=attention_mask, **(cache or {}),
                     max_new_tokens=max_new_tokens, pad_token_id=pad, eos_token_id=eos, **sampling)
         finally:
             self.model.generation_config = saved
