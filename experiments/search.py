@@ -8,7 +8,10 @@ Sampling strategies (majority, best-of-N by value, value-weighted vote) are read
 samples' tokens. Beam search runs once per width. ``--oracle`` adds beam search guided by an exact
 value (1 while every step so far is right, else 0) to show what the search gains with a value that
 knows the arithmetic. Also reported: how well the learned value tells right from wrong finished
-samples (ROC AUC). Writes a markdown table and a PNG plot.
+samples (ROC AUC). ``--mcts 10 20`` adds MCTS* (``search=mcts``) at those iteration budgets. ``--value policy``
+scores with the policy's own step likelihood (``value=policy``) instead of the run's value model, ``--value PATH``
+with the value model in PATH (a PRM); ``--policy sft`` searches with the SFT policy instead of OREO's. Writes a
+markdown table and a PNG plot.
 """
 from __future__ import annotations
 
@@ -18,13 +21,15 @@ import sys
 import time
 from pathlib import Path
 
-from omegaconf import OmegaConf
+import yaml
 
 from oreo.encode import Encoder
 from oreo.progress import progress
+from oreo.run_config import run_config
 from oreo.runtime import build_sampler, pick_device
+from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig, Searcher
-from oreo.search.value import ValueScorer, load_value_model
+from oreo.search.value import StepLikelihoodScorer, ValueScorer, load_value_model
 from oreo.tasks import make_task
 from oreo.tasks.arithmetic import ANSWER_PREFIX, apply_op, parse_prompt, parse_step
 
@@ -62,6 +67,9 @@ def main() -> None:
     ap.add_argument("--widths", type=int, nargs="+", default=[3, 5, 7])
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--oracle", action="store_true", help="also beam search with an exact value (arithmetic)")
+    ap.add_argument("--mcts", type=int, nargs="*", default=[], help="MCTS* at these iteration budgets")
+    ap.add_argument("--value", default="oreo", help="oreo (the run's value) | policy (its step likelihood) | PATH")
+    ap.add_argument("--policy", default="oreo", choices=["oreo", "sft"], help="the policy that searches")
     ap.add_argument("--block", type=int, default=64, help="problems per batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="experiments/results/search.md")
@@ -71,13 +79,18 @@ def main() -> None:
     ckpt = run_dir / "checkpoints" / "oreo"
     if not (ckpt / "value").is_dir():
         raise SystemExit(f"{ckpt}/value not found: run `make demo` (or pass --run-dir of a finished OREO run)")
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = run_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
     device = pick_device("auto")
-    task = make_task(OmegaConf.to_container(cfg.task, resolve=True))
+    task = make_task(cfg.task)
     problems = task.problems(args.split)[:args.limit]
-    sampler = build_sampler(cfg, ckpt / "policy", cfg.evaluate, device)
-    value_model = load_value_model(ckpt / "value", dtype=cfg.model.dtype).to(device)
-    scorer = ValueScorer(value_model, Encoder(sampler.tokenizer, max_len=10**9))
+    policy_dir = ckpt / "policy" if args.policy == "oreo" else run_dir / "checkpoints" / "sft"
+    sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
+    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    if args.value == "policy":
+        scorer = StepLikelihoodScorer(sampler.model, encoder)
+    else:
+        value_dir = ckpt / "value" if args.value == "oreo" else Path(args.value)
+        scorer = ValueScorer(load_value_model(value_dir, dtype=cfg.model.dtype).to(device), encoder)
     blocks = [problems[i:i + args.block] for i in range(0, len(problems), args.block)]
     rows = []  # (strategy, parameter, accuracy, tokens per problem, wall seconds)
 
@@ -121,6 +134,9 @@ def main() -> None:
     for width in args.widths:
         run("beam", width, Searcher(SearchConfig("beam", width=width, temperature=args.temperature), task, sampler,
                                     scorer))
+    for iterations in args.mcts:
+        run("mcts", iterations, Searcher(SearchConfig("mcts", mcts=MCTSConfig(iterations=iterations, end_gate=0.9)),
+                                         task, sampler, scorer))
     if args.oracle:
         def oracle(contexts):
             return [oracle_value(c.prompt, c.steps) for c in contexts]
@@ -141,7 +157,8 @@ def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
     mean = lambda xs: sum(xs) / len(xs) if xs else float("nan")  # noqa: E731
     lines = [f"# Test-time search on the embedded task ({args.split}, {n_problems} problems)", "",
              f"`python experiments/search.py {' '.join(sys.argv[1:])}`", "",
-             f"Run: `{args.run_dir}`; sampling temperature {args.temperature}; seed {args.seed}.", "",
+             f"Run: `{args.run_dir}`; policy {args.policy}; value {args.value}; sampling temperature "
+             f"{args.temperature} (MCTS*: its own, 0.7); seed {args.seed}.", "",
              "| strategy | N or B | accuracy | generated tokens / problem |", "|---|---|---|---|"]
     for name, param, acc, tokens, _ in rows:
         lines.append(f"| {name} | {param} | {100 * acc:.1f}% | {tokens:.1f} |")
@@ -159,13 +176,14 @@ def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
     for name in dict.fromkeys(r[0] for r in rows):
         pts = sorted((r[3], 100 * r[2], r[1]) for r in rows if r[0] == name)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", label=name, markersize=6)
-        if name.startswith("beam"):
+        if name.startswith(("beam", "mcts")):
             for x, y, b in pts:
-                ax.annotate(f"B={b}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+                label = f"B={b}" if name.startswith("beam") else f"i={b}"
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("generated tokens per problem")
     ax.set_ylabel(f"accuracy on {args.split} (%)")
-    ax.set_title("Test-time strategies, OREO policy and value (embedded task)")
+    ax.set_title(f"Test-time strategies, {args.policy} policy, value: {args.value} (embedded task)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
