@@ -232,18 +232,19 @@ def search_run(cfg: RunConfig) -> dict:
     search = cfg.search
     device = pick_device(cfg.device)
     policy_dir, value_dir = resolve_checkpoint(cfg.checkpoint or Path(cfg.run_dir) / "checkpoints" / "oreo")
-    if cfg.value not in (None, "policy"):
+    if cfg.value not in (None, "policy", "verifier"):
         value_dir = Path(cfg.value)
     task = make_task(cfg.task)
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
     scorer = None
     if cfg.value == "policy":   # the policy's own step likelihood (oreo.search.value.StepLikelihoodScorer)
-        if not hasattr(sampler, "model") or task.kind == "agent":
-            raise ValueError("value=policy scores single-turn responses with the policy's own log-probs: it needs "
-                             "sampler.backend=hf and a task that is not an agent task")
+        check_likelihood_scoring(cfg, sampler, task)
         scorer = StepLikelihoodScorer(sampler.model, Encoder(sampler.tokenizer, max_len=10**9),
                                       batch_size=search.value_batch_size)
         value_dir = "policy"
+    elif cfg.value == "verifier":   # a logistic readout of the policy's step log-probs (oreo.search.verifier)
+        scorer = verifier_scorer(cfg, policy_dir, sampler, task)
+        value_dir = Path(cfg.run_dir) / "checkpoints" / "verifier"
     elif value_dir is not None:
         value = load_value_model(value_dir, dtype=cfg.model.dtype, policy=getattr(sampler, "model", None))
         scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
@@ -292,6 +293,37 @@ def search_run(cfg: RunConfig) -> dict:
                       f"tokens/problem {m['mean_tokens']:8.1f}  wall {m['wall_s']:7.1f}s")
         print(f"results: {metrics_path}")
     return {s: metrics[s] for s in cfg.evaluate.splits}
+
+
+def check_likelihood_scoring(cfg: RunConfig, sampler, task) -> None:
+    if not hasattr(sampler, "model") or task.kind == "agent":
+        raise ValueError(f"value={cfg.value} scores single-turn responses with the policy's own log-probs: it needs "
+                         f"sampler.backend=hf and a task that is not an agent task")
+
+
+def verifier_scorer(cfg: RunConfig, policy_dir: Path, sampler, task):
+    """``value=verifier``: the likelihood verifier of the searching policy, fitted on RUN_DIR's buffer once (and
+    again when the policy changes), kept in RUN_DIR/checkpoints/verifier."""
+    from oreo.buffer import Buffer
+    from oreo.encode import Encoder
+    from oreo.search.verifier import VERIFIER_FILE, LikelihoodVerifier, VerifierScorer, fit_on_buffer
+
+    check_likelihood_scoring(cfg, sampler, task)
+    folder = Path(cfg.run_dir) / "checkpoints" / "verifier"
+    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    name = f"{policy_dir} @ {weights_stamp(policy_dir)}"
+    verifier = LikelihoodVerifier.load(folder) if (folder / VERIFIER_FILE).exists() else None
+    if verifier is None or verifier.policy != name or not cfg.resume:
+        buffer = Path(cfg.run_dir) / "buffer"
+        if not buffer.exists():
+            raise FileNotFoundError(f"value=verifier is fitted on RUN_DIR's buffer, and {buffer} does not exist: give "
+                                    f"run_dir of a run that collected samples")
+        verifier = fit_on_buffer(sampler.model, encoder, Buffer(buffer).load(), policy_name=name,
+                                 batch_size=cfg.search.value_batch_size)
+        if rank_world()[0] == 0:
+            verifier.save(folder)
+        print(f"value=verifier: fitted on {verifier.n_fit} samples of {buffer}: {folder / VERIFIER_FILE}", flush=True)
+    return VerifierScorer(sampler.model, encoder, verifier, batch_size=cfg.search.value_batch_size)
 
 
 def agent_act(search, sampler, scorer):

@@ -79,7 +79,8 @@ class RunConfig:
     # python -m oreo.evaluate: the checkpoint (policy/, value/); null: RUN_DIR/checkpoints/oreo
     checkpoint: str | None = None
     # python -m oreo.evaluate: the value model that scores (e.g. RUN_DIR/checkpoints/prm); null: the checkpoint's
-    # value/; policy: the policy's own step likelihood, exp(mean step log-prob), no value model needed
+    # value/; policy: the policy's own step likelihood, exp(mean step log-prob), no value model needed; verifier:
+    # a logistic readout of the policy's step log-probs fitted on RUN_DIR's buffer (oreo.search.verifier)
     value: str | None = None
     # skip stages whose outputs exist in run_dir; a killed stage continues from its last in-stage checkpoint
     resume: bool = True

@@ -114,6 +114,14 @@ def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
     run("oreo.evaluate", *args, "search=best_of_n", "search.n=2", "value=policy")   # the policy's own likelihood
     metrics = json.loads((tmp_path / "search/best_of_n-n2-policy/metrics.json").read_text())
     assert metrics["test"]["n"] > 0 and metrics["fingerprint"]["value"] == "policy"
+    # the likelihood verifier: fitted on the run's buffer once, then reused
+    verifier = [f"checkpoint={run_dir}/checkpoints/sft", f"run_dir={run_dir}", "evaluate.splits=[test]", *TRIM,
+                "search=best_of_n", "search.n=2", "value=verifier"]
+    proc = run("oreo.evaluate", *verifier)
+    assert "fitted on 60 samples" in proc.stdout and (run_dir / "checkpoints/verifier/verifier.json").exists()
+    assert json.loads((run_dir / "search/best_of_n-n2-verifier/metrics.json").read_text())["test"]["n"] > 0
+    proc = run("oreo.evaluate", *verifier, "search=beam", "search.width=2", "search.max_steps=3")
+    assert "fitted on" not in proc.stdout and (run_dir / "search/beam-w2-verifier/metrics.json").exists()
 
 
 def test_the_value_model_may_have_a_backbone_of_its_own(tmp_path):
