@@ -18,12 +18,11 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 
 from oreo.encode import Encoder
 from oreo.models import ValueModel, load_policy
 from oreo.rollout.sampler import HFSampler
-from oreo.run_config import run_config
+from oreo.run_config import read_run_config
 from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig, Searcher
 from oreo.search.value import ValueScorer
@@ -39,7 +38,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/bench_mcts.md")
     args = parser.parse_args()
     run = Path(args.run_dir)
-    cfg = run_config(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = read_run_config(run)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     policy, tok = load_policy(str(run / "checkpoints" / "sft"), dtype=cfg.model.dtype)

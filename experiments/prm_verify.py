@@ -21,13 +21,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 
 from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.models import ValueModel, load_policy
 from oreo.rollout.sampler import HFSampler
-from oreo.run_config import run_config
+from oreo.run_config import read_run_config
 from oreo.search.process_values import target_rows
 from oreo.search.strategies import majority_index
 from oreo.search.value import ValueScorer
@@ -57,7 +56,7 @@ def main() -> None:
     parser.add_argument("--out", default="experiments/results/prm_verify.md")
     args = parser.parse_args()
     run = Path(args.run_dir)
-    cfg = run_config(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = read_run_config(run)
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     policy, tok = load_policy(str(run / "checkpoints" / "sft"), dtype=cfg.model.dtype)

@@ -21,11 +21,9 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-
 from oreo.encode import Encoder
 from oreo.progress import progress
-from oreo.run_config import run_config
+from oreo.run_config import read_run_config
 from oreo.runtime import build_sampler, pick_device
 from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig, Searcher
@@ -79,7 +77,7 @@ def main() -> None:
     ckpt = run_dir / "checkpoints" / "oreo"
     if not (ckpt / "value").is_dir():
         raise SystemExit(f"{ckpt}/value not found: run `make demo` (or pass --run-dir of a finished OREO run)")
-    cfg = run_config(yaml.safe_load((run_dir / "config.yaml").read_text()))
+    cfg = read_run_config(run_dir)
     device = pick_device("auto")
     task = make_task(cfg.task)
     problems = task.problems(args.split)[:args.limit]

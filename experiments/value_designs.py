@@ -34,13 +34,12 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-import yaml
 
 from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.models import ValueModel, load_policy
 from oreo.rollout.sampler import HFSampler
-from oreo.run_config import run_config
+from oreo.run_config import read_run_config
 from oreo.search.process_values import target_rows
 from oreo.search.strategies import best_value_index, majority_index
 from oreo.search.value import ValueScorer, step_logprobs
@@ -118,7 +117,7 @@ def main() -> None:
     args = parser.parse_args()
     start = time.perf_counter()
     run = Path(args.run_dir)
-    cfg = run_config(yaml.safe_load((run / "config.yaml").read_text()))
+    cfg = read_run_config(run)
     out = Path(args.out or f"experiments/results/value_designs_seed{cfg.seed}")
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)

@@ -151,6 +151,14 @@ def compose(overrides: list[str] = ()) -> RunConfig:
         return run_config(hydra_compose(config_name="config", overrides=list(overrides)))
 
 
+def read_run_config(run_dir: str | Path) -> RunConfig:
+    """The typed config a finished run wrote (``RUN_DIR/config.yaml``): for scripts that study a run."""
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: not found; give the run_dir of a run (python -m oreo.train run_dir=...)")
+    return run_config(OmegaConf.to_container(OmegaConf.load(path), resolve=True))
+
+
 def as_dict(cfg) -> dict:
     """A typed config (or any dataclass) as plain JSON-able values (tuples become lists)."""
     return OmegaConf.to_container(OmegaConf.create(dataclasses.asdict(cfg)))
