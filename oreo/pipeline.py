@@ -367,6 +367,17 @@ class Run:
         self._write_results()
         return have
 
+    def value_init(self, name: str) -> Path | None:
+        """The value model method ``name`` starts from, if not a fresh one: the PRM's with ``prm.init=oreo``."""
+        if name != "prm" or self.cfg.prm.init != "oreo":
+            return None
+        value = self.checkpoint("oreo") / "value"
+        if not (value / "config.json").exists():
+            raise ConfigError("prm.init", f"oreo starts the PRM from the OREO value, and {value} holds no value model "
+                                          f"(run the oreo stage first, stages=[...,oreo,prm], without "
+                                          f"oreo.shared_backbone)")
+        return value
+
     def run(self) -> dict:
         stages = list(self.cfg.stages)
         unknown = set(stages) - set(STAGES)
@@ -378,7 +389,10 @@ class Run:
             self.results["buffer"] = self.collect(sft_dir, round=0)
             self._write_results()
         for name in STAGES[2:]:  # the trained methods, each from the SFT model
-            if name in stages and (out := self.train_method(name, sft_dir)) is not None and METHODS[name].policy:
+            if name not in stages:
+                continue
+            out = self.train_method(name, sft_dir, value_dir=self.value_init(name))
+            if out is not None and METHODS[name].policy:
                 self.evaluate(name, out)
         self._write_results()
         self.logger.close()

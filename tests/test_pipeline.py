@@ -124,6 +124,18 @@ def test_a_process_value_model_trains_on_the_buffer_and_scores_search(tmp_path):
     assert "fitted on" not in proc.stdout and (run_dir / "search/beam-w2-verifier/metrics.json").exists()
 
 
+def test_the_prm_may_start_from_the_oreo_value(tmp_path):
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    common = [*TRIM, f"collect.from_file={data}", "prm.train.batch_size=8", "prm.train.micro_batch_size=8",
+              "prm.init=oreo"]
+    bad = run("oreo.train", f"run_dir={tmp_path / 'bad'}", *common, "stages=[sft,collect,prm]", check=False)
+    assert bad.returncode != 0 and "prm.init" in bad.stderr and "oreo stage first" in bad.stderr
+    run_dir = tmp_path / "run"
+    run("oreo.train", f"run_dir={run_dir}", *common, "stages=[sft,collect,oreo,prm]")
+    details = json.loads((run_dir / "run.json").read_text())
+    assert {"oreo", "prm"} <= set(details["stages"]) and (run_dir / "checkpoints/prm/value_head.safetensors").exists()
+
+
 def test_the_value_model_may_have_a_backbone_of_its_own(tmp_path):
     """model.value: the PRM on a larger backbone than the policy's, scoring the policy's search; a backbone whose
     tokenizer is not the policy's is refused, naming the key."""

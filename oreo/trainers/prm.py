@@ -16,7 +16,7 @@ from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch, collate
-from oreo.config import at_least, validate
+from oreo.config import at_least, one_of, validate
 from oreo.encode import Encoded, Encoder
 from oreo.models import ValueModel
 from oreo.search.process_values import target_rows
@@ -28,6 +28,9 @@ from oreo.trajectory import Trajectory
 @dataclass
 class PRMConfig:
     max_len: int = at_least(2, 128)   # tokens; longer trajectories are dropped and counted
+    # stages=[...,prm]: start from the policy (a copy of the SFT model, or model.value's backbone) | the run's
+    # OREO value (checkpoints/oreo/value; the oreo stage must come first)
+    init: str = one_of(("policy", "oreo"), "policy")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-3))  # lr: the value model's
 
     def __post_init__(self):
