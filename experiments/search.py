@@ -9,7 +9,8 @@ samples' tokens. Beam search runs once per width. ``--oracle`` adds beam search 
 value (1 while every step so far is right, else 0) to show what the search gains with a value that
 knows the arithmetic. Also reported: how well the learned value tells right from wrong finished
 samples (ROC AUC). ``--mcts 10 20`` adds MCTS* (``search=mcts``) at those iteration budgets. ``--value policy``
-scores with the policy's own step likelihood (``value=policy``) instead of the run's value model, ``--value PATH``
+scores with the policy's own step likelihood (``value=policy``) instead of the run's value model, ``--value
+verifier`` with the likelihood verifier fitted on the run's buffer (``value=verifier``), ``--value PATH``
 with the value model in PATH (a PRM); ``--policy sft`` searches with the SFT policy instead of OREO's. Writes a
 markdown table and a PNG plot.
 """
@@ -21,6 +22,7 @@ import sys
 import time
 from pathlib import Path
 
+from oreo.buffer import Buffer
 from oreo.encode import Encoder
 from oreo.progress import progress
 from oreo.run_config import read_run_config
@@ -28,6 +30,7 @@ from oreo.runtime import build_sampler, pick_device
 from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig, Searcher
 from oreo.search.value import StepLikelihoodScorer, ValueScorer, load_value_model
+from oreo.search.verifier import VerifierScorer, fit_on_buffer
 from oreo.tasks import make_task
 from oreo.tasks.arithmetic import ANSWER_PREFIX, apply_op, parse_prompt, parse_step
 
@@ -66,7 +69,8 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--oracle", action="store_true", help="also beam search with an exact value (arithmetic)")
     ap.add_argument("--mcts", type=int, nargs="*", default=[], help="MCTS* at these iteration budgets")
-    ap.add_argument("--value", default="oreo", help="oreo (the run's value) | policy (its step likelihood) | PATH")
+    ap.add_argument("--value", default="oreo",
+                    help="oreo (the run value) | policy (its step likelihood) | verifier (fitted on the buffer) | PATH")
     ap.add_argument("--policy", default="oreo", choices=["oreo", "sft"], help="the policy that searches")
     ap.add_argument("--block", type=int, default=64, help="problems per batch")
     ap.add_argument("--seed", type=int, default=0)
@@ -86,6 +90,9 @@ def main() -> None:
     encoder = Encoder(sampler.tokenizer, max_len=10**9)
     if args.value == "policy":
         scorer = StepLikelihoodScorer(sampler.model, encoder)
+    elif args.value == "verifier":
+        verifier = fit_on_buffer(sampler.model, encoder, Buffer(run_dir / "buffer").load(), policy_name=str(policy_dir))
+        scorer = VerifierScorer(sampler.model, encoder, verifier)
     else:
         value_dir = ckpt / "value" if args.value == "oreo" else Path(args.value)
         scorer = ValueScorer(load_value_model(value_dir, dtype=cfg.model.dtype).to(device), encoder)
