@@ -252,14 +252,15 @@ class Run:
 
     def collect_trees(self, policy_dir: Path, value_dir: Path, round: int) -> dict:
         """Collection round ``round`` as MCTS* trees (``mcts`` settings) with the policy in ``policy_dir`` and
-        the value model in ``value_dir`` on the first ``rest.max_problems`` training problems."""
+        the value model in ``value_dir`` on the first ``rest.max_problems`` training problems (agents: games)."""
         self.claim(f"collect_{round}")
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             sampler = self.sampler(policy_dir, self.cfg.collect)
             value = load_value_model(value_dir, dtype=self.cfg.model.dtype).to(self.device).eval()
             scorer = ValueScorer(value, Encoder(sampler.tokenizer, max_len=10**9))
-            problems = self.task.problems("train")[:self.cfg.rest.max_problems]
+            problems = (self.task.games("train") if self.task.kind == "agent" else
+                        self.task.problems("train"))[:self.cfg.rest.max_problems]
             info = collect_trees(self.task, problems, sampler, scorer, self.buffer, self.cfg.mcts,
                                  seed=self.cfg.seed + 1000 * round, round=round,
                                  meta={"policy": str(policy_dir), "value": str(value_dir)})

@@ -245,3 +245,87 @@ def test_search_mcts_best_leaf_over_several_problems():
     assert [c.response for c in mcts_choices] == ["#### 2", "#### 2"]
     assert all(c.tokens == 7 + 7 + 2 and c.samples == 3 for c in mcts_choices)
     assert cfg.tag == "mcts-i1-b3-best_leaf-t0.7"
+
+
+# ---------------------------------------------------------------------- agents: turns played in a replayed environment
+def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
+    from oreo.search.process_values import inferred_values
+    from oreo.search.tree import Tree
+    from oreo.tasks.agent import format_observation, format_turn, parse_action
+    from oreo.tasks.household import HouseholdConfig, HouseholdTask
+
+    task = HouseholdTask(HouseholdConfig(n_train=4, n_test=0, teacher_error_rate=0.0, teacher_skip_rate=0.0))
+    game = task.games("train")[0]
+
+    class ExpertOrSilence:
+        """Per context, the expert's next turn (from the state the context's actions reach) and a turn with no
+        action (which ends the episode, lost)."""
+        def __init__(self):
+            self.contexts = []
+
+        def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+            out = []
+            for ctx in prompts:
+                self.contexts.append(ctx)
+                env = task.make_env()
+                env.reset(game)
+                for turn in ctx.steps:
+                    env.step(parse_action(turn))
+                turns = [format_turn(env.expert_action()), "Thought: I am not sure"]
+                out.append([Completion(turns[k % 2], finished=True, n_tokens=5) for k in range(n)])
+            return out
+
+    read = []
+
+    def values(contexts):   # a turn with an action looks better than one without
+        read.extend(contexts)
+        return [0.8 if c.steps[-1].startswith("Action:") else 0.2 for c in contexts]
+
+    sampler = ExpertOrSilence()
+    cfg = MCTSConfig(iterations=30, branch=2, rollout_steps=1, max_depth=20)
+    (tree,) = MCTS(cfg, task, sampler, values).search([game])
+    won = [n for n in tree.nodes.values() if n.terminal and n.reward == 1.0]
+    assert len(won) == 1
+    # the winning path is the expert's episode, each node holding the observation its turn got
+    env = task.make_env()
+    env.reset(game)
+    for node in tree.path(won[0]):
+        observation, _, done, info = env.step(parse_action(node.step))
+        assert node.observation == format_observation(observation)
+    assert done and info["won"]
+    silent = [n for n in tree.nodes.values() if n.step == "Thought: I am not sure"]
+    assert silent and all(n.terminal and n.reward == 0.0 and n.observation is None for n in silent)
+    # a node's turn is sampled after every observation so far; its value read before its own observation
+    assert all(len(c.observations) == len(c.steps) for c in sampler.contexts)
+    assert read and all(len(c.observations) == len(c.steps) - 1 for c in read)
+    rows = tree.to_trajectories()
+    assert Tree.from_trajectories(rows).nodes == tree.nodes
+    assert all(len(r.observations) in (len(r.steps), len(r.steps) - 1) for r in rows)
+    targets = inferred_values(tree)
+    assert targets[won[0].id] == 1.0 and all(targets[n.id] == 0.0 for n in silent if n.parent == "0")
+
+
+def test_agent_tree_collection_with_a_real_sampler_and_value_model(tmp_path):
+    """collect_trees on household games: real turns sampled after real observations, scored, stored, read back."""
+    from oreo.buffer import Buffer
+    from oreo.encode import Encoder
+    from oreo.models import ValueModel, load_policy
+    from oreo.rollout.sampler import HFSampler
+    from oreo.search.mcts import collect_trees
+    from oreo.search.tree import Tree
+    from oreo.search.value import ValueScorer
+    from oreo.tasks.household import HouseholdConfig, HouseholdTask
+
+    task = HouseholdTask(HouseholdConfig(n_train=3, n_test=0, max_steps=4))
+    policy, tok = load_policy("tiny", tiny=dict(vocabulary="household", hidden_size=32, num_layers=1, num_heads=2,
+                                                intermediate_size=64, max_position_embeddings=1024), seed=1)
+    sampler = HFSampler(policy, tok, Encoder(tok), batch_size=64, max_new_tokens=12)
+    scorer = ValueScorer(ValueModel.from_policy(policy), Encoder(tok))
+    buffer = Buffer(tmp_path / "buffer")
+    info = collect_trees(task, task.games("train"), sampler, scorer, buffer, MCTSConfig(iterations=3, branch=2),
+                         seed=0, round=1)
+    rows = buffer.load([1])
+    assert info["nodes"] > 0 and len({r.tree_id for r in rows}) == 3
+    for tree_id in {r.tree_id for r in rows}:
+        tree = Tree.from_trajectories([r for r in rows if r.tree_id == tree_id])
+        assert all(n.observation is not None or n.terminal for n in tree.nodes.values() if n.parent is not None)

@@ -68,11 +68,102 @@ class SearchStats:
                 "tokens_per_s": self.tokens / max(self.wall_s, 1e-9)}
 
 
+class StepExpansion:
+    """Single-turn tasks: an edge is a step (it ends at the task's step separator); a sample that ends with EOS
+    is a finished solution, graded by the task's grader."""
+
+    def __init__(self, task, max_depth: int):
+        self.task, self.max_depth, self.stops = task, max_depth, task.step_stops
+
+    def root(self, problem) -> tuple[str, object]:
+        return str(problem.id), problem.prompt
+
+    def sample_context(self, tree: Tree, node: Node) -> Context:
+        return Context(tree.prompt, tuple(tree.steps(node)))
+
+    value_context = sample_context
+
+    def grow(self, problem, tree: Tree, leaf: Node, c) -> Node | None:
+        """The new child of ``leaf`` for completion ``c``, or None (cut, empty, or a step it already has)."""
+        if c.truncated or not c.text.strip() and not c.finished:
+            return None   # cut by the token limit (or empty): never a step
+        child, fresh = tree.add(leaf, c.text)
+        if not fresh:
+            return None
+        if c.finished:
+            child.terminal = True
+            child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
+        elif child.depth >= self.max_depth:
+            child.terminal = True  # a dead end: too deep, no grade
+        return child
+
+
+class TurnExpansion:
+    """Agent tasks (``oreo.types.AgentTask``): an edge is a turn (it ends with the end-of-turn token). Its action
+    is played in an environment *replayed* from the game's start through the path's actions (the environments are
+    deterministic, so a node needs no copy of one), and the child keeps the observation. A turn without an action
+    ends the episode, lost; a game the environment ends is terminal with reward 1 if won, else 0. V of a child is
+    read at its turn's last token, before its observation, as ``best_of_k_actions`` reads it."""
+
+    stops = None
+
+    def __init__(self, task, max_depth: int):
+        self.task, self.max_depth = task, max_depth
+
+    def root(self, game) -> tuple[str, object]:
+        env = self.task.make_env()
+        try:
+            return str(game.id), self.task.prompt(game, env.reset(game))
+        finally:
+            env.close()
+
+    def sample_context(self, tree: Tree, node: Node) -> Context:
+        return Context(tree.prompt, tuple(tree.steps(node)), tuple(tree.observations(node)))
+
+    def value_context(self, tree: Tree, node: Node) -> Context:
+        return Context(tree.prompt, tuple(tree.steps(node)), tuple(tree.observations(tree.nodes[node.parent])))
+
+    def grow(self, game, tree: Tree, leaf: Node, c) -> Node | None:
+        from oreo.tasks.agent import format_observation, parse_action
+
+        if c.truncated:
+            return None
+        child, fresh = tree.add(leaf, c.text)
+        if not fresh:
+            return None
+        action = parse_action(c.text)
+        if action is None:
+            child.terminal, child.reward = True, 0.0   # no action: the episode ends, lost
+            return child
+        env = self.task.make_env()
+        try:
+            env.reset(game)
+            for turn in tree.steps(leaf):
+                env.step(parse_action(turn))
+            observation, _, done, info = env.step(action)
+        finally:
+            env.close()
+        child.observation = format_observation(observation)
+        if done:
+            child.terminal, child.reward = True, float(bool(info["won"]))
+        elif child.depth >= self.max_depth:
+            child.terminal = True
+        return child
+
+
+def expansion_for(task, max_depth: int):
+    """How a task's trees grow: by turns played in its environment (agents) or by sampled steps."""
+    return (TurnExpansion if getattr(task, "kind", "") == "agent" else StepExpansion)(task, max_depth)
+
+
 class MCTS:
-    """MCTS* with a ``task`` (step separators, grader), a ``sampler`` and a value ``scorer``."""
+    """MCTS* with a ``task`` (step separators and grader, or games and their environment), a ``sampler`` and a
+    value ``scorer``. Agents' trees take no rollout (``rollout_steps`` is ignored): a rollout would have to play
+    its turns too."""
 
     def __init__(self, cfg: MCTSConfig, task, sampler, scorer):
         self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
+        self.expansion = expansion_for(task, cfg.max_depth)
         self.stats = SearchStats()
         self.tokens: dict[str, int] = {}      # tree id → tokens generated for it
         self.samples: dict[str, int] = {}     # tree id → completions generated for it
@@ -83,7 +174,8 @@ class MCTS:
         iterations."""
         start = time.perf_counter()
         rng = random.Random(seed)
-        trees = [Tree(f"{prefix}{p.id}", str(p.id), p.prompt, getattr(self.task, "name", "")) for p in problems]
+        trees = [Tree(f"{prefix}{pid}", pid, prompt, getattr(self.task, "name", ""))
+                 for pid, prompt in map(self.expansion.root, problems)]
         for t in trees:
             self.tokens.setdefault(t.id, 0)
             self.samples.setdefault(t.id, 0)
@@ -101,7 +193,7 @@ class MCTS:
                 if passed:
                     self.gated[trees[i].id] = max(passed, key=lambda k: k.value)
                     done[i] = True
-            if self.cfg.rollout_steps:
+            if self.cfg.rollout_steps and isinstance(self.expansion, StepExpansion):
                 self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng,
                               _seed(seed, it, 1))
             for i in active:
@@ -121,39 +213,25 @@ class MCTS:
         children in one value call; returns them per ``i``."""
         if not items:
             return {}
-        outs = self.sampler.generate([Context(p.prompt, tuple(t.steps(leaf))) for p, t, leaf in items.values()],
+        outs = self.sampler.generate([self.expansion.sample_context(t, leaf) for _, t, leaf in items.values()],
                                      n=self.cfg.branch, temperature=self.cfg.temperature, seed=seed,
-                                     stop=self.task.step_stops, max_new_tokens=self.cfg.step_max_tokens)
+                                     stop=self.expansion.stops, max_new_tokens=self.cfg.step_max_tokens)
         new: dict[int, list[Node]] = {}
         for (k, (problem, tree, leaf)), completions in zip(items.items(), outs):
             for c in completions:
                 self.stats.tokens += c.n_tokens
                 self.tokens[tree.id] += c.n_tokens
                 self.samples[tree.id] += 1
-                if c.truncated or not c.text.strip() and not c.finished:
-                    continue  # cut by the token limit (or empty): never a step
-                child, fresh = tree.add(leaf, c.text)
-                if not fresh:
-                    continue
-                self.stats.nodes += 1
-                if c.finished:
-                    child.terminal = True
-                    child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
-                elif child.depth >= self.cfg.max_depth:
-                    child.terminal = True  # a dead end: too deep, no grade
-                new.setdefault(k, []).append(child)
+                child = self.expansion.grow(problem, tree, leaf, c)
+                if child is not None:
+                    self.stats.nodes += 1
+                    new.setdefault(k, []).append(child)
             if not leaf.children:
                 leaf.terminal = True  # nothing usable came out: a dead end
-        flat = [(k, child) for k, kids in new.items() for child in kids]
-        values = self._values([(items[k][0], items[k][1], child) for k, child in flat])
-        for (_, child), v in zip(flat, values):
+        flat = [(items[k][1], child) for k, kids in new.items() for child in kids]
+        for (_, child), v in zip(flat, self._scores([self.expansion.value_context(t, n) for t, n in flat])):
             child.value = v
         return new
-
-    def _values(self, nodes: list) -> list[float]:
-        if not nodes:
-            return []
-        return self._scores([Context(p.prompt, tuple(t.steps(n))) for p, t, n in nodes])
 
     def _scores(self, contexts: list[Context]) -> list[float]:
         """The value model's scores, clipped to [0, 1] as the reference does."""

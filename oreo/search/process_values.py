@@ -90,7 +90,8 @@ def target_rows(rows: list[Trajectory]) -> list[Trajectory]:
             path = tree.path(leaf)
             if path and all(n.id in targets for n in path):
                 out.append(Trajectory(id=f"{tree.id}-{leaf.id}-target", task=tree.task, problem_id=tree.problem_id,
-                                      prompt=tree.prompt, steps=[n.step for n in path], reward=leaf.reward or 0.0,
+                                      prompt=tree.prompt, steps=[n.step for n in path],
+                                      observations=tree.observations(leaf), reward=leaf.reward or 0.0,
                                       correct=bool(leaf.reward), step_values=[targets[n.id] for n in path]))
     return out
 

@@ -5,8 +5,11 @@ are keyed by their normalised step text, so the same step sampled twice is one c
 N, value V, prior (the policy's log-prob of the step, for PUCT), a terminal flag and, on terminal nodes,
 the grader's reward. Values live on nodes (there is no separate Q(s, a)), as in ReST-MCTS*'s code.
 
+For agents an edge is a turn and a node also holds the environment's observation after it.
+
 The tree round-trips through ``Trajectory`` rows: each root-to-leaf path is one row whose ``node_ids``
-and ``parent_ids`` say where its steps sit and whose ``step_values`` hold the nodes' values; the
+and ``parent_ids`` say where its steps sit, whose ``observations`` are its nodes' (agents) and whose
+``step_values`` hold the nodes' values; the
 visits, priors and the terminal flags ride in ``meta``. ``Tree.from_trajectories`` reads them back as the
 same tree. Selection (UCT with the unvisited bonus, PUCT) and backup are pure functions of the tree.
 """
@@ -35,6 +38,7 @@ class Node:
     value: float = 0.0
     terminal: bool = False      # a finished solution (or a dead end): never expanded
     reward: float | None = None  # the grader's, on terminal nodes
+    observation: str | None = None  # agents: the environment's observation after this turn (None: not taken)
     children: dict[str, str] = field(default_factory=dict)   # normalised step → child id
 
 
@@ -76,6 +80,11 @@ class Tree:
     def steps(self, node: Node) -> list[str]:
         return [n.step for n in self.path(node)]
 
+    def observations(self, node: Node) -> list[str]:
+        """Agents: the observations after the turns on the path to ``node`` (none for single-turn trees; an
+        action the environment never took has none)."""
+        return [n.observation for n in self.path(node) if n.observation is not None]
+
     def leaves(self) -> list[Node]:
         return [n for n in self.nodes.values() if not n.children]
 
@@ -91,7 +100,8 @@ class Tree:
             path = self.path(leaf)
             rows.append(Trajectory(
                 id=f"{self.id}-{leaf.id}", round=round, task=self.task, problem_id=self.problem_id,
-                prompt=self.prompt, steps=[n.step for n in path], reward=leaf.reward or 0.0,
+                prompt=self.prompt, steps=[n.step for n in path], observations=self.observations(leaf),
+                reward=leaf.reward or 0.0,
                 correct=bool(leaf.reward and leaf.reward > 0),
                 step_values=[n.value for n in path], tree_id=self.id, node_ids=[n.id for n in path],
                 parent_ids=[n.parent for n in path],
@@ -120,7 +130,8 @@ class Tree:
                             prior=t.get("priors", [0.0] * len(r.steps))[k],
                             visits=t.get("visits", [0] * len(r.steps))[k],
                             value=r.step_values[k] if r.step_values else 0.0,
-                            terminal=t.get("terminal", [False] * len(r.steps))[k])
+                            terminal=t.get("terminal", [False] * len(r.steps))[k],
+                            observation=r.observations[k] if k < len(r.observations) else None)
                 if k == len(r.steps) - 1:
                     node.reward = t.get("leaf_reward", r.reward if node.terminal else None)
                 if found.setdefault(node_id, node) != node:
@@ -143,10 +154,12 @@ def prefix_tree(rows: list[Trajectory], tree_id: str | None = None) -> Tree:
     tree = Tree(tree_id or f"prefix-{first.problem_id}", first.problem_id, first.prompt, first.task)
     for r in rows:
         node = tree.root
-        for step in r.steps:
+        for k, step in enumerate(r.steps):
             if node.terminal:   # a longer sample continues a finished one's text: keep the finished one
                 break
-            node, _ = tree.add(node, step)
+            node, fresh = tree.add(node, step)
+            if fresh and k < len(r.observations):
+                node.observation = r.observations[k]
         if r.meta.get("finished", True) and node is not tree.root and not node.children:
             node.terminal, node.reward = True, (1.0 if r.correct else 0.0)
     return tree
