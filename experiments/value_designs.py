@@ -24,6 +24,8 @@ default run (SFT → collect → RFT → OREO):
    problem), next to majority vote at the same N and pass@N.
 
 Writes ``experiments/results/value_designs_seedS.{md,json}`` (``--out`` to change).
+``python experiments/value_designs.py --summarise experiments/results/value_designs_seed*.json`` prints the
+mean ± standard deviation over the seeds' files.
 """
 from __future__ import annotations
 
@@ -104,9 +106,32 @@ def outcome_fit(step_lp, prm, labels: torch.Tensor, l2: float = 1e-3):
     return lambda lp, v: (((response_features(lp, v) - mean) / std) @ weights[:-1] + weights[-1]).tolist()
 
 
+def summarise(paths: list[str]) -> str:
+    """A markdown table of each ranking's within-problem AUC and best-of-N, mean ± std over the seeds' files."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+
+    def cell(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+        values = [scale * v for v in values]
+        mean = sum(values) / len(values)
+        std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5 if len(values) > 1 else 0.0
+        return f"{mean:.{digits}f} ± {std:.{digits}f}"
+
+    lines = [f"Mean ± std over {len(runs)} seeds ({', '.join(Path(p).stem for p in paths)})", "",
+             "| ranking | within-problem AUC | " + " | ".join(f"N={n}" for n in NS) + " |",
+             "|---|---|" + "---|" * len(NS)]
+    for name in runs[0]["accuracy"]:
+        if not all(name in r["accuracy"] for r in runs):
+            continue
+        auc = cell([r["auc"][name][0] for r in runs], digits=3) if name in runs[0]["auc"] else ""
+        lines.append(f"| {name} | {auc} | " + " | ".join(cell([r["accuracy"][name][str(n)] for r in runs], 100)
+                                                        for n in NS) + " |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run_dir")
+    parser.add_argument("run_dir", nargs="?")
+    parser.add_argument("--summarise", nargs="+", metavar="JSON", help="seeds' result files to average")
     parser.add_argument("--n", type=int, default=32)
     parser.add_argument("--problems", type=int, default=500)
     parser.add_argument("--temperature", type=float, default=1.0)
@@ -115,6 +140,11 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="default: experiments/results/value_designs_seedS")
     parser.add_argument("--dump", default=None, help="also write every scored sample to this jsonl")
     args = parser.parse_args()
+    if args.summarise:
+        print(summarise(args.summarise))
+        return
+    if not args.run_dir:
+        parser.error("give RUN_DIR (or --summarise FILES)")
     start = time.perf_counter()
     run = Path(args.run_dir)
     cfg = read_run_config(run)
