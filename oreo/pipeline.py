@@ -28,6 +28,7 @@ from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
 from oreo.runtime import (
     build_sampler,
+    check_value_backbone,
     close_sampler,
     load_model,
     new_value_model,
@@ -384,6 +385,10 @@ class Run:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+        # what would fail after hours of SFT fails now
+        check_value_backbone(self.cfg)
+        if "prm" in stages and "oreo" not in stages:
+            self.value_init("prm")
         sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
         self.evaluate("sft", sft_dir)
         if "collect" in stages:

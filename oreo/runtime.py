@@ -10,7 +10,7 @@ import torch
 from oreo.config import ConfigError
 from oreo.distributed import local_rank
 from oreo.encode import Encoder
-from oreo.models import ValueModel, load_policy, resolve_model_path
+from oreo.models import ValueModel, load_policy, resolve_model_path, tiny_tokenizer
 from oreo.rollout.sampler import HFSampler
 from oreo.rollout.vllm_sampler import vllm_available
 
@@ -34,6 +34,22 @@ def load_model(cfg: RunConfig, path_or_name: str | Path, device: torch.device):
                                    trust_remote_code=m.trust_remote_code,
                                    attn_implementation=m.attn_implementation, seed=cfg.seed)
     return model.to(device), tokenizer
+
+
+def check_value_backbone(cfg: RunConfig) -> None:
+    """Before any stage runs: ``model.value``'s tokenizer is the policy's (``new_value_model`` needs it)."""
+    from transformers import AutoTokenizer
+
+    def tokenizer(name: str, tiny):
+        if name == "tiny":
+            return tiny_tokenizer(tiny.vocabulary)
+        return AutoTokenizer.from_pretrained(resolve_model_path(name), trust_remote_code=cfg.model.trust_remote_code)
+
+    v, m = cfg.model.value, cfg.model
+    if v.name_or_path is not None and \
+            tokenizer(v.name_or_path, v.tiny).get_vocab() != tokenizer(m.name_or_path, m.tiny).get_vocab():
+        raise ConfigError("model.value.name_or_path", f"{v.name_or_path}: its tokenizer is not the policy's "
+                                                       f"({m.name_or_path}); the value model reads the policy's tokens")
 
 
 def new_value_model(cfg: RunConfig, policy, tokenizer) -> ValueModel:

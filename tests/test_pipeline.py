@@ -130,6 +130,7 @@ def test_the_prm_may_start_from_the_oreo_value(tmp_path):
               "prm.init=oreo"]
     bad = run("oreo.train", f"run_dir={tmp_path / 'bad'}", *common, "stages=[sft,collect,prm]", check=False)
     assert bad.returncode != 0 and "prm.init" in bad.stderr and "oreo stage first" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints" / "sft").exists()   # it failed before SFT
     run_dir = tmp_path / "run"
     run("oreo.train", f"run_dir={run_dir}", *common, "stages=[sft,collect,oreo,prm]")
     details = json.loads((run_dir / "run.json").read_text())
@@ -154,6 +155,7 @@ def test_the_value_model_may_have_a_backbone_of_its_own(tmp_path):
     bad = run("oreo.train", f"run_dir={tmp_path / 'bad'}", *common, "model.value.tiny.vocabulary=household",
               check=False)
     assert bad.returncode != 0 and "model.value.name_or_path" in bad.stderr and "tokenizer" in bad.stderr
+    assert not (tmp_path / "bad" / "checkpoints" / "sft").exists()   # it failed before SFT
 
 
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
