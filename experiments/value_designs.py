@@ -45,6 +45,7 @@ from oreo.run_config import read_run_config
 from oreo.search.process_values import target_rows
 from oreo.search.strategies import best_value_index, majority_index
 from oreo.search.value import ValueScorer, step_logprobs
+from oreo.search.verifier import fit_logistic, likelihood_features
 from oreo.tasks import make_task
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.prm import PRMConfig, PRMObjective
@@ -78,32 +79,19 @@ def path_features(step_lp: list[float]) -> list[list[float]]:
 
 
 def response_features(step_lp: list[list[float]], prm: list[float] | None) -> torch.Tensor:
-    """Per response: its mean, lowest and last step log-prob, its number of steps (and the PRM's value)."""
-    rows = [[sum(lp) / len(lp), min(lp), lp[-1], float(len(lp))] if lp else [0.0, 0.0, 0.0, 0.0] for lp in step_lp]
+    """Per response: the likelihood verifier's features (``oreo.search.verifier.FEATURES``), and the PRM's value."""
+    rows = [likelihood_features(lp) for lp in step_lp]
     if prm is not None:
         rows = [r + [v] for r, v in zip(rows, prm)]
     return torch.tensor(rows, dtype=torch.float64)
 
 
-def outcome_fit(step_lp, prm, labels: torch.Tensor, l2: float = 1e-3):
-    """A logistic regression of ``labels`` on ``response_features`` (standardised, L2-regularised, L-BFGS);
-    returns the scorer ``(step_lp, prm) → logits``."""
-    x = response_features(step_lp, prm)
-    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-    z = (x - mean) / std
-    w = torch.zeros(z.shape[1] + 1, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        logits = z @ w[:-1] + w[-1]
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, labels) + l2 * (w[:-1] ** 2).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    weights = w.detach()
-    return lambda lp, v: (((response_features(lp, v) - mean) / std) @ weights[:-1] + weights[-1]).tolist()
+def outcome_fit(step_lp, prm, labels: torch.Tensor):
+    """The likelihood verifier's logistic regression (``fit_logistic``) on ``response_features``; returns the
+    scorer ``(step_lp, prm) → logits``."""
+    weights, bias, mean, std = (torch.tensor(v, dtype=torch.float64) if isinstance(v, list) else v
+                                for v in fit_logistic(response_features(step_lp, prm), labels))
+    return lambda lp, v: (((response_features(lp, v) - mean) / std) @ weights + bias).tolist()
 
 
 def summarise(paths: list[str]) -> str:

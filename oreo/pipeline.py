@@ -54,6 +54,7 @@ class Run:
     def __init__(self, cfg: RunConfig):
         self.plain = as_dict(cfg)  # what run.json's stage settings are read from
         check_inputs(cfg)
+        check_value_backbone(cfg)   # what would fail after hours of SFT fails now
         quiet_library_progress_bars()
         self.cfg = cfg
         self.dir = Path(cfg.run_dir)
@@ -303,7 +304,7 @@ class Run:
             value = None
             if method.value and not getattr(cfg, "shared_backbone", False):
                 value = (ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
-                         if value_dir is not None else new_value_model(self.cfg, policy, tokenizer))  # before adapters
+                         if value_dir is not None else new_value_model(self.cfg, policy))  # before adapters
             policy, value = self.for_training(policy, value)
             if value is not None:
                 kwargs["value"] = value
@@ -385,10 +386,8 @@ class Run:
         unknown = set(stages) - set(STAGES)
         if unknown:
             raise ValueError(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
-        # what would fail after hours of SFT fails now
-        check_value_backbone(self.cfg)
         if "prm" in stages and "oreo" not in stages:
-            self.value_init("prm")
+            self.value_init("prm")   # fails now, not after SFT, when there is no OREO value to start from
         sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
         self.evaluate("sft", sft_dir)
         if "collect" in stages:

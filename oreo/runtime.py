@@ -52,18 +52,16 @@ def check_value_backbone(cfg: RunConfig) -> None:
                                                        f"({m.name_or_path}); the value model reads the policy's tokens")
 
 
-def new_value_model(cfg: RunConfig, policy, tokenizer) -> ValueModel:
+def new_value_model(cfg: RunConfig, policy) -> ValueModel:
     """A fresh value model (zero head) for a run: on a copy of ``policy``, or on the backbone ``model.value``
-    names, whose tokenizer must be the policy's ``tokenizer``."""
+    names, whose tokenizer must be the policy's."""
     v, m = cfg.model.value, cfg.model
     if v.name_or_path is None:
         return ValueModel.from_policy(policy)
-    backbone, value_tokenizer = load_policy(v.name_or_path, dtype=m.dtype, tiny=dataclasses.asdict(v.tiny),
-                                            trust_remote_code=m.trust_remote_code,
-                                            attn_implementation=m.attn_implementation, seed=cfg.seed + 1)
-    if value_tokenizer.get_vocab() != tokenizer.get_vocab():
-        raise ConfigError("model.value.name_or_path", f"{v.name_or_path}: its tokenizer is not the policy's "
-                                                       f"({m.name_or_path}); the value model reads the policy's tokens")
+    check_value_backbone(cfg)
+    backbone, _ = load_policy(v.name_or_path, dtype=m.dtype, tiny=dataclasses.asdict(v.tiny),
+                              trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
+                              seed=cfg.seed + 1)
     return ValueModel(backbone.get_decoder()).to(next(policy.parameters()).device)
 
 

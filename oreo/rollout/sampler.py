@@ -61,6 +61,8 @@ class HFSampler:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.share_prefix = share_prefix
+        # transformers 5 names the cache argument ``cache``, earlier versions ``past_key_values``
+        self._cache_arg = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         self.prefill_tokens = 0   # context tokens encoded (a shared context counts once)
 
     def _shared_prefix_cache(self, prompt_ids: list[list[int]], input_ids, attention_mask):
@@ -76,7 +78,7 @@ class HFSampler:
         slot = {row: k for k, row in enumerate(rows)}
         index = torch.tensor([slot[firsts[tuple(p)]] for p in prompt_ids], device=input_ids.device)
         ids, mask = input_ids[rows, :-1], attention_mask[rows, :-1]
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        name = self._cache_arg
         out = self.model(input_ids=ids, attention_mask=mask, position_ids=position_ids(mask), use_cache=True)
         cache = out[name] if name in out else out.past_key_values
         cache.reorder_cache(index)   # one copy per row, in the batch's order

@@ -205,7 +205,7 @@ class Searcher:
                     if n.terminal and n.reward is not None} if rule == "weighted_vote" else None
             picks.append(mcts_answer(tree, rule, search.gated.get(tree.id), keys))
         todo = [i for i, node in enumerate(picks) if node is not None and not node.terminal]
-        outs = self.sampler.generate([Context(problems[i].prompt, tuple(trees[i].steps(picks[i]))) for i in todo],
+        outs = self.sampler.generate([search.expansion.sample_context(trees[i], picks[i]) for i in todo],
                                      n=1, temperature=0.0, seed=seed) if todo else []
         completions = {i: c for i, (c,) in zip(todo, outs)}
         choices = []

@@ -34,6 +34,26 @@ def likelihood_features(step_lp: list[float]) -> list[float]:
     return [sum(step_lp) / len(step_lp), min(step_lp), step_lp[-1], float(len(step_lp))]
 
 
+def fit_logistic(x: torch.Tensor, y: torch.Tensor, l2: float = 1e-3) -> tuple[list, float, list, list]:
+    """``(weights, bias, mean, std)`` of a logistic regression of ``y`` [N] on the columns of ``x`` [N, F],
+    standardised (``mean``, ``std``), with an L2 penalty ``l2`` on the weights, by L-BFGS."""
+    mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
+    z = (x - mean) / std
+    w = torch.zeros(x.shape[1] + 1, dtype=torch.float64, requires_grad=True)
+    optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+    def closure():
+        optimizer.zero_grad()
+        logits = z @ w[:-1] + w[-1]
+        loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + l2 * w[:-1].square().sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    w = w.detach()
+    return w[:-1].tolist(), float(w[-1]), mean.tolist(), std.tolist()
+
+
 @dataclass
 class LikelihoodVerifier:
     weights: list[float]   # one per feature, on standardised features
@@ -46,27 +66,13 @@ class LikelihoodVerifier:
     @classmethod
     def fit(cls, step_lps: list[list[float]], labels: list[bool], *, l2: float = 1e-3, policy: str = "") \
             -> LikelihoodVerifier:
-        """Logistic regression (L2 ``l2`` on the weights, L-BFGS) of ``labels`` on the features of ``step_lps``."""
+        """Logistic regression (``fit_logistic``) of ``labels`` on the features of ``step_lps``."""
         if len(set(labels)) < 2:
             raise ValueError(f"the verifier needs right and wrong samples to fit; got {len(labels)} samples, "
                              f"{sum(labels)} right")
         x = torch.tensor([likelihood_features(s) for s in step_lps], dtype=torch.float64)
-        y = torch.tensor([float(v) for v in labels], dtype=torch.float64)
-        mean, std = x.mean(0), x.std(0).clamp_min(1e-6)
-        z = (x - mean) / std
-        w = torch.zeros(len(FEATURES) + 1, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
-
-        def closure():
-            optimizer.zero_grad()
-            logits = z @ w[:-1] + w[-1]
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(logits, y) + l2 * w[:-1].square().sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
-        w = w.detach()
-        return cls(w[:-1].tolist(), float(w[-1]), mean.tolist(), std.tolist(), policy, len(labels))
+        weights, bias, mean, std = fit_logistic(x, torch.tensor([float(v) for v in labels], dtype=torch.float64), l2)
+        return cls(weights, bias, mean, std, policy, len(labels))
 
     def logit(self, step_lp: list[float]) -> float:
         f = likelihood_features(step_lp)
