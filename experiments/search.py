@@ -8,45 +8,32 @@ Sampling strategies (majority, best-of-N by value, value-weighted vote) are read
 samples' tokens. Beam search runs once per width. ``--oracle`` adds beam search guided by an exact
 value (1 while every step so far is right, else 0) to show what the search gains with a value that
 knows the arithmetic. Also reported: how well the learned value tells right from wrong finished
-samples (ROC AUC). ``--mcts 10 20`` adds MCTS* (``search=mcts``) at those iteration budgets. ``--value policy``
-scores with the policy's own step likelihood (``value=policy``) instead of the run's value model, ``--value
-verifier`` with the likelihood verifier fitted on the run's buffer (``value=verifier``), ``--value PATH``
-with the value model in PATH (a PRM); ``--policy sft`` searches with the SFT policy instead of OREO's. Writes a
-markdown table and a PNG plot.
+samples (ROC AUC). ``--mcts 10 20`` adds MCTS* (``search=mcts``) at those iteration budgets.
+``--value policy`` scores with the policy's own step likelihood (``value=policy``) instead of the run's value
+model, ``--value verifier`` with the likelihood verifier fitted on the run's buffer (``value=verifier``, kept in
+RUN_DIR/checkpoints/verifier), ``--value PATH`` with the value model in PATH (a PRM); ``--policy sft`` searches
+with the SFT policy instead of OREO's. ``--split heldout`` for the longer chains.
+Writes a markdown table and a PNG plot.
 """
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
 from pathlib import Path
 
-from oreo.buffer import Buffer
 from oreo.encode import Encoder
+from oreo.evaluate import verifier_scorer
 from oreo.progress import progress
 from oreo.run_config import read_run_config
 from oreo.runtime import build_sampler, pick_device
 from oreo.search.mcts import MCTSConfig
 from oreo.search.strategies import SearchConfig, Searcher
 from oreo.search.value import StepLikelihoodScorer, ValueScorer, load_value_model
-from oreo.search.verifier import VerifierScorer, fit_on_buffer
 from oreo.tasks import make_task
-from oreo.tasks.arithmetic import ANSWER_PREFIX, apply_op, parse_prompt, parse_step
-
-
-def oracle_value(prompt: str, steps) -> float:
-    """1.0 while every step so far applies the next operation right (and a final answer is the true
-    one), else 0.0: the value a perfect critic of the embedded task would give."""
-    value, ops = parse_prompt(prompt)
-    for k, step in enumerate(steps):
-        if step.startswith(ANSWER_PREFIX):
-            return float(k == len(ops) and step[len(ANSWER_PREFIX):].strip() == str(value))
-        parsed = parse_step(step)
-        if parsed is None or k >= len(ops) or parsed != (value, ops[k][0], ops[k][1], apply_op(value, *ops[k])):
-            return 0.0
-        value = parsed[3]
-    return 1.0
+from oreo.tasks.arithmetic import sound_prefix
 
 
 def roc_auc(values: list[float], labels: list[bool]) -> float | None:
@@ -91,8 +78,7 @@ def main() -> None:
     if args.value == "policy":
         scorer = StepLikelihoodScorer(sampler.model, encoder)
     elif args.value == "verifier":
-        verifier = fit_on_buffer(sampler.model, encoder, Buffer(run_dir / "buffer").load(), policy_name=str(policy_dir))
-        scorer = VerifierScorer(sampler.model, encoder, verifier)
+        scorer = verifier_scorer(dataclasses.replace(cfg, run_dir=str(run_dir)), policy_dir, sampler, task)
     else:
         value_dir = ckpt / "value" if args.value == "oreo" else Path(args.value)
         scorer = ValueScorer(load_value_model(value_dir, dtype=cfg.model.dtype).to(device), encoder)
@@ -144,7 +130,7 @@ def main() -> None:
                                          task, sampler, scorer))
     if args.oracle:
         def oracle(contexts):
-            return [oracle_value(c.prompt, c.steps) for c in contexts]
+            return [float(sound_prefix(c.prompt, c.steps)) for c in contexts]
 
         for width in args.widths:
             run("beam (oracle)", width, Searcher(SearchConfig("beam", width=width, temperature=args.temperature),

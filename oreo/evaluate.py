@@ -67,19 +67,25 @@ def evaluate_greedy(task, problems, sampler, *, out_path: str | Path | None = No
 
 
 def evaluate_episodes(task, games, act, *, out_path: str | Path, seed: int = 0, games_per_batch: int = 64,
-                      desc: str = "episodes", fingerprint: dict | None = None) -> dict:
+                      desc: str = "episodes", fingerprint: dict | None = None, plan=None) -> dict:
     """Success rate of the agent ``act`` (``oreo.rollout.episodes``) on ``games``, one episode each, with
     mean turns and tokens, and success per goal kind. Rows: game, kind, turns, success, invalid, actions.
-    Resumes by block of ``games_per_batch`` games, as ``evaluate_search`` does."""
+    With ``plan(games, seed) → [(turns, tokens)]`` (a tree search), each episode first plays the turns its
+    game's plan chose, and its tokens include the plan's. Resumes by block of ``games_per_batch`` games, as
+    ``evaluate_search`` does."""
     from oreo.rollout.episodes import run_episodes
     from oreo.tasks.agent import parse_action
 
     def play(b, block, bar):
-        episodes = run_episodes(task, [games[i] for i in block], act, seed=seed * 7919 + b, progress=bar)
+        block_games = [games[i] for i in block]
+        plans = plan(block_games, seed * 7919 + b) if plan is not None else [([], 0)] * len(block)
+        episodes = run_episodes(task, block_games, act, seed=seed * 7919 + b, progress=bar,
+                                prefixes=[turns for turns, _ in plans])
         return [(i, {"game": e.game.id, "kind": e.game.kind, "turns": len(e.steps), "success": e.won,
-                     "invalid": e.invalid, "tokens": e.tokens, "actions": [parse_action(t) for t in e.steps],
+                     "invalid": e.invalid, "tokens": e.tokens + spent, "planned_turns": len(turns),
+                     "actions": [parse_action(t) for t in e.steps],
                      "last_observation": e.observations[-1] if e.observations else None})
-                for i, e in zip(block, episodes)]
+                for i, e, (turns, spent) in zip(block, episodes, plans)]
 
     rows, _ = _run_blocks(play, len(games), games_per_batch, out_path=out_path, fingerprint=fingerprint,
                           desc=desc, unit="episode")
@@ -270,7 +276,8 @@ def search_run(cfg: RunConfig) -> dict:
             metrics[split] = evaluate_episodes(task, task.problems(split), agent_act(search, sampler, scorer),
                                                out_path=out_dir / f"{split}.jsonl", seed=cfg.seed,
                                                games_per_batch=search.problems_per_batch,
-                                               desc=f"{search.tag}/{split}", fingerprint=fingerprint)
+                                               desc=f"{search.tag}/{split}", fingerprint=fingerprint,
+                                               plan=agent_plan(search, task, sampler, scorer))
         else:
             metrics[split] = evaluate_search(task, task.problems(split), Searcher(search, task, sampler, scorer),
                                              out_path=out_dir / f"{split}.jsonl", seed=cfg.seed,
@@ -327,16 +334,26 @@ def verifier_scorer(cfg: RunConfig, policy_dir: Path, sampler, task):
 
 
 def agent_act(search, sampler, scorer):
-    """An agent's per-turn choice for ``search``: greedy, or ``best_of_n``: the highest-valued of ``n``
-    sampled actions (spec §6.3)."""
+    """An agent's per-turn choice for ``search``: greedy (also after an MCTS* plan), or ``best_of_n``: the
+    highest-valued of ``n`` sampled actions (spec §6.3)."""
     from oreo.search.strategies import best_of_k_actions
 
-    if search.strategy not in ("greedy", "best_of_n"):
-        raise ValueError(f"agent tasks take search=greedy or search=best_of_n (best-of-K actions per turn), "
-                         f"not {search.strategy}")
-    k = 1 if search.strategy == "greedy" else search.n
+    if search.strategy not in ("greedy", "best_of_n", "mcts"):
+        raise ValueError(f"agent tasks take search=greedy, search=best_of_n (best-of-K actions per turn) or "
+                         f"search=mcts (MCTS* over turns, then greedy), not {search.strategy}")
+    k = 1 if search.strategy != "best_of_n" else search.n
     return lambda contexts, seed: best_of_k_actions(sampler, scorer, contexts, k=k,
                                                     temperature=search.temperature, seed=seed)
+
+
+def agent_plan(search, task, sampler, scorer):
+    """``search=mcts`` for agents: MCTS* over turns from each game's start (``oreo.search.strategies.plan_turns``),
+    whose chosen path the episode plays before the policy continues greedily; None for the other strategies."""
+    from oreo.search.strategies import plan_turns
+
+    if search.strategy != "mcts":
+        return None
+    return lambda games, seed: plan_turns(search.mcts, task, sampler, scorer, games, seed=seed)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

@@ -15,6 +15,7 @@ from oreo.tasks.arithmetic import (
     parse_prompt,
     parse_step,
     repeats_operator,
+    sound_prefix,
     split_steps,
     teacher_steps,
 )
@@ -191,6 +192,25 @@ def test_first_mistake_classifies_gold_and_teacher_mistakes(task):
         assert first_mistake(p, skipped) == ("skip" if repeats_operator(p) else "sound")
     p = next(p for p in task.problems("test") if p.n_ops >= 3)
     assert first_mistake(p, "".join(p.solution[1:])) == "other"  # starts from the wrong value
+
+
+def test_sound_prefix_by_hand():
+    prompt = "7 +5 *3\n"
+    assert sound_prefix(prompt, [])
+    assert sound_prefix(prompt, ["7+5=12\n"])
+    assert sound_prefix(prompt, ["7+5=12\n", "12*3=36\n", "#### 36"])
+    assert not sound_prefix(prompt, ["7+5=13\n"])                       # a slip
+    assert not sound_prefix(prompt, ["12*3=36\n"])                      # starts from the wrong value
+    assert not sound_prefix(prompt, ["7+5=12\n", "#### 12"])            # answers before the last operation
+    assert not sound_prefix(prompt, ["7+5=12\n", "12*3=36\n", "#### 35"])
+    assert not sound_prefix(prompt, ["7+5=12\n", "12*3=36\n", "36*1=36\n"])  # one operation too many
+
+
+def test_sound_prefix_agrees_with_first_mistake(task):
+    rng = random.Random(1)
+    for p in task.problems("test")[:200]:
+        response = "".join(teacher_steps(p, rng, 0.3, skip_rate=0.3))
+        assert sound_prefix(p.prompt, split_steps(response)) == (first_mistake(p, response) == "sound")
 
 
 def test_teacher_skips_only_repeated_operators_and_is_then_wrong(task):

@@ -76,6 +76,23 @@ def word_tok(task):
     return tiny_tokenizer("household")
 
 
+def test_given_turns_are_played_before_act_continues(task):
+    games = task.games("train")[:3]
+    full = run_episodes(task, games, expert_act(task))
+    seen = []
+
+    def recording(contexts, seed):
+        seen.extend(len(c.steps) for c in contexts)
+        return expert_act(task)(contexts, seed)
+
+    prefixes = [e.steps[:2] for e in full[:2]] + [full[2].steps]   # the last game's whole episode is given
+    part = run_episodes(task, games, recording, prefixes=prefixes)
+    for e, p in zip(full, part):
+        assert (p.steps, p.observations, p.rewards, p.won) == (e.steps, e.observations, e.rewards, e.won)
+    assert min(seen) == 2 and len(seen) == sum(len(e.steps) - 2 for e in full[:2])
+    assert [p.tokens for p in part] == [3 * (len(e.steps) - 2) for e in full[:2]] + [0]   # given turns cost nothing
+
+
 def test_episode_records_encode_observations_as_non_actions(task):
     (e,) = run_episodes(task, task.games("train")[:1], expert_act(task))
     record = e.record(task, round=3)

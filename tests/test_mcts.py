@@ -1,11 +1,13 @@
 """MCTS* on scripted samplers and values: what one iteration does by hand, one sampler call and one value
 call per phase for all problems together, terminal grading, merged and cut samples, dead ends, the end
 gate, and trees that give ReST-MCTS*'s targets."""
+import json
+
 import pytest
 
 from oreo.search.mcts import MCTS, MCTSConfig
 from oreo.search.process_values import inferred_values
-from oreo.types import Completion
+from oreo.types import Choice, Completion
 
 
 class Task:
@@ -303,6 +305,66 @@ def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
     assert all(len(r.observations) in (len(r.steps), len(r.steps) - 1) for r in rows)
     targets = inferred_values(tree)
     assert targets[won[0].id] == 1.0 and all(targets[n.id] == 0.0 for n in silent if n.parent == "0")
+
+
+def test_agent_mcts_plan_is_played_then_the_policy_continues(tmp_path):
+    """search=mcts for agents: the episode plays the path MCTS* chose (by value, never by the environment's
+    reward), then acts on its own; its tokens are the search's plus its own."""
+    from oreo.evaluate import evaluate_episodes
+    from oreo.search.strategies import plan_turns
+    from oreo.tasks.agent import format_turn, parse_action
+    from oreo.tasks.household import HouseholdConfig, HouseholdTask
+
+    task = HouseholdTask(HouseholdConfig(n_train=2, n_test=0, teacher_error_rate=0.0, teacher_skip_rate=0.0))
+    games = task.games("train")
+
+    def expert_turns(ctx):
+        game = next(g for g in games if task.prompt(g, task.make_env().reset(g)) == ctx.prompt)
+        env = task.make_env()
+        env.reset(game)
+        for turn in ctx.steps:
+            env.step(parse_action(turn))
+        return format_turn(env.expert_action())
+
+    class ExpertOrLook:
+        def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+            return [[Completion([expert_turns(c), format_turn("look")][k % 2], finished=True, n_tokens=5)
+                     for k in range(n)] for c in prompts]
+
+    def values(contexts):   # the expert's turn looks better
+        return [0.2 if c.steps[-1] == format_turn("look") else 0.8 for c in contexts]
+
+    acted = []
+
+    def act(contexts, seed):
+        acted.extend(len(c.steps) for c in contexts)
+        return [Choice(expert_turns(c), None, 4, 1) for c in contexts]
+
+    def evaluate(cfg, name):
+        search = {}
+
+        def plan(gs, seed):
+            search["plans"] = plan_turns(cfg, task, ExpertOrLook(), values, gs, seed=seed)
+            return search["plans"]
+
+        acted.clear()
+        metrics = evaluate_episodes(task, games, act, plan=plan, out_path=tmp_path / f"{name}.jsonl")
+        rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
+        return metrics, rows, search["plans"]
+
+    # best_leaf: the highest-valued finished path is the expert's whole episode; the policy never acts
+    metrics, rows, plans = evaluate(MCTSConfig(iterations=40, branch=2, max_depth=20, answer="best_leaf"), "leaf")
+    assert metrics["success"] == 1.0 and not acted
+    assert [r["planned_turns"] for r in rows] == [r["turns"] for r in rows] == [len(t) for t, _ in plans]
+    assert [r["tokens"] for r in rows] == [spent for _, spent in plans] and all(spent > 0 for _, spent in plans)
+    # a budget too small to finish: the policy continues from the planned path, its tokens added
+    metrics, rows, plans = evaluate(MCTSConfig(iterations=2, branch=2, max_depth=20), "value")
+    assert metrics["success"] == 1.0 and acted and min(acted) >= 1
+    for r, (turns, spent) in zip(rows, plans):
+        assert 1 <= r["planned_turns"] == len(turns) < r["turns"]
+        assert r["tokens"] == spent + 4 * (r["turns"] - len(turns))
+    with pytest.raises(ValueError, match="weighted_vote"):
+        plan_turns(MCTSConfig(answer="weighted_vote"), task, ExpertOrLook(), values, games)
 
 
 def test_agent_tree_collection_with_a_real_sampler_and_value_model(tmp_path):

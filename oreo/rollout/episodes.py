@@ -50,22 +50,32 @@ def sampled_actions(sampler, *, temperature: float):
     return act
 
 
-def run_episodes(task, games: list[Game], act, *, repeats: int = 1, seed: int = 0, progress=None) -> list[Episode]:
+def run_episodes(task, games: list[Game], act, *, repeats: int = 1, seed: int = 0, progress=None,
+                 prefixes: list[list[str]] | None = None) -> list[Episode]:
     """Play each game ``repeats`` times; ``act(contexts, seed) → [Choice]`` picks every live episode's next
-    turn in one call. Episodes come back game by game, repeats in order; deterministic given ``seed``."""
-    episodes, envs = [], []
-    for game in games:
+    turn in one call. With ``prefixes`` (one list of turns per game, e.g. a path a tree search chose), an
+    episode first plays its game's turns as given, and ``act`` continues from there. Episodes come back game
+    by game, repeats in order; deterministic given ``seed``."""
+    episodes, envs, forced = [], [], []
+    for g, game in enumerate(games):
         for r in range(repeats):
             env = task.make_env()
             first = env.reset(game)
             episodes.append(Episode(game, r, task.prompt(game, first)))
             envs.append(env)
+            forced.append(list(prefixes[g]) if prefixes is not None else [])
     turn = 0
     try:
         while live := [i for i, e in enumerate(episodes) if not e.done]:
-            choices = act([episodes[i].context for i in live], seed * 1_000_003 + turn)
-            for i, choice in zip(live, choices):
-                _take_turn(episodes[i], envs[i], choice)
+            for i in live:
+                while forced[i] and not episodes[i].done:   # a given turn: played, no tokens spent
+                    _take_turn(episodes[i], envs[i], Choice(forced[i].pop(0), None, 0, 0))
+            acting = [i for i in live if not episodes[i].done]
+            if acting:
+                choices = act([episodes[i].context for i in acting], seed * 1_000_003 + turn)
+                for i, choice in zip(acting, choices):
+                    _take_turn(episodes[i], envs[i], choice)
+            for i in live:
                 if episodes[i].done and progress is not None:
                     progress.update(1)
             turn += 1

@@ -16,7 +16,8 @@ returns one ``Choice`` per problem (the chosen response, its value, the tokens s
 
 A completion cut by a token limit is never an answer, in every strategy. All candidates of one step
 (over every problem of the call) are generated in one ``generate`` call and scored in one scorer
-call. ``best_of_k_actions`` is the per-turn choice for agents (spec §6.3).
+call. ``best_of_k_actions`` is the per-turn choice for agents (spec §6.3); ``plan_turns`` is MCTS* over an
+agent's turns, whose chosen path an episode plays before its policy continues greedily.
 """
 from __future__ import annotations
 
@@ -239,6 +240,23 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
         choices.append(Choice(completions[pick].text, vs[pick], sum(c.n_tokens for c in completions), k,
                               completions[pick].truncated))
     return choices
+
+
+def plan_turns(cfg, task, sampler, scorer, games: list, *, seed: int = 0) -> list[tuple[list[str], int]]:
+    """MCTS* (``cfg``: an ``MCTSConfig``) over the turns of each agent game from its start, in an environment
+    replayed from the path's actions; per game, the turns of the node ``cfg.answer`` picks (``best_value`` or
+    ``best_leaf``: values only, never the environment's reward) and the tokens the search spent. The episode
+    plays those turns, then its policy continues (``oreo.evaluate.agent_plan``)."""
+    if cfg.answer == "weighted_vote":
+        raise ValueError("search.mcts.answer=weighted_vote votes over final answers, which agent episodes do not "
+                         "have: use best_value or best_leaf")
+    search = MCTS(cfg, task, sampler, scorer)
+    trees = search.search(games, seed=seed)
+    plans = []
+    for tree in trees:
+        node = mcts_answer(tree, cfg.answer, search.gated.get(tree.id))
+        plans.append(([] if node is None else list(tree.steps(node)), search.tokens[tree.id]))
+    return plans
 
 
 def mcts_answer(tree: Tree, rule: str, gated: Node | None = None, keys: dict[str, object] | None = None) -> Node | None:

@@ -179,6 +179,21 @@ def grade(problem: Problem, response: str) -> tuple[int | None, bool]:
     return answer, answer is not None and answer == problem.answer
 
 
+def sound_prefix(prompt: str, steps) -> bool:
+    """Whether every line of ``steps`` (a partial or whole response to ``prompt``) applies the prompt's next
+    operation right, and a final answer line, if any, comes after the last operation and is the true result:
+    what a perfect step critic of this task would say."""
+    value, ops = parse_prompt(prompt)
+    for k, step in enumerate(steps):
+        if step.startswith(ANSWER_PREFIX):
+            return k == len(ops) and step[len(ANSWER_PREFIX):].strip() == str(value)
+        parsed = parse_step(step)
+        if parsed is None or k >= len(ops) or parsed != (value, ops[k][0], ops[k][1], apply_op(value, *ops[k])):
+            return False
+        value = parsed[3]
+    return True
+
+
 def first_mistake(problem: Problem, response: str) -> str:
     """Classify a response by its first mistake: ``"sound"`` (every line right and the right final
     answer), ``"skip"`` (an operation of the prompt left out, in the middle or at the end: the teacher's
