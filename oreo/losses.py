@@ -358,6 +358,39 @@ def dpo_loss(
                   "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean()}
 
 
+def step_apo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    ref_chosen: Tensor,
+    ref_rejected: Tensor,
+    q_chosen: Tensor,
+    q_rejected: Tensor,
+    *,
+    beta: float = 0.3,
+    alpha: float = 1.0,
+) -> Tuple[Tensor, dict]:
+    """CPL's Step-APO (spec §2.4): step-level DPO with the MCTS advantage gap as a margin.
+
+    Log-probs of one step summed over its tokens [B] each, for the chosen and the rejected sibling step
+    under the policy and the frozen reference, and the siblings' MCTS Q-values [B] each → (scalar loss,
+    diagnostics). With h = [log π(a_w) − log π_ref(a_w)] − [log π(a_l) − log π_ref(a_l)]:
+
+        mean_b  −log σ( β·h − α·(Q_w − Q_l) )
+
+    A pair with a larger advantage gap keeps a gradient longer; ``alpha`` = 0 is step-level DPO. At the
+    reference (h = 0) the loss is −log σ(−α ΔQ), log 2 for ``alpha`` = 0. Diagnostics as ``dpo_loss``'s,
+    plus ``q_gap`` (mean Q_w − Q_l).
+    """
+    gap = _float(q_chosen) - _float(q_rejected)
+    chosen = beta * (_float(policy_chosen) - _float(ref_chosen))
+    rejected = beta * (_float(policy_rejected) - _float(ref_rejected))
+    loss = -torch.nn.functional.logsigmoid(chosen - rejected - alpha * gap).mean()
+    chosen, rejected = chosen.detach(), rejected.detach()
+    return loss, {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
+                  "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean(),
+                  "q_gap": gap.detach().mean()}
+
+
 def kto_reference_point(logratios: Tensor) -> Tensor:
     """KTO's reference point z_0, an estimate of KL(π‖π_ref) (Ethayarajh et al. 2024, §4.1).
 

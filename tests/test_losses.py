@@ -489,6 +489,32 @@ def test_dpo_label_smoothing_by_hand():
     assert loss.item() == pytest.approx(expected, abs=1e-6)
 
 
+def test_step_apo_loss_value_and_gradient_by_hand():
+    # β = 0.5: βh = (0.5, 0.25); Q gaps (0.8 − (−0.3), 0.5 − (−0.5)) = (1.1, 1.0), α = 1: logits (−0.6, −0.75)
+    pc, pr, rc, rr = _dpo_inputs()
+    qc, qr = torch.tensor([0.8, 0.5]), torch.tensor([-0.3, -0.5])
+    loss, stats = losses.step_apo_loss(pc, pr, rc, rr, qc, qr, beta=0.5, alpha=1.0)
+    expected = (math.log(1 + math.exp(0.6)) + math.log(1 + math.exp(0.75))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    loss.backward()
+    # ∂/∂log π(a_w) = −β σ(−z) / B, z the logit: a larger gap keeps a larger gradient
+    grad = torch.tensor([-0.5 * _sigmoid(0.6) / 2, -0.5 * _sigmoid(0.75) / 2])
+    torch.testing.assert_close(pc.grad, grad)
+    torch.testing.assert_close(pr.grad, -grad)
+    assert stats["q_gap"].item() == pytest.approx(1.05)
+    assert stats["reward_margin"].item() == pytest.approx(0.375)
+
+
+def test_step_apo_without_margin_is_dpo_and_at_the_reference_is_log_sigmoid_of_the_gap():
+    pc, pr, rc, rr = _dpo_inputs()
+    qc, qr = torch.tensor([0.8, 0.5]), torch.tensor([-0.3, -0.5])
+    apo, _ = losses.step_apo_loss(pc, pr, rc, rr, qc, qr, beta=0.5, alpha=0.0)
+    dpo, _ = losses.dpo_loss(pc, pr, rc, rr, beta=0.5)
+    assert apo.item() == pytest.approx(dpo.item(), abs=1e-7)
+    at_ref, _ = losses.step_apo_loss(rc, rr, rc, rr, qc, qr, beta=0.3, alpha=2.0)
+    assert at_ref.item() == pytest.approx(-(math.log(_sigmoid(-2.2)) + math.log(_sigmoid(-2.0))) / 2, abs=1e-6)
+
+
 def test_ipo_loss_value_and_gradient_by_hand():
     # h = (1.0, 0.5) and 1/(2β) = 1: loss = mean((0)², (−0.5)²) = 0.125; ∂/∂log π(y_c) = 2(h − 1)/B
     pc, pr, rc, rr = _dpo_inputs()
