@@ -13,7 +13,8 @@ samples (ROC AUC). ``--mcts 10 20`` adds MCTS* (``search=mcts``) at those iterat
 model, ``--value verifier`` with the likelihood verifier fitted on the run's buffer (``value=verifier``, kept in
 RUN_DIR/checkpoints/verifier), ``--value PATH`` with the value model in PATH (a PRM); ``--policy sft`` searches
 with the SFT policy instead of OREO's. ``--split heldout`` for the longer chains.
-Writes a markdown table and a PNG plot.
+Writes a markdown table and a PNG plot. ``--summarise FILE.json ... --out OUT.md`` averages several seeds'
+results (mean ± std) into one table and plot.
 """
 from __future__ import annotations
 
@@ -62,7 +63,10 @@ def main() -> None:
     ap.add_argument("--block", type=int, default=64, help="problems per batch")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="experiments/results/search.md")
+    ap.add_argument("--summarise", nargs="+", metavar="JSON", help="average these seeds' result files (to --out)")
     args = ap.parse_args()
+    if args.summarise:
+        return summarise(args.summarise, Path(args.out))
 
     run_dir = Path(args.run_dir)
     ckpt = run_dir / "checkpoints" / "oreo"
@@ -157,29 +161,77 @@ def report(args, rows, auc, right_v, wrong_v, n_problems) -> None:
               f"{'n/a' if auc is None else f'{auc:.3f}'}; mean V of right samples {mean(right_v):.3f} "
               f"({len(right_v)}), of wrong ones {mean(wrong_v):.3f} ({len(wrong_v)})."]
     out.write_text("\n".join(lines) + "\n")
-    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "auc": auc}, indent=1))
+    info = {"split": args.split, "policy": args.policy, "value": args.value, "temperature": args.temperature}
+    (out.with_suffix(".json")).write_text(json.dumps({"rows": rows, "auc": auc, **info}, indent=1))
+    names = dict.fromkeys(r[0] for r in rows)
+    plot({name: [(r[3], 100 * r[2], r[1], 0.0) for r in rows if r[0] == name] for name in names},
+         out.with_suffix(".png"), f"Test-time strategies, {args.policy} policy, value: {args.value} (embedded task)",
+         f"accuracy on {args.split} (%)")
+    print(f"wrote {out}, {out.with_suffix('.png')}")
+
+
+def summarise(paths: list[str], out: Path) -> None:
+    """Mean ± std over several seeds' result files (``--summarise``): a markdown table and the plot."""
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    keys = [(r[0], r[1]) for r in first["rows"]]
+    found = {k: [] for k in keys}   # (strategy, parameter) → [(accuracy, tokens)] over the seeds
+    for run in runs:
+        for name, param, acc, tokens, _ in run["rows"]:
+            if (name, param) in found:
+                found[name, param].append((acc, tokens))
+    keys = [k for k in keys if len(found[k]) == len(runs)]
+
+    def stats(xs):
+        mean = sum(xs) / len(xs)
+        return mean, (sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+
+    what = f"{first.get('split', '?')}, policy {first.get('policy', '?')}, value {first.get('value', '?')}, " \
+           f"T {first.get('temperature', '?')}"
+    lines = [f"# Test-time search over {len(runs)} seeds ({what})", "",
+             f"`python experiments/search.py --summarise {' '.join(paths)} --out {out}`", "",
+             "| strategy | N or B | accuracy (mean ± std) | per seed | generated tokens / problem |",
+             "|---|---|---|---|---|"]
+    points: dict[str, list] = {}
+    for name, param in keys:
+        accs = [100 * a for a, _ in found[name, param]]
+        (acc, std), (tokens, _) = stats(accs), stats([t for _, t in found[name, param]])
+        lines.append(f"| {name} | {param} | {acc:.1f} ± {std:.1f} | {', '.join(f'{a:.1f}' for a in accs)} | "
+                     f"{tokens:.1f} |")
+        points.setdefault(name, []).append((tokens, acc, param, std))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(lines) + "\n")
+    plot(points, out.with_suffix(".png"), f"Test-time strategies, mean of {len(runs)} seeds ({what})",
+         f"accuracy on {first.get('split', '?')} (%)")
+    print("\n".join(lines))
+    print(f"wrote {out}, {out.with_suffix('.png')}")
+
+
+def plot(points: dict[str, list[tuple]], path: Path, title: str, ylabel: str) -> None:
+    """Accuracy against generated tokens per problem, one line per strategy: ``points[name]`` holds
+    ``(tokens, accuracy %, parameter, std)``."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name in dict.fromkeys(r[0] for r in rows):
-        pts = sorted((r[3], 100 * r[2], r[1]) for r in rows if r[0] == name)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", label=name, markersize=6)
+    for name, pts in points.items():
+        pts = sorted(pts)
+        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
+                    fmt="o-" if len(pts) > 1 else "*", label=name, markersize=6, capsize=2)
         if name.startswith(("beam", "mcts")):
-            for x, y, b in pts:
+            for x, y, b, _ in pts:
                 label = f"B={b}" if name.startswith("beam") else f"i={b}"
                 ax.annotate(label, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
     ax.set_xscale("log")
     ax.set_xlabel("generated tokens per problem")
-    ax.set_ylabel(f"accuracy on {args.split} (%)")
-    ax.set_title(f"Test-time strategies, {args.policy} policy, value: {args.value} (embedded task)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-    print(f"wrote {out}, {out.with_suffix('.png')}")
+    fig.savefig(path, dpi=120)
 
 
 if __name__ == "__main__":
