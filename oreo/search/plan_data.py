@@ -1,0 +1,89 @@
+"""CPL's datasets, read off plan-search trees (spec §2.5): Step-APO pairs, policy SFT paths, value targets.
+
+In a plan tree (``oreo.search.tree``) an edge is a plan step or, as a terminal child, the whole solution
+block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it) and a solution's
+``reward`` is +1 or −1 from the grader. A format failure or a too-deep plan is a terminal node with no
+reward (an invalid child: never paired, never trained on). ``is_solution(step)`` tells the two kinds of edge
+apart (the task's plan format).
+
+- **Step-APO pairs**: at every node, of its first 5 children (the root) or first 3 (below it), the valid
+  ones; if their Q straddle zero, every (plan step with Q > 0, plan step with Q < 0) pair, and one pair of
+  solutions, the highest- and the lowest-valued, if they straddle zero too, with both Q scaled by
+  ``solution_weight`` (0.3). Chosen and rejected share the node's prefix. The reference makes no plan pair
+  at a node that also has a solution child (a code nit, spec §2.8); here plan steps pair with plan steps
+  and solutions with solutions at every node, which is what its paper describes.
+- **SFT paths**: root-to-solution paths on which no node has Q = −1 and whose solution is right; at
+  most ``max_paths`` per tree, drawn at random.
+- **Value targets**: every root-to-solution path (failures excluded), with the Q of each of its nodes.
+"""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Callable
+
+from oreo.search.tree import Node, Tree
+
+
+@dataclass(frozen=True)
+class StepPair:
+    """Two sibling steps after the same prefix, the preferred one first, with their MCTS Q."""
+    tree_id: str
+    node_id: str              # the node both steps continue
+    prompt: object
+    prefix: tuple[str, ...]   # the steps from the root to that node
+    chosen: str
+    rejected: str
+    q_chosen: float
+    q_rejected: float
+    solution: bool            # a pair of solution blocks (Q scaled by the solution weight)
+
+
+def valid(node: Node) -> bool:
+    """Not a format failure or a too-deep plan (terminal without a grade)."""
+    return not (node.terminal and node.reward is None)
+
+
+def step_apo_pairs(tree: Tree, is_solution: Callable[[str], bool], *, solution_weight: float = 0.3,
+                   root_children: int = 5, children: int = 3) -> list[StepPair]:
+    """Every Step-APO pair of ``tree`` (module docstring), nodes in creation order."""
+    pairs = []
+    for node in tree.nodes.values():
+        kids = [c for c in tree.children(node)[:root_children if node.parent is None else children] if valid(c)]
+        if len(kids) < 2 or not (max(c.value for c in kids) > 0 > min(c.value for c in kids)):
+            continue
+        prefix = tuple(tree.steps(node))
+
+        def pair(w: Node, lo: Node, weight: float, solution: bool) -> StepPair:
+            return StepPair(tree.id, node.id, tree.prompt, prefix, w.step, lo.step, weight * w.value,
+                            weight * lo.value, solution)
+
+        plans = [c for c in kids if not is_solution(c.step)]
+        pairs += [pair(w, lo, 1.0, False) for w in plans if w.value > 0 for lo in plans if lo.value < 0]
+        solutions = [c for c in kids if is_solution(c.step)]
+        if solutions:
+            best = max(solutions, key=lambda c: c.value)
+            worst = min(solutions, key=lambda c: c.value)
+            if best.value > 0 > worst.value:
+                pairs.append(pair(best, worst, solution_weight, True))
+    return pairs
+
+
+def solution_paths(tree: Tree, is_solution: Callable[[str], bool]) -> list[list[Node]]:
+    """The root-to-solution paths of ``tree`` (a graded solution at the end), in creation order."""
+    return [tree.path(n) for n in tree.nodes.values()
+            if n.terminal and n.reward is not None and is_solution(n.step)]
+
+
+def sft_paths(tree: Tree, is_solution: Callable[[str], bool], *, max_paths: int = 4,
+              rng: random.Random | None = None) -> list[list[str]]:
+    """At most ``max_paths`` right root-to-solution paths with no node of Q = −1, as their steps."""
+    good = [p for p in solution_paths(tree, is_solution) if p[-1].reward > 0 and all(n.value != -1.0 for n in p)]
+    if len(good) > max_paths:
+        good = (rng or random.Random(0)).sample(good, max_paths)
+    return [[n.step for n in p] for p in good]
+
+
+def value_targets(tree: Tree, is_solution: Callable[[str], bool]) -> list[tuple[list[str], list[float]]]:
+    """``(steps, Q of each step's node)`` for every root-to-solution path."""
+    return [([n.step for n in p], [n.value for n in p]) for p in solution_paths(tree, is_solution)]
