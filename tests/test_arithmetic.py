@@ -7,17 +7,21 @@ import pytest
 from oreo.tasks.arithmetic import (
     ArithmeticConfig,
     ArithmeticTask,
+    Problem,
     apply_op,
     extract_answer,
     first_mistake,
+    from_plan_format,
     grade,
     make_splits,
     parse_prompt,
     parse_step,
+    plan_step_kind,
     repeats_operator,
     sound_prefix,
     split_steps,
     teacher_steps,
+    to_plan_format,
 )
 
 # wide values and a teacher that only slips: the statistics below are calibrated on these
@@ -232,3 +236,32 @@ def test_teacher_skips_only_repeated_operators_and_is_then_wrong(task):
 def test_teacher_rates_are_validated():
     with pytest.raises(ValueError, match="teacher_skip_rate"):
         ArithmeticConfig(teacher_skip_rate=1.5)
+
+
+# ------------------------------------------------------------------------ plan format (CPL)
+def test_plan_format_by_hand():
+    steps = ["7+5=12\n", "12*3=36\n", "36-4=32\n", "#### 32"]
+    plan = to_plan_format(steps)
+    assert plan == ["Plan +5\n", "Plan *3\n", "Plan -4\n", "7+5=12 12*3=36 36-4=32 #### 32"]
+    assert [plan_step_kind(s) for s in plan] == ["plan", "plan", "plan", "solution"]
+    assert from_plan_format("".join(plan)) == "".join(steps)
+    assert from_plan_format("".join(steps)) == "".join(steps)   # the step format passes through
+    for bad in ("Plan 5\n", "Plan +5", "7+5=12\n", "Plan +5 then *3\n", "7+5=12 12*3=36"):
+        assert plan_step_kind(bad) == "invalid"
+    assert grade(Problem("p", "7 +5 *3 -4\n", 32, steps, 3), "".join(plan)) == (32, True)
+
+
+def test_plan_format_teacher_matches_the_step_teacher_draw_for_draw(task):
+    cfg = dict(n_train=300, n_test=0, n_heldout=0, teacher_error_rate=0.2, teacher_skip_rate=0.6)
+    steps = ArithmeticTask(ArithmeticConfig(**cfg)).teacher_dataset(7)
+    plans = ArithmeticTask(ArithmeticConfig(**cfg, format="plan")).teacher_dataset(7)
+    kinds = set()
+    for (p, s), (q, t) in zip(steps, plans):
+        assert p == q and t == to_plan_format(s)
+        assert grade(p, "".join(s)) == grade(p, "".join(t))
+        kind = first_mistake(p, "".join(t))
+        assert kind == first_mistake(p, "".join(s))
+        kinds.add(kind)
+        if kind == "skip":   # a skip is a plan that leaves an operation out
+            assert len(t) - 1 < p.n_ops
+    assert {"sound", "skip", "slip"} <= kinds

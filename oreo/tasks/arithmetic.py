@@ -15,6 +15,19 @@ Every intermediate value of a gold chain lies in ``[0, max_value]``.
 
 The texts are short on purpose: the default experiment trains a tiny
 character-level transformer, where every character is a token.
+
+With ``format=plan`` (CPL's plan-then-solve, spec §2.1) a response first names
+the operations it will apply, one plan step per line, then solves in one
+solution line, the final answer at its end::
+
+    Plan +5
+    Plan *3
+    Plan -4
+    7+5=12 12*3=36 36-4=32 #### 32
+
+Plan steps are the search tree's inner edges, the solution line its terminal
+action. The teacher's skips are then plan-level mistakes (a plan that leaves
+an operation out), its slips solution-level ones.
 """
 
 from __future__ import annotations
@@ -28,6 +41,7 @@ from oreo.trajectory import Trajectory
 
 __all__ = [
     "ANSWER_PREFIX",
+    "PLAN_PREFIX",
     "ArithmeticConfig",
     "ArithmeticTask",
     "Problem",
@@ -40,16 +54,20 @@ __all__ = [
     "make_splits",
     "parse_prompt",
     "parse_step",
+    "plan_step_kind",
+    "to_plan_format",
     "repeats_operator",
     "split_steps",
     "teacher_steps",
 ]
 
 ANSWER_PREFIX = "#### "
+PLAN_PREFIX = "Plan "
 SPLITS = ("train", "test", "heldout")
 MAX_MULTIPLIER = 9
 
 _STEP_RE = re.compile(r"(-?\d+)([+\-*])(-?\d+)=(-?\d+)\n?")
+_PLAN_RE = re.compile(r"Plan ([+\-*])(\d+)\n")
 _OP_RE = re.compile(r"([+\-*])(\d+)")
 # Bounded digit count: answers are small, and this keeps int() cheap on junk.
 _ANSWER_RE = re.compile(r"-?\d{1,9}")
@@ -86,6 +104,9 @@ class ArithmeticConfig:
     # chance the teacher skips an operation whose operator repeats the previous one (systematic)
     teacher_skip_rate: float = between(0.0, 1.0, 0.6)
     max_operand: int = at_least(1, 9)              # largest operand of + and -
+    # the response format: steps (one line per operation, then the answer) or plan (CPL's plan-then-solve: one
+    # "Plan +5" line per operation to apply, then one solution line that does the arithmetic and answers)
+    format: str = one_of(("steps", "plan"), "steps")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -157,6 +178,39 @@ def split_steps(response: str) -> list[str]:
     return lines
 
 
+def to_plan_format(steps: list[str]) -> list[str]:
+    """A solution in the step format (operation lines, then ``"#### v"``) as a plan-format one: a
+    ``"Plan +5\n"`` line per operation line, then the lines joined into one solution line."""
+    plans = []
+    for line in steps[:-1]:
+        parsed = parse_step(line)
+        if parsed is None:
+            raise ValueError(f"not an operation line: {line!r}")
+        plans.append(f"{PLAN_PREFIX}{parsed[1]}{parsed[2]}\n")
+    return plans + [" ".join([line.strip() for line in steps[:-1]] + [steps[-1].strip()])]
+
+
+def from_plan_format(response: str) -> str:
+    """A plan-format response's solution line as a step-format response (its plan lines dropped), so
+    that step-level checks read it; a step-format response comes back unchanged."""
+    lines = split_steps(response)
+    if not lines or not lines[0].startswith(PLAN_PREFIX):
+        return response
+    solution = "".join(line for line in lines if not line.startswith(PLAN_PREFIX))
+    head, sep, answer = solution.partition(ANSWER_PREFIX)
+    return "".join(f"{part}\n" for part in head.split()) + sep + answer
+
+
+def plan_step_kind(step: str) -> str:
+    """``"plan"`` (``"Plan +5\n"``), ``"solution"`` (a line without a newline that holds the final answer)
+    or ``"invalid"`` (a format failure)."""
+    if _PLAN_RE.fullmatch(step):
+        return "plan"
+    if "\n" not in step and extract_answer(step) is not None:
+        return "solution"
+    return "invalid"
+
+
 def extract_answer(response: str) -> int | None:
     """The integer after the last ``"#### "``; None if absent or malformed.
 
@@ -199,11 +253,12 @@ def first_mistake(problem: Problem, response: str) -> str:
     answer), ``"skip"`` (an operation of the prompt left out, in the middle or at the end: the teacher's
     systematic mistake, and what a model does that stops short on a longer chain),
     ``"slip"`` (a line with a wrong result) or ``"other"`` (a malformed line, a wrong operand, a
-    missing or wrong final answer). A response can grade correct by luck and still not be sound.
+    missing or wrong final answer). A response can grade correct by luck and still not be sound. A
+    plan-format response is judged by its solution line (``from_plan_format``).
     """
     start, ops = parse_prompt(problem.prompt)
     v, i = start, 0
-    for line in split_steps(response):
+    for line in split_steps(from_plan_format(response)):
         if line.startswith(ANSWER_PREFIX):
             break
         step = parse_step(line)
@@ -386,12 +441,20 @@ class ArithmeticTask:
     def teacher_dataset(self, rng_seed: int, n_per_problem: int = 1) -> list[tuple[Problem, list[str]]]:
         """``n_per_problem`` teacher solutions per train problem, seeded."""
         rng = random.Random(rng_seed)
+        render = to_plan_format if self.cfg.format == "plan" else list
         return [
-            (p, teacher_steps(p, rng, self.cfg.teacher_error_rate, max_value=self.cfg.max_value,
-                              skip_rate=self.cfg.teacher_skip_rate))
+            (p, render(teacher_steps(p, rng, self.cfg.teacher_error_rate, max_value=self.cfg.max_value,
+                                     skip_rate=self.cfg.teacher_skip_rate)))
             for p in self.splits["train"]
             for _ in range(n_per_problem)
         ]
+
+    def step_kind(self, step: str) -> str:
+        """The plan format's edge kinds (``plan_step_kind``); in the step format every step is a ``"plan"``
+        edge but the final answer line."""
+        if self.cfg.format == "plan":
+            return plan_step_kind(step)
+        return "solution" if step.startswith(ANSWER_PREFIX) else "plan"
 
     def grade(self, problem: Problem, response: str) -> tuple[int | None, bool]:
         """See :func:`grade`."""
