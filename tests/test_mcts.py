@@ -249,6 +249,85 @@ def test_search_mcts_best_leaf_over_several_problems():
     assert cfg.tag == "mcts-i1-b3-best_leaf-t0.7"
 
 
+# ---------------------------------------------------------------------- CPL's plan search (style=alphazero)
+class PlanTask(Task):
+    """Plan steps start with "P" and end the line; a solution is a line with the answer."""
+    plan_format = True
+
+    def step_kind(self, text):
+        if text.startswith("P") and text.endswith("\n"):
+            return "plan"
+        return "solution" if "#### " in text and "\n" not in text else "invalid"
+
+
+def test_alphazero_iterations_by_hand():
+    import math
+
+    sampler = Scripted({"": [step("Pa\n"), step("Pb\n"), end("#### 1"), end("#### 2"), step("junk\n")],
+                        "Pa\n": [end("#### 1"), step("Pc\n")]})
+    scorer = Values({"": 0.2, "Pa\n": 0.5, "Pb\n": -0.4})   # any other state: 0.5
+    probs = {"Pa\n": 0.3, "Pb\n": 0.1, "#### 1": 0.4, "#### 2": 0.1, "junk\n": 0.1}
+    priors = []
+
+    def prior(contexts):
+        priors.append(len(contexts))
+        return [math.log(probs.get(c.steps[-1], 0.5)) for c in contexts]
+
+    cfg = MCTSConfig(iterations=3, branch=2, root_branch=5, style="alphazero", selection="puct", c=1.5,
+                     rollout_steps=1)
+    (tree,) = MCTS(cfg, PlanTask(), sampler, scorer, prior=prior).search([Problem(0)])
+    kids = {n.step: n for n in tree.children(tree.root)}
+    pa, pb = kids["Pa\n"], kids["Pb\n"]
+    # iteration 0: the root scored 0.2, expanded into 5 children; its 3 terminal ones back up +1, -1 (wrong)
+    # and -1 (invalid, no grade) at once; no rollout in this style
+    assert (kids["#### 1"].reward, kids["#### 2"].reward, kids["junk\n"].reward) == (1.0, 0.0, None)
+    assert [(kids[k].visits, kids[k].value) for k in ("#### 1", "#### 2", "junk\n")] == [(1, 1.0), (1, -1.0),
+                                                                                         (1, -1.0)]
+    assert pa.prior == pytest.approx(math.log(0.3))
+    # iteration 1: PUCT over the non-terminal children, P normalised over them (Pa 0.75, Pb 0.25): Pa, scored
+    # 0.5, expanded into a right solution (+1 backed up) and Pc.
+    # iteration 2: Pa (Q 0.75, N 2) scores 0.75 + 1.5·0.75·√6/3 = 1.67 against Pb's 1.5·0.25·√6 = 0.92; below Pa
+    # the terminal child is skipped: Pc, scored 0.5, expanded into one wrong solution (-1 at once, duplicates merged)
+    pc = next(n for n in tree.children(pa) if n.step == "Pc\n")
+    assert (pc.visits, pc.value) == (2, pytest.approx((-1 + 0.5) / 2))
+    assert (pa.visits, pa.value) == (4, pytest.approx((1 + 0.5 - 1 + 0.5) / 4))
+    assert (pb.visits, pb.value) == (0, 0.0)
+    assert tree.root.visits == 8 and tree.root.value == pytest.approx((1 - 1 - 1 + 0.2 + 1 + 0.5 - 1 + 0.5) / 8)
+    assert scorer.calls == [1, 1, 1] and sampler.calls == [1, 1, 1] and priors == [5, 2, 1]
+
+
+def test_alphazero_stops_a_tree_whose_every_path_is_finished():
+    sampler = Scripted({"": [end("#### 1"), end("#### 2")]})
+    scorer = Values({})
+    trees = MCTS(MCTSConfig(iterations=5, branch=2, style="alphazero", selection="puct"), PlanTask(), sampler,
+                 scorer).search([Problem(0), Problem(1)])
+    assert all(t.root.terminal and t.root.visits == 3 for t in trees)   # its value and two terminal rewards
+    assert sampler.calls == [2] and scorer.calls == [2]
+
+
+def test_plan_expansion_grades_solutions_and_marks_invalid_children():
+    from oreo.search.mcts import PlanExpansion
+    from oreo.search.tree import Tree
+    from oreo.tasks.arithmetic import ArithmeticConfig, ArithmeticTask, to_plan_format
+
+    task = ArithmeticTask(ArithmeticConfig(n_train=5, n_test=0, n_heldout=0, format="plan"))
+    problem = next(p for p in task.problems("train") if p.n_ops == 2)
+    plan = to_plan_format(problem.solution)
+    grow = PlanExpansion(task, max_depth=2).grow
+    tree = Tree("t", problem.id, problem.prompt)
+    first = grow(problem, tree, tree.root, step(plan[0]))
+    second = grow(problem, tree, first, step(plan[1]))
+    right = grow(problem, tree, second, end(plan[2]))
+    wrong = grow(problem, tree, second, end(plan[2] + "0"))
+    assert not first.terminal and not second.terminal
+    assert (right.terminal, right.reward, wrong.terminal, wrong.reward) == (True, 1.0, True, 0.0)
+    too_deep = grow(problem, tree, second, step("Plan +1\n"))        # depth 3 > max_depth 2
+    malformed = grow(problem, tree, tree.root, step("Plan 5\n"))
+    cut = grow(problem, tree, tree.root, Completion("Plan +", finished=False, n_tokens=6))
+    assert all(n.terminal and n.reward is None for n in (too_deep, malformed, cut))
+    assert grow(problem, tree, tree.root, step(plan[0])) is None       # a duplicate
+
+
 # ---------------------------------------------------------------------- agents: turns played in a replayed environment
 def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
     from oreo.search.process_values import inferred_values

@@ -34,14 +34,14 @@ def tree():
     b = add(t, root, "Plan 1: sub 3\n", -0.5)
     add(t, root, "Plan 1: mul 2\n", 0.3)
     add(t, root, "Plan ??\n", -1.0, terminal=True)
-    add(t, root, "Solution: 3+5=8 #### 8", -1.0, terminal=True, reward=-1.0)
+    add(t, root, "Solution: 3+5=8 #### 8", -1.0, terminal=True, reward=0.0)
     add(t, root, "Plan 1: div 2\n", -1.0)
     add(t, a, "Solution: 3+5=8 8+1=9 #### 9", 1.0, terminal=True, reward=1.0)
-    add(t, a, "Solution: 3+5=8 8+1=10 #### 10", -1.0, terminal=True, reward=-1.0)
+    add(t, a, "Solution: 3+5=8 8+1=10 #### 10", -1.0, terminal=True, reward=0.0)
     a3 = add(t, a, "Plan 2: add 1\n", 0.5)
     add(t, a, "Plan 2: sub 1\n", -0.4)
     add(t, a3, "Solution: 8+1=9 #### 9", 1.0, terminal=True, reward=1.0)
-    add(t, b, "Solution: 3-3=0 #### 0", -1.0, terminal=True, reward=-1.0)
+    add(t, b, "Solution: 3-3=0 #### 0", -1.0, terminal=True, reward=0.0)
     return t
 
 

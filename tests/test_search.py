@@ -296,3 +296,13 @@ def test_step_likelihood_scorer_is_exp_of_the_mean_step_logprob():
     per_step = step_logprobs(policy, Encoder(tok), contexts)
     values = StepLikelihoodScorer(policy, Encoder(tok))(contexts)
     assert values[0] == pytest.approx(math.exp(sum(per_step[0]) / 2)) and 0 < values[0] < 1 and values[1] == 1.0
+
+
+def test_step_prior_is_the_mean_token_logprob_of_the_last_step():
+    from oreo.search.value import StepPrior, step_logprobs
+
+    policy, tok = load_policy("tiny", tiny=TINY, seed=1)
+    contexts = [Context("1 +2\n", ("Plan +2\n",)), Context("1 +2\n", ("Plan +2\n", "1+2=3 #### 3"))]
+    per_step = step_logprobs(policy, Encoder(tok), contexts)
+    priors = StepPrior(policy, Encoder(tok))(contexts)
+    assert priors == pytest.approx([per_step[0][-1] / len("Plan +2\n"), per_step[1][-1] / len("1+2=3 #### 3")])

@@ -6,7 +6,7 @@ import pytest
 
 from oreo.buffer import Buffer
 from oreo.search.process_values import inferred_values, min_steps_to_correct
-from oreo.search.tree import Tree, backup, select_child, uct_score
+from oreo.search.tree import Tree, backup, backup_mean, select_child, uct_score
 
 
 def chain(tree, parent, steps, *, reward=None):
@@ -175,3 +175,24 @@ def test_a_tree_that_is_its_root_alone_is_one_empty_row():
     (row,) = tree.to_trajectories()
     assert row.steps == [] and row.tree_id == "lone" and not row.correct
     assert Tree.from_trajectories([row]).nodes == tree.nodes
+
+
+def test_backup_mean_keeps_the_mean_of_every_value_backed_up_through_a_node():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a")
+    b, _ = tree.add(a, "b")
+    backup_mean(tree, b, 1.0)
+    backup_mean(tree, a, -0.5)
+    backup_mean(tree, b, 0.25)
+    assert (b.visits, b.value) == (2, pytest.approx(0.625))
+    assert (a.visits, a.value) == (3, pytest.approx(0.75 / 3))
+    assert (tree.root.visits, tree.root.value) == (3, pytest.approx(0.25))
+
+
+def test_selection_can_skip_terminal_children():
+    tree = Tree("t", "p", "q")
+    a, _ = tree.add(tree.root, "a")
+    b, _ = tree.add(tree.root, "b")
+    a.value, a.terminal, b.value = 1.0, True, 0.1
+    assert select_child(tree, tree.root, random.Random(0), c=0.0) is a
+    assert select_child(tree, tree.root, random.Random(0), c=0.0, skip_terminal=True) is b

@@ -17,6 +17,13 @@ A leaf that cannot be expanded (every sample cut by the token limit, or ``max_de
 dead end: terminal, with no grade. With ``end_gate`` set (evaluation), a problem's search stops at the
 first new node whose value reaches it, as in the reference's evaluation mode.
 
+``style=alphazero`` runs CPL's plan search (spec §2.2) on the same trees, sampler and batching instead: PUCT
+over the policy's step priors (``prior``: the mean token log-prob of a step, ``oreo.search.value.StepPrior``),
+terminal children never selected, the selected leaf scored by the value model in [-1, 1] before it is
+expanded, terminal children valued +1 (right) or -1 (wrong or invalid), and every value backed up as a
+running mean (Q = value_sum / N). Tasks in a plan format grow by ``PlanExpansion``: plan steps, then one
+solution as a terminal child.
+
 The reference's three default sets disagree (spec §1.2.6); the defaults here are its data-generation set
 for GSM8K (``generate_both_samples_GSM.py``: 40 iterations, b = 3, c = 0.5, bonus 0.9, one rollout step,
 α = 0.5, temperature 0.7), because in oreo MCTS* first of all builds the trees the process value model
@@ -30,7 +37,7 @@ from dataclasses import dataclass
 
 from oreo.config import at_least, between, one_of, validate
 from oreo.rollout.collector import collect_in_chunks
-from oreo.search.tree import Node, Tree, backup, select_child
+from oreo.search.tree import Node, Tree, backup, backup_mean, select_child
 from oreo.types import Context
 
 
@@ -52,6 +59,12 @@ class MCTSConfig:
     # (unfinished: completed greedily); best_leaf: the highest-V finished solution; weighted_vote: the answer
     # whose finished solutions' values sum highest
     answer: str = one_of(("best_value", "best_leaf", "weighted_vote"), "best_value")
+    # rest: MCTS* (ReST-MCTS*, spec §1.2; every new child scored at once, visit-weighted backup, rollouts);
+    # alphazero: CPL's plan search (spec §2.2; the selected leaf scored, its value and the terminal children's
+    # rewards, +1 right and -1 otherwise, backed up as running means; terminal children never selected; values in
+    # [-1, 1]; no rollout, no end gate)
+    style: str = one_of(("rest", "alphazero"), "rest")
+    root_branch: int | None = at_least(1, None)   # children of a root's first expansion (CPL: 5); null: branch
 
     def __post_init__(self):
         validate(self)
@@ -151,9 +164,32 @@ class TurnExpansion:
         return child
 
 
+class PlanExpansion(StepExpansion):
+    """Plan-then-solve formats (CPL, spec §2.1): an edge is a plan step, or the whole solution as a terminal
+    child graded by the task (``task.step_kind`` tells them apart). A format failure, a sample cut by the token
+    limit and a plan step deeper than ``max_depth`` are terminal children with no grade: invalid ones."""
+
+    def grow(self, problem, tree: Tree, leaf: Node, c) -> Node | None:
+        if not c.text.strip():
+            return None
+        child, fresh = tree.add(leaf, c.text)
+        if not fresh:
+            return None
+        kind = "invalid" if c.truncated else self.task.step_kind(c.text)
+        if kind == "solution" and c.finished:
+            child.terminal = True
+            child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
+        elif kind != "plan" or child.depth > self.max_depth:
+            child.terminal = True   # invalid: no grade
+        return child
+
+
 def expansion_for(task, max_depth: int):
-    """How a task's trees grow: by turns played in its environment (agents) or by sampled steps."""
-    return (TurnExpansion if getattr(task, "kind", "") == "agent" else StepExpansion)(task, max_depth)
+    """How a task's trees grow: by turns played in its environment (agents), by plan steps and a solution (a
+    task in a plan format) or by sampled steps."""
+    if getattr(task, "kind", "") == "agent":
+        return TurnExpansion(task, max_depth)
+    return (PlanExpansion if getattr(task, "plan_format", False) else StepExpansion)(task, max_depth)
 
 
 class MCTS:
@@ -161,8 +197,8 @@ class MCTS:
     value ``scorer``. Agents' trees take no rollout (``rollout_steps`` is ignored): a rollout would have to play
     its turns too."""
 
-    def __init__(self, cfg: MCTSConfig, task, sampler, scorer):
-        self.cfg, self.task, self.sampler, self.scorer = cfg, task, sampler, scorer
+    def __init__(self, cfg: MCTSConfig, task, sampler, scorer, prior=None):
+        self.cfg, self.task, self.sampler, self.scorer, self.prior = cfg, task, sampler, scorer, prior
         self.expansion = expansion_for(task, cfg.max_depth)
         self.stats = SearchStats()
         self.tokens: dict[str, int] = {}      # tree id → tokens generated for it
@@ -184,6 +220,9 @@ class MCTS:
             active = [i for i, d in enumerate(done) if not d]
             if not active:
                 break
+            if self.cfg.style == "alphazero":
+                self._alphazero_iteration(problems, trees, active, done, rng, _seed(seed, it, 0))
+                continue
             leaves = {i: self._select(trees[i], rng) for i in active}
             todo = [i for i in active if not leaves[i].terminal]
             new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, _seed(seed, it, 0))
@@ -201,6 +240,41 @@ class MCTS:
         self.stats.wall_s += time.perf_counter() - start
         return trees
 
+    def _alphazero_iteration(self, problems, trees, active, done, rng, seed) -> None:
+        """One CPL iteration (spec §2.2) in every active tree: select a leaf by never entering a terminal child
+        (a node whose children are all terminal becomes terminal; a tree whose root does is finished), score it
+        with the value, expand it (terminal children back up their reward at once) and back up its value."""
+        leaves = {}
+        for i in active:
+            leaf = self._select_open(trees[i], rng)
+            if leaf is None:
+                done[i] = True
+            else:
+                leaves[i] = leaf
+        keys = list(leaves)
+        values = self._scores([self.expansion.value_context(trees[i], leaves[i]) for i in keys])
+        new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in keys}, seed)
+        for i, v in zip(keys, values):
+            for child in new.get(i, []):
+                if child.terminal:
+                    backup_mean(trees[i], child, child.value)
+            backup_mean(trees[i], leaves[i], v)
+
+    def _select_open(self, tree: Tree, rng: random.Random) -> Node | None:
+        """AlphaZero-style selection: the leaf reached through non-terminal children, or None if the root is
+        terminal (every path is finished)."""
+        while not tree.root.terminal:
+            node = tree.root
+            while node.children:
+                if all(k.terminal for k in tree.children(node)):
+                    node.terminal = True   # nothing left to search below it
+                    break
+                node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
+                                    unvisited_bonus=self.cfg.unvisited_bonus, skip_terminal=True)
+            else:
+                return node
+        return None
+
     def _select(self, tree: Tree, rng: random.Random) -> Node:
         node = tree.root
         while node.children:
@@ -209,15 +283,25 @@ class MCTS:
         return node
 
     def _expand(self, items: dict[int, tuple], seed: int) -> dict[int, list[Node]]:
-        """Expand the leaf of each ``{i: (problem, tree, leaf)}`` in one sampler call and score the new
-        children in one value call; returns them per ``i``."""
+        """Expand the leaf of each ``{i: (problem, tree, leaf)}`` in one sampler call (two when some roots take
+        ``root_branch`` children), give the new children their priors (with a ``prior``) and score them in one
+        value call (AlphaZero style: only terminal children, by their reward); returns them per ``i``."""
         if not items:
             return {}
-        outs = self.sampler.generate([self.expansion.sample_context(t, leaf) for _, t, leaf in items.values()],
-                                     n=self.cfg.branch, temperature=self.cfg.temperature, seed=seed,
-                                     stop=self.expansion.stops, max_new_tokens=self.cfg.step_max_tokens)
+        first = self.cfg.root_branch or self.cfg.branch   # a root's first expansion may take more children
+        widths = {k: first if leaf.parent is None and not leaf.children else self.cfg.branch
+                  for k, (_, _, leaf) in items.items()}
+        outs = {}
+        for width in sorted(set(widths.values())):
+            group = [k for k in items if widths[k] == width]
+            generated = self.sampler.generate([self.expansion.sample_context(items[k][1], items[k][2]) for k in group],
+                                              n=width, temperature=self.cfg.temperature,
+                                              seed=seed if width == self.cfg.branch else seed + 1,
+                                              stop=self.expansion.stops, max_new_tokens=self.cfg.step_max_tokens)
+            outs.update(zip(group, generated))
         new: dict[int, list[Node]] = {}
-        for (k, (problem, tree, leaf)), completions in zip(items.items(), outs):
+        for k, (problem, tree, leaf) in items.items():
+            completions = outs[k]
             for c in completions:
                 self.stats.tokens += c.n_tokens
                 self.tokens[tree.id] += c.n_tokens
@@ -229,13 +313,21 @@ class MCTS:
             if not leaf.children:
                 leaf.terminal = True  # nothing usable came out: a dead end
         flat = [(items[k][1], child) for k, kids in new.items() for child in kids]
+        if self.prior is not None and flat:
+            for (_, child), p in zip(flat, self.prior([self.expansion.sample_context(t, n) for t, n in flat])):
+                child.prior = float(p)
+        if self.cfg.style == "alphazero":   # only terminal children get a value now: their reward, ±1
+            for _, child in flat:
+                child.value = 1.0 if child.terminal and child.reward else -1.0 if child.terminal else 0.0
+            return new
         for (_, child), v in zip(flat, self._scores([self.expansion.value_context(t, n) for t, n in flat])):
             child.value = v
         return new
 
     def _scores(self, contexts: list[Context]) -> list[float]:
-        """The value model's scores, clipped to [0, 1] as the reference does."""
-        return [min(1.0, max(0.0, float(v))) for v in self.scorer(contexts)] if contexts else []
+        """The value model's scores, clipped to [0, 1] as the reference does (AlphaZero style: to [-1, 1])."""
+        low = -1.0 if self.cfg.style == "alphazero" else 0.0
+        return [min(1.0, max(low, float(v))) for v in self.scorer(contexts)] if contexts else []
 
     def _rollout(self, items: list, rng: random.Random, seed: int) -> None:
         """From the best new child of each expanded leaf, ``rollout_steps`` greedy value-guided steps."""

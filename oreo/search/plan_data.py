@@ -1,9 +1,10 @@
 """CPL's datasets, read off plan-search trees (spec §2.5): Step-APO pairs, policy SFT paths, value targets.
 
 In a plan tree (``oreo.search.tree``) an edge is a plan step or, as a terminal child, the whole solution
-block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it) and a solution's
-``reward`` is +1 or −1 from the grader. A format failure or a too-deep plan is a terminal node with no
-reward (an invalid child: never paired, never trained on). ``is_solution(step)`` tells the two kinds of edge
+block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it: ``MCTS`` with
+``style=alphazero``), a solution's ``reward`` its grade (1 right, 0 wrong; its Q is then +1 or −1). A format
+failure or a too-deep plan is a terminal node with no reward (an invalid child: never paired, never
+trained on). ``is_solution(step)`` tells the two kinds of edge
 apart (the task's plan format).
 
 - **Step-APO pairs**: at every node, of its first 5 children (the root) or first 3 (below it), the valid

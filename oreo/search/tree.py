@@ -11,7 +11,8 @@ The tree round-trips through ``Trajectory`` rows: each root-to-leaf path is one 
 and ``parent_ids`` say where its steps sit, whose ``observations`` are its nodes' (agents) and whose
 ``step_values`` hold the nodes' values; the
 visits, priors and the terminal flags ride in ``meta``. ``Tree.from_trajectories`` reads them back as the
-same tree. Selection (UCT with the unvisited bonus, PUCT) and backup are pure functions of the tree.
+same tree. Selection (UCT with the unvisited bonus, PUCT) and backup (ReST-MCTS*'s visit-weighted mean of the
+children, AlphaZero's running mean of the backed-up values) are pure functions of the tree.
 """
 from __future__ import annotations
 
@@ -182,10 +183,10 @@ def puct_score(child: Node, parent_visits: int, c: float, prior_sum: float) -> f
 
 
 def select_child(tree: Tree, node: Node, rng: random.Random, *, rule: str = "uct", c: float = 0.5,
-                 unvisited_bonus: float = 0.9) -> Node:
-    """The child of ``node`` with the best score under ``rule`` (``uct`` or ``puct``); ties broken by
-    ``rng``."""
-    kids = tree.children(node)
+                 unvisited_bonus: float = 0.9, skip_terminal: bool = False) -> Node:
+    """The child of ``node`` with the best score under ``rule`` (``uct`` or ``puct``), terminal children left
+    out with ``skip_terminal`` (AlphaZero style); ties broken by ``rng``."""
+    kids = [k for k in tree.children(node) if not (skip_terminal and k.terminal)]
     if not kids:
         raise ValueError(f"tree {tree.id}: node {node.id} has no children to select from")
     if rule == "uct":
@@ -207,6 +208,18 @@ def backup(tree: Tree, node: Node) -> None:
         visited = [k for k in tree.children(node) if k.visits > 0]
         if visited:
             node.value = sum(k.value * k.visits for k in visited) / sum(k.visits for k in visited)
+        if node.parent is None:
+            return
+        node = tree.nodes[node.parent]
+
+
+def backup_mean(tree: Tree, node: Node, value: float) -> None:
+    """AlphaZero-style backup (CPL, spec §2.2): ``value`` joins the running mean of ``node`` and of every
+    ancestor, each getting one more visit, so a node's value is the mean of all values backed up through
+    it (Q = value_sum / N)."""
+    while True:
+        node.visits += 1
+        node.value += (value - node.value) / node.visits
         if node.parent is None:
             return
         node = tree.nodes[node.parent]

@@ -130,3 +130,15 @@ class StepLikelihoodScorer:
     def __call__(self, items: list[Context]) -> list[float]:
         per_step = step_logprobs(self.policy, self.encoder, items, batch_size=self.batch_size)
         return [math.exp(sum(s) / len(s)) if s else 1.0 for s in per_step]
+
+
+class StepPrior:
+    """PUCT's prior of a step (CPL and AlphaMath, spec §2.2): the policy's mean token log-prob of each
+    context's last step, log of exp(mean token log-prob)."""
+
+    def __init__(self, policy: nn.Module, encoder, *, batch_size: int = 64):
+        self.policy, self.encoder, self.batch_size = policy, encoder, batch_size
+
+    def __call__(self, contexts: list[Context]) -> list[float]:
+        per_step = step_logprobs(self.policy, self.encoder, contexts, batch_size=self.batch_size)
+        return [lp[-1] / max(1, len(self.encoder._ids(c.steps[-1]))) for lp, c in zip(per_step, contexts)]

@@ -449,6 +449,11 @@ class ArithmeticTask:
             for _ in range(n_per_problem)
         ]
 
+    @property
+    def plan_format(self) -> bool:
+        """Responses are plans then a solution (``format=plan``): tree searches grow by plan steps."""
+        return self.cfg.format == "plan"
+
     def step_kind(self, step: str) -> str:
         """The plan format's edge kinds (``plan_step_kind``); in the step format every step is a ``"plan"``
         edge but the final answer line."""
