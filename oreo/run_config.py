@@ -48,6 +48,7 @@ from oreo.trainers.kto import KTOConfig
 from oreo.trainers.oreo import OREOConfig
 from oreo.trainers.prm import PRMConfig
 from oreo.trainers.sft import SFTConfig
+from oreo.trainers.step_apo import StepAPOConfig
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
 SCHEMA = "oreo_schema"   # the name conf/config.yaml's defaults list starts with
@@ -99,6 +100,7 @@ class RunConfig:
     dpo: DPOConfig = field(default_factory=DPOConfig)
     kto: KTOConfig = field(default_factory=KTOConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)   # a process value model (stages=[...,prm]; not evaluated)
+    step_apo: StepAPOConfig = field(default_factory=StepAPOConfig)   # CPL's Step-APO on plan-search trees
     iterate: IterateConfig = field(default_factory=IterateConfig)
     mcts: MCTSConfig = field(default_factory=MCTSConfig)    # the tree search of python -m oreo.rest_mcts
     rest: RestConfig = field(default_factory=RestConfig)

@@ -1,7 +1,7 @@
 """Train a tiny model with one objective of the training loop and in-stage checkpoints; run by
 tests/test_resume.py::
 
-    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto|prm [--pace 0.05]
+    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto|prm|step_apo [--pace 0.05]
 
 Checkpoints every 2 optimizer steps (batch 4 = 2 micro-batches of 2), 12 steps in all. With ``--pace``
 it prints ``micro N`` (1-based) as micro-batch N starts and then sleeps, so the test can kill it at a
@@ -29,6 +29,7 @@ from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
 from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
 from oreo.trainers.prm import PRMConfig, PRMObjective  # noqa: E402
 from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
+from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective  # noqa: E402
 
 # every objective of the loop, each on data for 3 optimizer steps per epoch (DPO: 24 records make 12 pairs)
 OBJECTIVES = {
@@ -40,7 +41,23 @@ OBJECTIVES = {
     "kto": (12, lambda policy, tok, cfg: KTOObjective(policy, tok, KTOConfig(beta=0.1, max_len=64), cfg,
                                                        reference=copy.deepcopy(policy))),
     "prm": (12, lambda policy, tok, cfg: PRMObjective(policy, tok, PRMConfig(max_len=64), cfg)),
+    # 12 plan trees of one pair each
+    "step_apo": (12, lambda policy, tok, cfg: StepAPOObjective(policy, tok, StepAPOConfig(max_len=64), cfg,
+                                                                reference=copy.deepcopy(policy))),
 }
+
+
+def plan_trees(n: int) -> list:
+    """``n`` plan trees' rows, each with one Step-APO pair at its root (Q 0.5 against -0.5)."""
+    from oreo.search.tree import Tree
+
+    rows = []
+    for i in range(n):
+        tree = Tree(f"tree{i}", f"p{i}", f"{i % 7 + 1} +{3 * i % 11}\n", "t")
+        for text, q in (("Plan +1\n", 0.5), (f"Plan -{i % 3 + 1}\n", -0.5)):
+            tree.add(tree.root, text)[0].value = q
+        rows += tree.to_trajectories()
+    return rows
 
 
 def with_step_targets(rows: list[dict]) -> list[dict]:
@@ -76,7 +93,7 @@ def main() -> None:
     objective = build(policy, tok, cfg)
     if args.pace:
         objective.losses = paced(objective.losses, args.pace)
-    data = records(n_records)
+    data = plan_trees(n_records) if args.objective == "step_apo" else records(n_records)
     objective.fit(with_step_targets(data) if args.objective == "prm" else data, out_dir=out / "stage")
     torch.save({name: state(module) for name, (module, _) in objective.models().items()}, out / "params.pt")
 

@@ -7,10 +7,6 @@ from oreo.search.plan_data import sft_paths, step_apo_pairs, value_targets
 from oreo.search.tree import Tree
 
 
-def is_solution(step: str) -> bool:
-    return step.startswith("Solution")
-
-
 def add(tree, parent, step, q, *, terminal=False, reward=None):
     node, _ = tree.add(parent, step)
     node.value, node.terminal, node.reward = q, terminal, reward
@@ -46,7 +42,7 @@ def tree():
 
 
 def test_step_apo_pairs_by_hand(tree):
-    pairs = step_apo_pairs(tree, is_solution)
+    pairs = step_apo_pairs(tree)
     got = [(p.node_id, p.chosen.strip(), p.rejected.strip(), p.q_chosen, p.q_rejected, p.solution) for p in pairs]
     assert got == [
         # root: plan pairs (Q > 0 against Q < 0) among its first 5 children; F (the 6th) and D (a failure) never;
@@ -60,7 +56,7 @@ def test_step_apo_pairs_by_hand(tree):
     assert all(p.prefix == tuple(tree.steps(tree.nodes[p.node_id])) for p in pairs)
     assert pairs[2].prefix == ("Plan 1: add 5\n",) and pairs[0].prefix == ()
     # reading every child of A (4) adds the plan pair A3 > A4
-    wider = step_apo_pairs(tree, is_solution, children=4)
+    wider = step_apo_pairs(tree, children=4)
     assert ("Plan 2: add 1\n", "Plan 2: sub 1\n") in [(p.chosen, p.rejected) for p in wider]
 
 
@@ -69,18 +65,18 @@ def test_a_node_whose_children_do_not_straddle_zero_gives_no_pair():
     add(t, t.root, "Plan 1: add 1\n", 0.9)
     add(t, t.root, "Plan 1: add 2\n", 0.1)
     add(t, t.root, "Plan ??\n", -1.0, terminal=True)   # a failure does not count as the negative side
-    assert step_apo_pairs(t, is_solution) == []
+    assert step_apo_pairs(t) == []
 
 
 def test_sft_paths_and_value_targets_by_hand(tree):
-    assert sft_paths(tree, is_solution) == [["Plan 1: add 5\n", "Solution: 3+5=8 8+1=9 #### 9"],
+    assert sft_paths(tree) == [["Plan 1: add 5\n", "Solution: 3+5=8 8+1=9 #### 9"],
                                             ["Plan 1: add 5\n", "Plan 2: add 1\n", "Solution: 8+1=9 #### 9"]]
-    one = sft_paths(tree, is_solution, max_paths=1, rng=random.Random(3))
-    assert len(one) == 1 and one[0] in sft_paths(tree, is_solution)
+    one = sft_paths(tree, max_paths=1, rng=random.Random(3))
+    assert len(one) == 1 and one[0] in sft_paths(tree)
     tree.nodes["1"].value = -1.0   # a node on the path valued −1: its paths are not learned from
-    assert sft_paths(tree, is_solution) == []
+    assert sft_paths(tree) == []
     tree.nodes["1"].value = 0.8
-    targets = value_targets(tree, is_solution)
+    targets = value_targets(tree)
     assert [(len(steps), qs) for steps, qs in targets] == [
         (1, [-1.0]),              # E
         (2, [0.8, 1.0]),          # A → A1

@@ -134,3 +134,44 @@ def test_dpo_counts_turn_tokens_only(tiny):
     with torch.no_grad():
         full = torch.log_softmax(objective.policy(ids).logits[0, :-1].float(), -1).gather(-1, ids[0, 1:, None])[:, 0]
     torch.testing.assert_close(logp[0][am[0]], full[am[0]], rtol=1e-5, atol=1e-5)
+
+
+# ---------------------------------------------------------------------- Step-APO (CPL) on plan trees
+def plan_tree_rows(i: int) -> list[Trajectory]:
+    """A plan tree: "Plan +1" (Q 0.6) and "Plan -1" (Q -0.4) at the root; below the first, a right and a
+    wrong solution (Q ±1)."""
+    from oreo.search.tree import Tree
+
+    tree = Tree(f"tree{i}", f"p{i}", f"{i} +1\n", "t")
+    up, _ = tree.add(tree.root, "Plan +1\n")
+    down, _ = tree.add(tree.root, "Plan -1\n")
+    up.value, down.value = 0.6, -0.4
+    for text, reward in ((f"{i}+1={i + 1} #### {i + 1}", 1.0), (f"{i}+1={i + 2} #### {i + 2}", 0.0)):
+        node, _ = tree.add(up, text)
+        node.terminal, node.reward, node.value = True, reward, 2 * reward - 1
+    return tree.to_trajectories()
+
+
+def test_step_apo_pairs_train_on_the_step_tokens_only(tiny):
+    from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective
+
+    model, tok = tiny
+    objective = StepAPOObjective(copy.deepcopy(model), tok, StepAPOConfig(max_len=64), TrainConfig(),
+                                 reference=copy.deepcopy(model))
+    rows = [r for i in range(2) for r in plan_tree_rows(i)] + [record(9, "x", True)]   # a row of no tree: ignored
+    pairs = objective.encode(rows)
+    assert len(pairs) == 4   # per tree: a plan pair at the root, a solution pair below "Plan +1"
+    for p in pairs:
+        chosen, rejected = objective.records[p.chosen.index], objective.records[p.rejected.index]
+        assert chosen.steps[:-1] == rejected.steps[:-1] and chosen.reward > rejected.reward
+        for e, r in ((p.chosen, chosen), (p.rejected, rejected)):
+            actions = tok.decode([t for t, a in zip(e.input_ids[1:], e.action_mask) if a])
+            assert actions == r.steps[-1] + (tok.eos_token if r.meta["finished"] else "")   # EOS ends a solution
+    solution = [p for p in pairs if objective.records[p.chosen.index].meta["finished"]]
+    assert [(p.chosen.reward, p.rejected.reward) for p in solution] == [(pytest.approx(0.3), pytest.approx(-0.3))] * 2
+    objective.prepare(torch.device("cpu"))
+    loss = objective.losses(objective.collate(pairs))
+    # at the reference h = 0: the loss is the mean of −log σ(−α ΔQ) over the pairs (ΔQ 1.0 and 0.6)
+    expected = sum(-torch.nn.functional.logsigmoid(torch.tensor(-gap)).item() for gap in (1.0, 0.6, 1.0, 0.6)) / 4
+    assert loss["loss"].item() == pytest.approx(expected, abs=1e-5)
+    assert loss["q_gap"].item() == pytest.approx(0.8)

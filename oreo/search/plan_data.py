@@ -4,8 +4,7 @@ In a plan tree (``oreo.search.tree``) an edge is a plan step or, as a terminal c
 block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it: ``MCTS`` with
 ``style=alphazero``), a solution's ``reward`` its grade (1 right, 0 wrong; its Q is then +1 or −1). A format
 failure or a too-deep plan is a terminal node with no reward (an invalid child: never paired, never
-trained on). ``is_solution(step)`` tells the two kinds of edge
-apart (the task's plan format).
+trained on). A solution is thus a graded terminal node, a plan step any other valid one.
 
 - **Step-APO pairs**: at every node, of its first 5 children (the root) or first 3 (below it), the valid
   ones; if their Q straddle zero, every (plan step with Q > 0, plan step with Q < 0) pair, and one pair of
@@ -21,9 +20,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Callable
 
 from oreo.search.tree import Node, Tree
+from oreo.trajectory import Trajectory
 
 
 @dataclass(frozen=True)
@@ -45,7 +44,12 @@ def valid(node: Node) -> bool:
     return not (node.terminal and node.reward is None)
 
 
-def step_apo_pairs(tree: Tree, is_solution: Callable[[str], bool], *, solution_weight: float = 0.3,
+def is_solution(node: Node) -> bool:
+    """A graded terminal node: the solution block (every other valid node is a plan step)."""
+    return node.terminal and node.reward is not None
+
+
+def step_apo_pairs(tree: Tree, *, solution_weight: float = 0.3,
                    root_children: int = 5, children: int = 3) -> list[StepPair]:
     """Every Step-APO pair of ``tree`` (module docstring), nodes in creation order."""
     pairs = []
@@ -59,9 +63,9 @@ def step_apo_pairs(tree: Tree, is_solution: Callable[[str], bool], *, solution_w
             return StepPair(tree.id, node.id, tree.prompt, prefix, w.step, lo.step, weight * w.value,
                             weight * lo.value, solution)
 
-        plans = [c for c in kids if not is_solution(c.step)]
+        plans = [c for c in kids if not is_solution(c)]
         pairs += [pair(w, lo, 1.0, False) for w in plans if w.value > 0 for lo in plans if lo.value < 0]
-        solutions = [c for c in kids if is_solution(c.step)]
+        solutions = [c for c in kids if is_solution(c)]
         if solutions:
             best = max(solutions, key=lambda c: c.value)
             worst = min(solutions, key=lambda c: c.value)
@@ -70,21 +74,47 @@ def step_apo_pairs(tree: Tree, is_solution: Callable[[str], bool], *, solution_w
     return pairs
 
 
-def solution_paths(tree: Tree, is_solution: Callable[[str], bool]) -> list[list[Node]]:
+def solution_paths(tree: Tree) -> list[list[Node]]:
     """The root-to-solution paths of ``tree`` (a graded solution at the end), in creation order."""
-    return [tree.path(n) for n in tree.nodes.values()
-            if n.terminal and n.reward is not None and is_solution(n.step)]
+    return [tree.path(n) for n in tree.nodes.values() if is_solution(n)]
 
 
-def sft_paths(tree: Tree, is_solution: Callable[[str], bool], *, max_paths: int = 4,
+def sft_paths(tree: Tree, *, max_paths: int = 4,
               rng: random.Random | None = None) -> list[list[str]]:
     """At most ``max_paths`` right root-to-solution paths with no node of Q = −1, as their steps."""
-    good = [p for p in solution_paths(tree, is_solution) if p[-1].reward > 0 and all(n.value != -1.0 for n in p)]
+    good = [p for p in solution_paths(tree) if p[-1].reward > 0 and all(n.value != -1.0 for n in p)]
     if len(good) > max_paths:
         good = (rng or random.Random(0)).sample(good, max_paths)
     return [[n.step for n in p] for p in good]
 
 
-def value_targets(tree: Tree, is_solution: Callable[[str], bool]) -> list[tuple[list[str], list[float]]]:
+def value_targets(tree: Tree) -> list[tuple[list[str], list[float]]]:
     """``(steps, Q of each step's node)`` for every root-to-solution path."""
-    return [([n.step for n in p], [n.value for n in p]) for p in solution_paths(tree, is_solution)]
+    return [([n.step for n in p], [n.value for n in p]) for p in solution_paths(tree)]
+
+
+def pair_records(pairs: list[StepPair], task: str = "") -> list[Trajectory]:
+    """Each pair as two trajectories (chosen, then rejected): the prompt, the shared prefix and the step, the
+    step's Q as ``reward``; ``meta``: ``pair`` (the pair's id), ``role``, ``context_steps`` (the prefix's
+    length: those steps are context, not actions) and ``finished`` (a solution ends with EOS, a plan step
+    does not, as in the reference)."""
+    rows = []
+    for k, p in enumerate(pairs):
+        pair_id = f"{p.tree_id}-{p.node_id}-{k}"
+        for role, step, q in (("chosen", p.chosen, p.q_chosen), ("rejected", p.rejected, p.q_rejected)):
+            rows.append(Trajectory(id=f"{pair_id}-{role}", task=task, problem_id=p.tree_id, prompt=p.prompt,
+                                   steps=[*p.prefix, step], reward=q, correct=role == "chosen",
+                                   meta={"pair": pair_id, "role": role, "context_steps": len(p.prefix),
+                                         "finished": p.solution}))
+    return rows
+
+
+def tree_pairs(records: list[Trajectory], **kwargs) -> list[StepPair]:
+    """The Step-APO pairs of every search tree among buffer ``records`` (rows with a ``tree_id``), trees in
+    first-seen order; ``kwargs`` go to ``step_apo_pairs``."""
+    trees: dict[str, list[Trajectory]] = {}
+    for i, r in enumerate(records):
+        r = r if isinstance(r, Trajectory) else Trajectory.from_dict(r, f"record {i}")
+        if r.tree_id is not None:
+            trees.setdefault(r.tree_id, []).append(r)
+    return [p for rows in trees.values() for p in step_apo_pairs(Tree.from_trajectories(rows), **kwargs)]

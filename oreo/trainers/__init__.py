@@ -13,6 +13,7 @@ from oreo.trainers.kto import KTOConfig, KTOObjective
 from oreo.trainers.oreo import OREOConfig, OREOObjective
 from oreo.trainers.prm import PRMConfig, PRMObjective
 from oreo.trainers.sft import SFTConfig, SFTObjective
+from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective
 
 
 @dataclass(frozen=True)
@@ -34,4 +35,6 @@ METHODS = {
     "kto": Method(KTOObjective, KTOConfig, "buffer", reference=True),
     # a process value model on the buffer's inferred per-step targets (ReST-MCTS*), from the SFT policy
     "prm": Method(PRMObjective, PRMConfig, "buffer", value=True, policy=False),
+    # CPL's Step-APO (alpha=0: Step-DPO) on the sibling plan steps of the buffer's plan-search trees
+    "step_apo": Method(StepAPOObjective, StepAPOConfig, "buffer", reference=True),
 }
