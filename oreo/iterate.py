@@ -23,12 +23,20 @@ def plot_rounds(rows: list[dict], splits: list[str], path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for split in splits:
-        ax.plot([r["round"] for r in rows], [100 * r[split] for r in rows], marker="o", label=split)
-    ax.set_xlabel("round (0 = SFT)")
+    if len({r["round"] for r in rows}) < len(rows):   # several methods a round (CPL): one bar per method and split
+        fig, ax = plt.subplots(figsize=(1.2 * len(rows) + 2, 3.8))
+        width = 0.8 / len(splits)
+        for j, split in enumerate(splits):
+            ax.bar([i + j * width for i in range(len(rows))], [100 * r[split] for r in rows], width, label=split)
+        ax.set_xticks([i + width * (len(splits) - 1) / 2 for i in range(len(rows))])
+        ax.set_xticklabels([r["method"] for r in rows], rotation=30, ha="right", fontsize=8)
+    else:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        for split in splits:
+            ax.plot([r["round"] for r in rows], [100 * r[split] for r in rows], marker="o", label=split)
+        ax.set_xlabel("round (0 = SFT)")
+        ax.set_xticks([r["round"] for r in rows])
     ax.set_ylabel("greedy accuracy (%)")
-    ax.set_xticks([r["round"] for r in rows])
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -76,10 +84,11 @@ def report_rounds(run, rows: list[dict], splits: list[str], name: str) -> list[d
 
 
 def format_rounds(rows: list[dict], splits: list[str]) -> str:
-    lines = [f"{'round':<6}{'collected':>10}" + "".join(f"{s:>10}" for s in splits)]
+    lines = [f"{'round':<6}{'method':<22}{'collected':>10}" + "".join(f"{s:>10}" for s in splits)]
     for r in rows:
         collected = f"{100 * r['collect_accuracy']:.1f}%" if "collect_accuracy" in r else "-"
-        lines.append(f"{r['round']:<6}{collected:>10}" + "".join(f"{100 * r[s]:>9.1f}%" for s in splits))
+        lines.append(f"{r['round']:<6}{r.get('method', ''):<22}{collected:>10}"
+                     + "".join(f"{100 * r[s]:>9.1f}%" for s in splits))
     return "\n".join(lines)
 
 

@@ -36,7 +36,7 @@ from oreo.runtime import (
     quiet_library_progress_bars,
 )
 from oreo.search.mcts import collect_trees
-from oreo.search.value import ValueScorer, load_value_model
+from oreo.search.value import StepPrior, ValueScorer, load_value_model
 from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
@@ -252,19 +252,30 @@ class Run:
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
 
-    def collect_trees(self, policy_dir: Path, value_dir: Path, round: int) -> dict:
-        """Collection round ``round`` as MCTS* trees (``mcts`` settings) with the policy in ``policy_dir`` and
-        the value model in ``value_dir`` on the first ``rest.max_problems`` training problems (agents: games)."""
+    def collect_trees(self, policy_dir: Path, value_dir: Path | None, round: int,
+                      max_problems: int | None = None) -> dict:
+        """Collection round ``round`` as search trees (``mcts`` settings) with the policy in ``policy_dir`` and
+        the value model in ``value_dir`` (None: a fresh head on the policy, as CPL's first round) on the first
+        ``max_problems`` (default ``rest.max_problems``) training problems (agents: games). PUCT selection
+        reads the policy's step priors (``StepPrior``)."""
         self.claim(f"collect_{round}")
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
             sampler = self.sampler(policy_dir, self.cfg.collect)
-            value = load_value_model(value_dir, dtype=self.cfg.model.dtype).to(self.device).eval()
-            scorer = ValueScorer(value, Encoder(sampler.tokenizer, max_len=10**9))
+            value = (load_value_model(value_dir, dtype=self.cfg.model.dtype) if value_dir is not None else
+                     new_value_model(self.cfg, self.load(policy_dir)[0]))
+            encoder = Encoder(sampler.tokenizer, max_len=10**9)
+            scorer = ValueScorer(value.to(self.device).eval(), encoder)
+            prior = None
+            if self.cfg.mcts.selection == "puct":
+                if not hasattr(sampler, "model"):
+                    raise ConfigError("mcts.selection", "puct reads the policy's step priors, which needs "
+                                                        "sampler.backend=hf")
+                prior = StepPrior(sampler.model, encoder)
             problems = (self.task.games("train") if self.task.kind == "agent" else
-                        self.task.problems("train"))[:self.cfg.rest.max_problems]
+                        self.task.problems("train"))[:max_problems or self.cfg.rest.max_problems]
             info = collect_trees(self.task, problems, sampler, scorer, self.buffer, self.cfg.mcts,
-                                 seed=self.cfg.seed + 1000 * round, round=round,
+                                 seed=self.cfg.seed + 1000 * round, round=round, prior=prior,
                                  meta={"policy": str(policy_dir), "value": str(value_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
@@ -282,19 +293,21 @@ class Run:
         return records if keep is None else [r for r in records if keep(r)]
 
     def train_method(self, name: str, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
-                     rounds: list[int] | None = None, stage: str | None = None, keep=None) -> Path | None:
+                     rounds: list[int] | None = None, stage: str | None = None, keep=None, records=None,
+                     method_cfg=None) -> Path | None:
         """Method ``name`` (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the
-        buffer's ``rounds``, default all), anchored to the reference in ``ref_dir`` (default: ``init_dir``)
-        if it uses one; OREO's value model warm-starts from ``value_dir`` if given; ``keep(record)``, if given,
-        selects among the records. Returns the trained
-        policy's folder, or ``None`` (and the reason in run.json) when there is less than one batch of data."""
+        buffer's ``rounds``, default all; or ``records(), if given``), anchored to the reference in ``ref_dir``
+        (default: ``init_dir``) if it uses one; OREO's value model warm-starts from ``value_dir`` if given;
+        ``keep(record)``, if given, selects among the records; ``method_cfg`` replaces the method's config
+        section. Returns the trained policy's folder, or ``None`` (and the reason in run.json) when there is
+        less than one batch of data."""
         stage = stage or name
         method, out = METHODS[name], self.checkpoint(stage)
         self.claim(stage)
         if not self.done(out):
-            records = self.records_for(name, rounds, keep)
+            records = records() if records is not None else self.records_for(name, rounds, keep)
             self.seed(STAGES.index(name) + 1)
-            cfg = self.cfg.method(name)
+            cfg = method_cfg or self.cfg.method(name)
             policy, tokenizer = self.load(init_dir)
             kwargs = {}
             if method.reference:

@@ -69,6 +69,20 @@ class RestConfig:
 
 
 @dataclass
+class CPLConfig:
+    """CPL's two rounds, ``python -m oreo.cpl`` (spec §2.6); the plan search is ``mcts`` with style alphazero."""
+    rounds: int = between(1, 2, 2)               # R1: SFT → plan search → Step-APO; R2: plan search → SFT → Step-APO
+    max_problems: int | None = at_least(1, None)  # the plan search runs on the first K training problems
+    max_sft_paths: int = at_least(1, 4)          # R2's SFT data: right paths per problem (the reference: 4)
+    # round 1 also trains the ablation's baselines on the same trees, from the same SFT model: Step-DPO (Step-APO
+    # with step_apo.alpha 0) and instance-DPO (the dpo settings on whole solution paths, right against wrong)
+    baselines: bool = True
+
+    def __post_init__(self):
+        validate(self)
+
+
+@dataclass
 class RunConfig:
     """``python -m oreo.train`` runs the ``stages`` in ``run_dir``; the default run is the embedded arithmetic
     experiment, end to end on CPU: SFT on an imperfect teacher → collect graded samples → RFT and OREO on
@@ -101,6 +115,7 @@ class RunConfig:
     kto: KTOConfig = field(default_factory=KTOConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)   # a process value model (stages=[...,prm]; not evaluated)
     step_apo: StepAPOConfig = field(default_factory=StepAPOConfig)   # CPL's Step-APO on plan-search trees
+    cpl: CPLConfig = field(default_factory=CPLConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     mcts: MCTSConfig = field(default_factory=MCTSConfig)    # the tree search of python -m oreo.rest_mcts
     rest: RestConfig = field(default_factory=RestConfig)

@@ -318,3 +318,31 @@ def test_rest_mcts_runs_its_rounds_and_resumes(tmp_path):
         "+experiment=rest_mcts_smoke", "evaluate.splits=[test]", "search=mcts")
     metrics = json.loads((tmp_path / f"search/mcts-i2-b2-best_value-t0.7-{prm.name}/metrics.json").read_text())
     assert metrics["test"]["n"] == 16 and metrics["test"]["mean_tokens"] > 0
+
+
+def test_cpl_runs_both_rounds_and_resumes(tmp_path):
+    """python -m oreo.cpl: plan-format SFT → per round a plan search (style alphazero) into the buffer →
+    Step-APO (round 1 also Step-DPO and instance-DPO) → the value on the trees' Q → round 2's SFT and
+    Step-APO; every policy evaluated; a rerun trains and searches nothing again."""
+    run_dir = tmp_path / "run"
+    args = [f"run_dir={run_dir}", "+experiment=cpl_smoke"]
+    proc = run("oreo.cpl", *args)
+    details = json.loads((run_dir / "run.json").read_text())
+    assert [r["method"] for r in details["rounds"]] == ["sft", "step_dpo_round1", "instance_dpo_round1",
+                                                       "step_apo_round1", "sft_round2", "step_apo_round2"]
+    for k in (1, 2):
+        trees = Buffer(run_dir / "buffer").load([k])
+        assert len({r.tree_id for r in trees}) == 4 and all(r.tree_id.startswith(f"r{k}-") for r in trees)
+        assert all(r.meta["search"] == "mcts" for r in trees)
+    for stage in ("step_dpo_round1", "instance_dpo_round1", "step_apo_round1", "value_round1", "step_apo_round2"):
+        assert (run_dir / "checkpoints" / stage).exists() or stage in details.get("skipped", {})
+    assert (run_dir / "checkpoints/sft_round2").exists()
+    assert (run_dir / "plots/cpl.png").exists() and "step_apo_round2" in proc.stdout
+    before = (run_dir / "metrics.jsonl").read_text()
+    run("oreo.cpl", *args)
+    assert (run_dir / "metrics.jsonl").read_text() == before
+
+
+def test_cpl_needs_the_plan_format(tmp_path):
+    proc = run("oreo.cpl", f"run_dir={tmp_path}", "+experiment=smoke", check=False)
+    assert proc.returncode != 0 and "task.format" in proc.stderr

@@ -373,8 +373,9 @@ def _seed(seed: int, step: int, phase: int) -> int:
 
 
 def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, seed: int, round: int | None = None,
-                  problems_per_chunk: int = 64, meta: dict | None = None) -> dict:
-    """MCTS* on every problem, its trees written as one buffer round (one row per root-to-leaf path).
+                  problems_per_chunk: int = 64, meta: dict | None = None, prior=None) -> dict:
+    """MCTS* (or, with ``cfg.style``, CPL's plan search; ``prior``: the step priors PUCT reads) on every
+    problem, its trees written as one buffer round (one row per root-to-leaf path).
 
     Resumable and shared out between ranks like sampling (``oreo.rollout.collector.collect_in_chunks``):
     each chunk of problems is searched with a seed of its own and appended to a partial file, so a killed
@@ -384,7 +385,7 @@ def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, s
     stats = SearchStats()
 
     def produce(chunk, chunk_seed, bar):
-        mcts = MCTS(cfg, task, sampler, scorer)
+        mcts = MCTS(cfg, task, sampler, scorer, prior=prior)
         trees = mcts.search(chunk, seed=chunk_seed, prefix=f"r{round_}-")
         for key in ("nodes", "tokens", "wall_s"):
             setattr(stats, key, getattr(stats, key) + getattr(mcts.stats, key))

@@ -109,12 +109,34 @@ def pair_records(pairs: list[StepPair], task: str = "") -> list[Trajectory]:
     return rows
 
 
-def tree_pairs(records: list[Trajectory], **kwargs) -> list[StepPair]:
-    """The Step-APO pairs of every search tree among buffer ``records`` (rows with a ``tree_id``), trees in
-    first-seen order; ``kwargs`` go to ``step_apo_pairs``."""
-    trees: dict[str, list[Trajectory]] = {}
+def trees_of(records: list) -> list[Tree]:
+    """The search trees among buffer ``records`` (rows with a ``tree_id``; dicts are read as ``Trajectory``),
+    in first-seen order."""
+    rows: dict[str, list[Trajectory]] = {}
     for i, r in enumerate(records):
         r = r if isinstance(r, Trajectory) else Trajectory.from_dict(r, f"record {i}")
         if r.tree_id is not None:
-            trees.setdefault(r.tree_id, []).append(r)
-    return [p for rows in trees.values() for p in step_apo_pairs(Tree.from_trajectories(rows), **kwargs)]
+            rows.setdefault(r.tree_id, []).append(r)
+    return [Tree.from_trajectories(group) for group in rows.values()]
+
+
+def tree_pairs(records: list, **kwargs) -> list[StepPair]:
+    """The Step-APO pairs of every search tree among ``records``; ``kwargs`` go to ``step_apo_pairs``."""
+    return [p for tree in trees_of(records) for p in step_apo_pairs(tree, **kwargs)]
+
+
+def q_target_rows(records: list) -> list[Trajectory]:
+    """A process value model's rows from the trees among ``records``: every root-to-solution path with the
+    MCTS Q of each of its nodes as ``step_values`` (CPL's value data, ``prm.targets=q``)."""
+    return [Trajectory(id=f"{t.id}-q{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt, steps=steps,
+                       reward=qs[-1], correct=qs[-1] > 0, step_values=qs)
+            for t in trees_of(records) for k, (steps, qs) in enumerate(value_targets(t))]
+
+
+def sft_rows(records: list, *, max_paths: int = 4, seed: int = 0) -> list[Trajectory]:
+    """Policy SFT rows from the trees among ``records``: at most ``max_paths`` right paths per tree
+    (``sft_paths``, drawn with ``seed``)."""
+    rng = random.Random(seed)
+    return [Trajectory(id=f"{t.id}-sft{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt, steps=steps,
+                       reward=1.0, correct=True, meta={"source": "plan search"})
+            for t in trees_of(records) for k, steps in enumerate(sft_paths(t, max_paths=max_paths, rng=rng))]

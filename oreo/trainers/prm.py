@@ -2,10 +2,11 @@
 
 It trains on buffer rows: search trees and the samples of each problem give ReST-MCTS*'s inferred
 per-step targets (``oreo.search.process_values.target_rows``); rows that already hold a target per step
-in ``step_values`` (imported process labels) are used as they are. V of the prefix that ends with step k is
-read at that step's last token, where value-guided search reads it. The model is the project's value model
-(a backbone and a float32 head), started from a given one (an OREO value, an earlier round's PRM) or from
-the policy it is given; it may be larger than the policy.
+in ``step_values`` (imported process labels) are used as they are. With ``targets=q`` it learns CPL's value
+instead: the MCTS Q of each step of the plan trees' root-to-solution paths (``oreo.search.plan_data``).
+V of the prefix that ends with step k is read at that step's last token, where value-guided search reads
+it. The model is the project's value model (a backbone and a float32 head), started from a given one (an
+OREO value, an earlier round's PRM) or from the policy it is given; it may be larger than the policy.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from oreo.batch import Batch, collate
 from oreo.config import at_least, one_of, validate
 from oreo.encode import Encoded, Encoder
 from oreo.models import ValueModel
+from oreo.search.plan_data import q_target_rows
 from oreo.search.process_values import target_rows
 from oreo.trainers.common import TrainConfig, unwrap
 from oreo.trainers.objective import Objective
@@ -31,6 +33,9 @@ class PRMConfig:
     # stages=[...,prm]: start from the policy (a copy of the SFT model, or model.value's backbone) | the run's
     # OREO value (checkpoints/oreo/value; the oreo stage must come first)
     init: str = one_of(("policy", "oreo"), "policy")
+    # the per-step targets: inferred (ReST-MCTS*'s, from search trees and the samples' prefix trees) | q (CPL's:
+    # the MCTS Q of every step on the plan trees' root-to-solution paths, in [-1, 1])
+    targets: str = one_of(("inferred", "q"), "inferred")
     train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=2, lr=1e-3))  # lr: the value model's
 
     def __post_init__(self):
@@ -50,7 +55,8 @@ class PRMObjective(Objective):
         """The target rows of ``records`` (``target_rows``), encoded; rows without a target per step are
         dropped and counted."""
         rows = [Trajectory.from_dict(r, f"record {i}") for i, r in enumerate(records)]
-        data = self.encode_trajectories(target_rows(rows), self.name)
+        data = self.encode_trajectories(target_rows(rows) if self.cfg.targets == "inferred" else q_target_rows(rows),
+                                        self.name)
         kept = [e for e in data if len(self.records[e.index].step_values) == len(e.step_ends) > 0]
         if len(kept) < len(data):
             print(f"{self.name}: {len(data) - len(kept)} of {len(data)} trajectories have no per-step targets",
