@@ -153,13 +153,17 @@ def test_runs_with_a_real_sampler_and_value_model_and_round_trips_its_trees(tmp_
             assert Tree.from_trajectories([r for r in rows if r.tree_id == tree.id]).nodes == tree.nodes
 
 
-def test_tree_collection_resumes_by_chunk_with_the_same_trees(tmp_path):
+@pytest.mark.parametrize("style", ["rest", "alphazero"])
+def test_tree_collection_resumes_by_chunk_with_the_same_trees(tmp_path, style):
+    """A killed collection (MCTS*, or CPL's plan search) resumes with no duplicate or lost tree."""
     from oreo.buffer import Buffer
     from oreo.search.mcts import collect_trees
     from oreo.search.tree import Tree
 
-    script = {"": [step("1+0=1\n"), step("1+0=2\n"), end("#### 3")], "1+0=1\n": [end("#### 1"), step("x\n")],
-              "1+0=2\n": [end("#### 2")]}
+    first, second = ("1+0=1\n", "1+0=2\n") if style == "rest" else ("P1\n", "P2\n")
+    script = {"": [step(first), step(second), end("#### 3")], first: [end("#### 1"), step("x\n")],
+              second: [end("#### 2")]}
+    task = Task() if style == "rest" else PlanTask()
 
     class Flaky(Scripted):
         def __init__(self, fail_at=None):
@@ -172,16 +176,17 @@ def test_tree_collection_resumes_by_chunk_with_the_same_trees(tmp_path):
             return super().generate(prompts, **kw)
 
     problems = [Problem(str(i), answer="1") for i in range(5)]
-    cfg = MCTSConfig(iterations=4, branch=3)
+    cfg = MCTSConfig(iterations=4, branch=3, style=style, selection="puct" if style == "alphazero" else "uct")
     whole = Buffer(tmp_path / "a")
-    info = collect_trees(Task(), problems, Flaky(), Values({}), whole, cfg, seed=1, round=0, problems_per_chunk=2)
+    info = collect_trees(task, problems, Flaky(), Values({}), whole, cfg, seed=1, round=0, problems_per_chunk=2)
     assert info["records"] == len(whole.load()) and info["nodes"] > 0 and info["nodes_per_s"] > 0
     resumed = Buffer(tmp_path / "b")
     with pytest.raises(KeyboardInterrupt):
-        collect_trees(Task(), problems, Flaky(fail_at=9), Values({}), resumed, cfg, seed=1, round=0,
+        fail_at = 9 if style == "rest" else 5   # in the second chunk: the first one is written
+        collect_trees(task, problems, Flaky(fail_at=fail_at), Values({}), resumed, cfg, seed=1, round=0,
                       problems_per_chunk=2)
     assert not resumed.rounds() and list((tmp_path / "b").glob("round_000.partial*.jsonl"))
-    collect_trees(Task(), problems, Flaky(), Values({}), resumed, cfg, seed=1, round=0, problems_per_chunk=2)
+    collect_trees(task, problems, Flaky(), Values({}), resumed, cfg, seed=1, round=0, problems_per_chunk=2)
     a, b = whole.load(), resumed.load()
     assert [r.to_dict() for r in a] == [r.to_dict() for r in b]
     trees = {t: Tree.from_trajectories([r for r in a if r.tree_id == t]) for t in {r.tree_id for r in a}}
