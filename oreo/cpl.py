@@ -5,16 +5,17 @@ the shared MCTS with ``mcts.style=alphazero`` (PUCT over the policy's step prior
 each selected leaf, terminal rewards ±1, running-mean backup), and every method is an objective of the one
 training loop:
 
-- **Round 1.** SFT on the teacher's plan-format solutions → plan search with the SFT policy and a value head
-  that has not been trained (as the paper's round 1) on the first ``cpl.max_problems`` training problems →
-  buffer round 1 → Step-APO from the SFT model, which is also its frozen reference (``step_apo``). With
-  ``cpl.baselines`` the paper's ablation trains on the same trees from the same model: Step-DPO (``alpha`` 0)
-  and instance-DPO (``dpo`` on whole solution paths, right against wrong). The value model then learns the
-  trees' Q at every step end (``prm`` with ``targets=q``), from the SFT policy.
+- **Round 1.** With ``cpl.initial_sft`` (the embedded task): SFT on the teacher's plan-format solutions, and
+  the plan search with that model; without it (GSM8K/MATH, the paper's setting): the plan search with the base
+  model and its few-shot prompt, then SFT from the base on at most ``cpl.max_sft_paths`` right paths per
+  problem. The search runs on the first ``cpl.max_problems`` training problems with a value head that has not
+  been trained (as the paper's round 1) → buffer round 1 → Step-APO from the round's SFT model, which is also
+  its frozen reference (``step_apo``). With ``cpl.baselines`` the paper's ablation trains on the same trees
+  from the same model: Step-DPO (``alpha`` 0) and instance-DPO (``dpo`` on whole solution paths, right against
+  wrong). The value model then learns the trees' Q at every step end (``prm`` with ``targets=q``).
 - **Round 2.** Plan search with round 1's Step-APO policy and value → buffer round 2 → SFT from the base
-  model on the teacher's solutions plus at most ``cpl.max_sft_paths`` right paths per problem of the round-2
-  trees (the paper's R2-SFT starts from its base model on round-2 data; here the base is untrained, so the
-  teacher's data stay) → Step-APO from that model: the CPL policy.
+  model on the round-2 paths (with ``cpl.initial_sft``, plus the teacher's solutions: the base here is
+  untrained, unlike the paper's) → Step-APO from that model: the CPL policy.
 
 Each policy is evaluated greedily on ``evaluate.splits``; a per-round table is printed, written to run.json
 and plotted to ``plots/cpl.png``. A stage whose data give less than one batch (no pair: no node whose
@@ -37,9 +38,9 @@ from oreo.search.plan_data import sft_rows
 
 def check_cpl(cfg: RunConfig) -> None:
     """CPL needs a plan format and the AlphaZero-style search; fail before any training otherwise."""
-    if cfg.task.name != "arithmetic" or getattr(cfg.task, "format", "") != "plan":
+    if getattr(cfg.task, "format", "") != "plan":
         raise ConfigError("task.format", f"CPL searches over plan steps: give a task in a plan format "
-                                         f"(task=arithmetic task.format=plan), not {cfg.task.name}")
+                                         f"(task.format=plan; arithmetic, gsm8k or math), not {cfg.task.name}")
     if cfg.mcts.style != "alphazero":
         raise ConfigError("mcts.style", "CPL's plan search is mcts.style=alphazero (+experiment=cpl sets it)")
     if cfg.prm.targets != "q":
@@ -52,6 +53,7 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
     check_cpl(cfg)
     run = Run(cfg)
     splits = list(cfg.evaluate.splits)
+    base = Path(cfg.model.name_or_path)
     rows = []
 
     def evaluate(round_: int, name: str, policy_dir: Path, **extra) -> Path:
@@ -60,26 +62,26 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
             print(f"{name}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
         return policy_dir
 
-    sft_dir = evaluate(0, "sft", run.sft())
-    policy_dir, value_dir = sft_dir, None
+    def round_sft(k: int) -> Path:
+        """SFT from the base model on the round's right paths (and the task's own solutions, with initial_sft)."""
+        def records():
+            teacher = run.task.sft_records(cfg.seed, cfg.sft.n_per_problem) if cfg.cpl.initial_sft else []
+            return teacher + sft_rows(run.buffer.load([k]), max_paths=cfg.cpl.max_sft_paths, seed=cfg.seed)
+        # fails (NotEnoughData) when the round's search found fewer right paths than one batch
+        return evaluate(k, f"sft_round{k}", run.train_method("sft", base, records=records, stage=f"sft_round{k}"))
+
+    sft_dir = evaluate(0, "sft", run.sft()) if cfg.cpl.initial_sft else None
+    policy_dir, value_dir = sft_dir or base, None
     for k in range(1, cfg.cpl.rounds + 1):
         stats = run.collect_trees(policy_dir, value_dir, round=k, max_problems=cfg.cpl.max_problems)
-        if k == 1:
-            start = sft_dir
-            if cfg.cpl.baselines:
-                step_dpo = dataclasses.replace(cfg.step_apo, alpha=0.0)
-                out = run.train_method("step_apo", start, rounds=[k], stage="step_dpo_round1", method_cfg=step_dpo)
-                evaluate(k, "step_dpo_round1", out or start)
-                out = run.train_method("dpo", start, rounds=[k], stage="instance_dpo_round1",
-                                       keep=lambda r: r.meta.get("finished", False))
-                evaluate(k, "instance_dpo_round1", out or start)
-        else:
-            def round_sft_rows(k=k):
-                return (run.task.sft_records(cfg.seed, cfg.sft.n_per_problem)
-                        + sft_rows(run.buffer.load([k]), max_paths=cfg.cpl.max_sft_paths, seed=cfg.seed))
-            start = run.train_method("sft", Path(cfg.model.name_or_path), records=round_sft_rows,
-                                     stage=f"sft_round{k}")
-            evaluate(k, f"sft_round{k}", start)
+        start = sft_dir if k == 1 and sft_dir is not None else round_sft(k)
+        if k == 1 and cfg.cpl.baselines:
+            step_dpo = dataclasses.replace(cfg.step_apo, alpha=0.0)
+            out = run.train_method("step_apo", start, rounds=[k], stage="step_dpo_round1", method_cfg=step_dpo)
+            evaluate(k, "step_dpo_round1", out or start)
+            out = run.train_method("dpo", start, rounds=[k], stage="instance_dpo_round1",
+                                   keep=lambda r: r.meta.get("finished", False))
+            evaluate(k, "instance_dpo_round1", out or start)
         policy_dir = run.train_method("step_apo", start, rounds=[k], stage=f"step_apo_round{k}") or start
         evaluate(k, f"step_apo_round{k}", policy_dir, collect_accuracy=stats["frac_correct"])
         if k < cfg.cpl.rounds:

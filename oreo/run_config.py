@@ -71,9 +71,12 @@ class RestConfig:
 @dataclass
 class CPLConfig:
     """CPL's two rounds, ``python -m oreo.cpl`` (spec §2.6); the plan search is ``mcts`` with style alphazero."""
-    rounds: int = between(1, 2, 2)               # R1: SFT → plan search → Step-APO; R2: plan search → SFT → Step-APO
+    rounds: int = between(1, 2, 2)               # per round: plan search → SFT → Step-APO (python -m oreo.cpl)
     max_problems: int | None = at_least(1, None)  # the plan search runs on the first K training problems
-    max_sft_paths: int = at_least(1, 4)          # R2's SFT data: right paths per problem (the reference: 4)
+    max_sft_paths: int = at_least(1, 4)          # a round's SFT data: right paths per problem (the reference: 4)
+    # first SFT on the task's own solutions in the plan format (the embedded teacher) and search round 1 with that
+    # model; false: round 1 searches with the base model and its few-shot prompt (the paper's GSM8K/MATH setting)
+    initial_sft: bool = True
     # round 1 also trains the ablation's baselines on the same trees, from the same SFT model: Step-DPO (Step-APO
     # with step_apo.alpha 0) and instance-DPO (the dpo settings on whole solution paths, right against wrong)
     baselines: bool = True

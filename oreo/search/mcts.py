@@ -176,7 +176,7 @@ class PlanExpansion(StepExpansion):
         if not fresh:
             return None
         kind = "invalid" if c.truncated else self.task.step_kind(c.text)
-        if kind == "solution" and c.finished:
+        if kind == "solution":
             child.terminal = True
             child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
         elif kind != "plan" or child.depth > self.max_depth:
