@@ -104,3 +104,24 @@ def test_hub_loading_reads_every_math_subject(monkeypatch):
     assert {c[0] for c in calls} == {"EleutherAI/hendrycks_math"} and len(problems) == 7
     assert problems[2].answer == "3"
     make_task({"name": "gsm8k"})  # no hub access until problems are asked for
+
+
+@needs_data
+def test_plan_format_prompt_steps_and_grading():
+    """CPL's plan-then-solve format on GSM8K: a few-shot plain prompt, plan steps and one solution."""
+    task = make_task({"name": "gsm8k", "data_dir": str(DATA / "gsm8k"), "limits": {"train": 4}, "format": "plan"})
+    p = task.problems("test")[0]
+    assert isinstance(p.prompt, str) and p.prompt.endswith(f"Question: {p.question}\n\nPlans:\n")
+    assert p.prompt.count("The final answer is") == 2 and task.plan_format   # two demonstrations
+    response = (f"Plan 1: Work out what is asked.<endstep>\nPlan 2: Compute it.<endstep>\nDetailed Implementation:\n"
+                f"1. It is {p.answer}.\nThe final answer is \\boxed{{{p.answer}}}.<endsolution>")
+    steps = task.split_steps(response)
+    assert "".join(steps) == response and len(steps) == 3
+    assert [task.step_kind(s) for s in steps] == ["plan", "plan", "solution"]
+    assert task.grade(p, response) == (p.answer, True)
+    assert task.grade(p, response.replace("boxed", "fbx")) == (None, False)   # no boxed answer: no answer
+    for bad in ("Plan 1: a.", "Plan 1: a. Plan 2: b.<endstep>", "Detailed Implementation: 1.<endsolution>", "Hi"):
+        assert task.step_kind(bad) == "invalid"
+    assert "<endstep>" in task.step_stops and "Question:" in task.step_stops
+    with pytest.raises(ValueError, match="initial_sft=false"):
+        task.sft_records(0)

@@ -17,6 +17,7 @@ chat template, or, with ``prompt_template``, a plain string (``{question}`` is s
 from __future__ import annotations
 
 import random
+import re
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
@@ -29,6 +30,39 @@ from oreo.trajectory import Trajectory
 GSM8K_SYSTEM = "Please reason step by step, and produce a final answer following 4 '#', like '#### 0'"
 MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 STEP_SEPARATORS = {"gsm8k": ["\n"], "math": ["\n", ". ", ".$ "]}
+# CPL's Round-1 plan-then-solve format (spec §2.1), with demonstrations of our own: plan steps end with <endstep>,
+# the solution with <endsolution>; a base model continues after "Plans:" (``format=plan``)
+PLAN_END, SOLUTION_END = "<endstep>", "<endsolution>"
+_PLAN_STEP_RE = re.compile(r"Plan \d+:.*<endstep>", re.S)
+_PLAN_HEAD_RE = re.compile(r"Plan \d+:")
+PLAN_PROMPT = """Solve the question. First write a plan: short, general steps that say what to find and which \
+facts or formulas to use, one per line, each ending with <endstep>, without computing anything. Then carry out \
+every plan step under "Detailed Implementation:", put the final answer in \\boxed{}, and end with <endsolution>.
+
+Question: A baker makes 4 trays of 12 muffins and sells all but 7. How many muffins does he sell?
+
+Plans:
+Plan 1: Find how many muffins were made from the number of trays and muffins per tray.<endstep>
+Plan 2: Subtract the muffins left over from the muffins made.<endstep>
+Detailed Implementation:
+1. He made 4 * 12 = 48 muffins.
+2. He sold 48 - 7 = 41 muffins.
+The final answer is \\boxed{41}.<endsolution>
+
+Question: What is the sum of the roots of $x^2 - 5x + 6 = 0$?
+
+Plans:
+Plan 1: Recall how the sum of the roots of a quadratic relates to its coefficients.<endstep>
+Plan 2: Read the coefficients off the equation and apply the relation.<endstep>
+Detailed Implementation:
+1. For $ax^2 + bx + c = 0$ the roots sum to $-b/a$.
+2. Here $a = 1$ and $b = -5$, so the roots sum to $5$.
+The final answer is \\boxed{5}.<endsolution>
+
+Question: {question}
+
+Plans:
+"""
 MATH_SUBJECTS = ("algebra", "counting_and_probability", "geometry", "intermediate_algebra", "number_theory",
                  "prealgebra", "precalculus")
 # split -> (hub dataset, its configs, its split); the MATH copy on the hub has one config per subject
@@ -60,6 +94,9 @@ class MathConfig:
     prompt_template: str | None = None  # a plain-text prompt instead of chat messages, e.g. "Q: {question}\nA:"
     step_separators: list[str] | None = None   # None: newline (GSM8K); newline, ". " and ".$ " (MATH)
     grade_timeout: float = above(0, 5.0)          # seconds per symbolic comparison (MATH); a timeout counts as wrong
+    # steps | plan: CPL's plan-then-solve format (a few-shot prompt, plan steps ending <endstep>, one solution
+    # ending <endsolution> with the answer in \boxed{}; python -m oreo.cpl)
+    format: str = one_of(("steps", "plan"), "steps")
     seed: int = 0                       # the sample of limits (in a run: the run's seed)
 
     def __post_init__(self):
@@ -96,7 +133,8 @@ class MathTask:
     def __init__(self, cfg: MathConfig | None = None):
         self.cfg = cfg if cfg is not None else MathConfig()
         self.name = self.cfg.name
-        self.separators = self.cfg.step_separators or STEP_SEPARATORS[self.name]
+        self.separators = ([PLAN_END] if self.cfg.format == "plan" else
+                           self.cfg.step_separators or STEP_SEPARATORS[self.name])
         self.system_prompt = self.cfg.system_prompt or (GSM8K_SYSTEM if self.name == "gsm8k" else MATH_SYSTEM)
         self._splits: dict[str, list[MathProblem]] = {}
 
@@ -131,7 +169,9 @@ class MathTask:
         else:
             question, solution = row["problem"], row["solution"]
             answer = grading.math_gold(row)
-        if self.cfg.prompt_template is not None:
+        if self.cfg.format == "plan":
+            prompt = PLAN_PROMPT.replace("{question}", question)
+        elif self.cfg.prompt_template is not None:
             prompt = self.cfg.prompt_template.format(question=question)
         else:
             prompt = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": question}]
@@ -149,6 +189,9 @@ class MathTask:
     # -------------------------------------------------------------- grading
     def grade(self, problem: MathProblem, response: str) -> tuple[str | None, bool]:
         if self.name == "gsm8k":
+            if self.cfg.format == "plan":   # the answer is the solution's \boxed{}
+                boxed = grading.extract_boxed(response)
+                return grading.grade_gsm8k(boxed, problem.answer) if boxed is not None else (None, False)
             return grading.grade_gsm8k(response, problem.answer)
         # The problem text lets the grader tell an answer from a copy of the question.
         return grading.grade_math(response, problem.answer, timeout=self.cfg.grade_timeout,
@@ -168,11 +211,30 @@ class MathTask:
 
     @property
     def step_stops(self) -> list[str]:
-        """The strings that end a step: the step separators."""
-        return list(self.separators)
+        """The strings that end a step: the step separators (plan format: a plan step's or the solution's end,
+        or a new question)."""
+        return [PLAN_END, SOLUTION_END, "Question:"] if self.cfg.format == "plan" else list(self.separators)
+
+    @property
+    def plan_format(self) -> bool:
+        return self.cfg.format == "plan"
+
+    def step_kind(self, step: str) -> str:
+        """Plan format: ``"plan"`` (one "Plan k: ..." ending with <endstep>), ``"solution"`` ("Detailed
+        Implementation:" with a \boxed{} answer, ending with <endsolution>) or ``"invalid"``."""
+        text = step.strip()
+        if _PLAN_STEP_RE.fullmatch(text) and len(_PLAN_HEAD_RE.findall(text)) == 1:
+            return "plan"
+        if (text.startswith("Detailed Implementation:") and text.endswith(SOLUTION_END)
+                and grading.extract_boxed(text) is not None):
+            return "solution"
+        return "invalid"
 
     def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The dataset's own solutions of the train split as trajectories (reward 1)."""
+        if self.cfg.format == "plan":
+            raise ValueError("task.format=plan: the dataset's solutions are not plans, so there is no SFT data before "
+                             "the first plan search; CPL starts from the base model (cpl.initial_sft=false)")
         records = []
         for p in self.problems("train"):
             steps = self.split_steps(p.solution)
