@@ -306,8 +306,23 @@ def test_alphazero_stops_a_tree_whose_every_path_is_finished():
     scorer = Values({})
     trees = MCTS(MCTSConfig(iterations=5, branch=2, style="alphazero", selection="puct"), PlanTask(), sampler,
                  scorer).search([Problem(0), Problem(1)])
-    assert all(t.root.terminal and t.root.visits == 3 for t in trees)   # its value and two terminal rewards
+    assert all(t.root.visits == 3 for t in trees)   # its value and two terminal rewards
     assert sampler.calls == [2] and scorer.calls == [2]
+
+
+def test_alphazero_skips_an_exhausted_plan_step_without_making_it_invalid():
+    """A plan step whose children are all terminal is never selected again, yet stays a valid node (its Q
+    makes Step-APO pairs)."""
+    from oreo.search.plan_data import step_apo_pairs
+
+    sampler = Scripted({"": [step("Pa\n"), step("Pb\n")], "Pa\n": [end("#### 1")], "Pb\n": [end("#### 2")]})
+    cfg = MCTSConfig(iterations=10, branch=2, style="alphazero", selection="puct")
+    (tree,) = MCTS(cfg, PlanTask(), sampler, Values({})).search([Problem(0)])
+    pa, pb = tree.children(tree.root)
+    assert not pa.terminal and not pb.terminal and pa.value > 0 > pb.value
+    assert sampler.calls == [1, 1, 1]   # the root, Pa, Pb: then nothing is left to search
+    (pair,) = step_apo_pairs(tree)
+    assert (pair.chosen, pair.rejected) == ("Pa\n", "Pb\n")
 
 
 def test_plan_expansion_grades_solutions_and_marks_invalid_children():

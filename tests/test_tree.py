@@ -189,10 +189,10 @@ def test_backup_mean_keeps_the_mean_of_every_value_backed_up_through_a_node():
     assert (tree.root.visits, tree.root.value) == (3, pytest.approx(0.25))
 
 
-def test_selection_can_skip_terminal_children():
+def test_selection_can_skip_children():
     tree = Tree("t", "p", "q")
     a, _ = tree.add(tree.root, "a")
     b, _ = tree.add(tree.root, "b")
     a.value, a.terminal, b.value = 1.0, True, 0.1
     assert select_child(tree, tree.root, random.Random(0), c=0.0) is a
-    assert select_child(tree, tree.root, random.Random(0), c=0.0, skip_terminal=True) is b
+    assert select_child(tree, tree.root, random.Random(0), c=0.0, skip=lambda k: k.terminal) is b

@@ -242,8 +242,8 @@ class MCTS:
 
     def _alphazero_iteration(self, problems, trees, active, done, rng, seed) -> None:
         """One CPL iteration (spec §2.2) in every active tree: select a leaf by never entering a terminal child
-        (a node whose children are all terminal becomes terminal; a tree whose root does is finished), score it
-        with the value, expand it (terminal children back up their reward at once) and back up its value."""
+        or a node whose children are all terminal (a tree with nothing left to search is finished), score it with
+        the value, expand it (terminal children back up their reward at once) and back up its value."""
         leaves = {}
         for i in active:
             leaf = self._select_open(trees[i], rng)
@@ -261,19 +261,24 @@ class MCTS:
             backup_mean(trees[i], leaves[i], v)
 
     def _select_open(self, tree: Tree, rng: random.Random) -> Node | None:
-        """AlphaZero-style selection: the leaf reached through non-terminal children, or None if the root is
-        terminal (every path is finished)."""
-        while not tree.root.terminal:
-            node = tree.root
-            while node.children:
-                if all(k.terminal for k in tree.children(node)):
-                    node.terminal = True   # nothing left to search below it
-                    break
-                node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
-                                    unvisited_bonus=self.cfg.unvisited_bonus, skip_terminal=True)
-            else:
-                return node
-        return None
+        """AlphaZero-style selection: from the root, the best child among those with something left to search
+        (not terminal, and a leaf or with such a child of its own), down to a leaf; None if no such path is left.
+        A node whose children are all terminal is skipped, not marked terminal: it stays a valid plan step."""
+        memo: dict[str, bool] = {}
+
+        def searchable(node: Node) -> bool:
+            if node.id not in memo:
+                memo[node.id] = not node.terminal and (not node.children or
+                                                       any(searchable(k) for k in tree.children(node)))
+            return memo[node.id]
+
+        if not searchable(tree.root):
+            return None
+        node = tree.root
+        while node.children:
+            node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
+                                unvisited_bonus=self.cfg.unvisited_bonus, skip=lambda k: not searchable(k))
+        return node
 
     def _select(self, tree: Tree, rng: random.Random) -> Node:
         node = tree.root

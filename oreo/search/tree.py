@@ -183,10 +183,11 @@ def puct_score(child: Node, parent_visits: int, c: float, prior_sum: float) -> f
 
 
 def select_child(tree: Tree, node: Node, rng: random.Random, *, rule: str = "uct", c: float = 0.5,
-                 unvisited_bonus: float = 0.9, skip_terminal: bool = False) -> Node:
-    """The child of ``node`` with the best score under ``rule`` (``uct`` or ``puct``), terminal children left
-    out with ``skip_terminal`` (AlphaZero style); ties broken by ``rng``."""
-    kids = [k for k in tree.children(node) if not (skip_terminal and k.terminal)]
+                 unvisited_bonus: float = 0.9, skip=None) -> Node:
+    """The child of ``node`` with the best score under ``rule`` (``uct`` or ``puct``), the children for which
+    ``skip(child)`` holds left out (AlphaZero style: those with nothing left to search); ties broken by
+    ``rng``."""
+    kids = [k for k in tree.children(node) if skip is None or not skip(k)]
     if not kids:
         raise ValueError(f"tree {tree.id}: node {node.id} has no children to select from")
     if rule == "uct":
