@@ -14,6 +14,10 @@ COMMON = ("seed", "task", "model.name_or_path", "model.dtype", "model.tiny", "mo
 HOW_NOT_WHAT = (".save_every", ".log_every", ".micro_batch_size", ".chunk_size", "collect.batch_size")
 
 
+# CPL's stages named after what they train, and the config section each reads
+SECTION = {"step_dpo": "step_apo", "instance_dpo": "dpo", "value": "prm"}
+
+
 def kind(stage: str) -> str:
     """``collect_2`` → ``collect``; ``oreo_round3`` → ``oreo``; others are their own kind."""
     if stage.startswith("collect_"):
@@ -27,12 +31,12 @@ def shaped_by(stage: str) -> tuple[str, ...]:
     if k == "sft":
         own = ("sft",)
     elif k == "collect":
-        # later rounds: iterate's (samples) or rest_mcts's (search trees) collections
-        own = ("collect", "sampler.backend") + (("iterate", "mcts", "rest") if stage != "collect_0" else ())
+        # later rounds: iterate's (samples) or rest_mcts's and cpl's (search trees) collections
+        own = ("collect", "sampler.backend") + (("iterate", "mcts", "rest", "cpl") if stage != "collect_0" else ())
     elif k == "evaluate":
         own = ("evaluate.max_new_tokens", "evaluate.sampled", "sampler.backend")
-    else:  # a trained method
-        own = (k, "collect.balanced_k", "engine.bf16") + (("iterate",) if "_round" in stage else ())
+    else:  # a trained method (CPL's baselines and value read the step_apo, dpo and prm sections)
+        own = (SECTION.get(k, k), "collect.balanced_k", "engine.bf16") + (("iterate",) if "_round" in stage else ())
     return COMMON + own
 
 
@@ -78,6 +82,6 @@ def dependents(stage: str, stages: list[str]) -> set[str]:
     k = kind(stage)
     if k == "sft":
         return set(stages)
-    if k == "collect":
-        return {s for s in stages if kind(s) not in ("sft", "evaluate")}
+    if k == "collect":   # every trained stage but the first SFT (a round's SFT learns from its search: CPL)
+        return {s for s in stages if s != "sft" and kind(s) != "evaluate"}
     return {s for s in stages if s == stage or kind(s) == stage}

@@ -50,6 +50,17 @@ def test_dependents():
     assert dependents("collect", stages) == {"collect_0", "rft", "oreo", "dpo"}
     assert dependents("oreo", stages) == {"oreo"}
     assert dependents("oreo", ["oreo_round1", "oreo_round2", "collect_1"]) == {"oreo_round1", "oreo_round2"}
+    # CPL: a round's SFT learns from that round's plan search
+    cpl = ["sft", "collect_1", "step_apo_round1", "value_round1", "collect_2", "sft_round2", "step_apo_round2"]
+    assert dependents("collect_2", cpl) == set(cpl) - {"sft"}
+
+
+def test_cpl_stages_are_shaped_by_the_sections_they_read():
+    cfg = {"step_apo": {"alpha": 1.0}, "dpo": {"beta": 0.1}, "prm": {"targets": "q"}, "cpl": {"max_problems": 9}}
+    assert settings_of(cfg, "step_dpo_round1")["step_apo.alpha"] == 1.0
+    assert settings_of(cfg, "instance_dpo_round1")["dpo.beta"] == 0.1
+    assert settings_of(cfg, "value_round1")["prm.targets"] == "q"
+    assert settings_of(cfg, "collect_1")["cpl.max_problems"] == 9
 
 
 @pytest.fixture(scope="module")
