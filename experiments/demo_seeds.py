@@ -4,6 +4,8 @@ Runs ``python -m oreo.train seed=S run_dir=OUT/S [overrides]`` for each seed (fi
 then prints method × split greedy accuracy (agents: success rate) as mean ± standard deviation and the
 per-seed values, and writes the same as markdown to ``experiments/results/NAME.md``. The household
 agents: ``python experiments/demo_seeds.py --out runs/household_seeds --name household_seeds +experiment=household``.
+``--module oreo.rest_mcts`` (or ``oreo.cpl``) runs that entry point instead of ``oreo.train``: ReST-MCTS*'s rounds
+over seeds, ``--out runs/rest_mcts --name rest_mcts_seeds +experiment=rest_mcts``.
 """
 from __future__ import annotations
 
@@ -23,17 +25,18 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--out", default="runs/seeds")
     parser.add_argument("--name", default="demo_seeds", help="the table's file: experiments/results/NAME.md")
+    parser.add_argument("--module", default="oreo.train", help="the entry point each seed runs")
     parser.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = parser.parse_args()
     results, times = {}, {}
     for seed in args.seeds:
         run_dir = ROOT / args.out / str(seed)
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "oreo.train", f"seed={seed}", f"run_dir={run_dir}", *args.overrides],
+        subprocess.run([sys.executable, "-m", args.module, f"seed={seed}", f"run_dir={run_dir}", *args.overrides],
                        cwd=ROOT, check=True)
         times[seed] = time.perf_counter() - start
         results[seed] = json.loads((run_dir / "metrics.json").read_text())
-    table = format_markdown(results, times, args.overrides)
+    table = format_markdown(results, times, [f"-m {args.module}", *args.overrides])
     print(table)
     out = ROOT / "experiments" / "results" / f"{args.name}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -54,7 +57,8 @@ def format_markdown(results: dict, times: dict, overrides: list[str]) -> str:
             std = statistics.stdev(vals) if len(vals) > 1 else 0.0
             cells.append(f"{statistics.mean(vals):.1f} ± {std:.1f} ({', '.join(f'{v:.1f}' for v in vals)})")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
-    lines += ["", "wall time per run (s): " + ", ".join(f"seed {s}: {t:.0f}" for s, t in sorted(times.items()))]
+    lines += ["", "wall time of this command per seed (s; a finished run is reused, not run again): "
+              + ", ".join(f"seed {s}: {t:.0f}" for s, t in sorted(times.items()))]
     return "\n".join(lines)
 
 
