@@ -353,9 +353,14 @@ def dpo_loss(
     else:
         loss = (-(1 - label_smoothing) * torch.nn.functional.logsigmoid(beta * h)
                 - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)).mean()
+    return loss, _pair_stats(chosen, rejected)
+
+
+def _pair_stats(chosen: Tensor, rejected: Tensor) -> dict:
+    """The implicit rewards' diagnostics of a preference loss (detached means)."""
     chosen, rejected = chosen.detach(), rejected.detach()
-    return loss, {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
-                  "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean()}
+    return {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
+            "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean()}
 
 
 def step_apo_loss(
@@ -385,10 +390,7 @@ def step_apo_loss(
     chosen = beta * (_float(policy_chosen) - _float(ref_chosen))
     rejected = beta * (_float(policy_rejected) - _float(ref_rejected))
     loss = -torch.nn.functional.logsigmoid(chosen - rejected - alpha * gap).mean()
-    chosen, rejected = chosen.detach(), rejected.detach()
-    return loss, {"chosen_reward": chosen.mean(), "rejected_reward": rejected.mean(),
-                  "reward_margin": (chosen - rejected).mean(), "reward_accuracy": (chosen > rejected).float().mean(),
-                  "q_gap": gap.detach().mean()}
+    return loss, {**_pair_stats(chosen, rejected), "q_gap": gap.detach().mean()}
 
 
 def kto_reference_point(logratios: Tensor) -> Tensor:
