@@ -209,7 +209,8 @@ def summarise(paths: list[str], out: Path) -> None:
 
 def plot(points: dict[str, list[tuple]], path: Path, title: str, ylabel: str) -> None:
     """Accuracy against generated tokens per problem, one line per strategy: ``points[name]`` holds
-    ``(tokens, accuracy %, parameter, std)``."""
+    ``(tokens, accuracy %, parameter, std)`` (the std is the table's: the seeds differ more than the strategies
+    do, so bars of it would hide the comparison)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -218,8 +219,7 @@ def plot(points: dict[str, list[tuple]], path: Path, title: str, ylabel: str) ->
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for name, pts in points.items():
         pts = sorted(pts)
-        ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[3] for p in pts],
-                    fmt="o-" if len(pts) > 1 else "*", label=name, markersize=6, capsize=2)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-" if len(pts) > 1 else "*", label=name, markersize=6)
         if name.startswith(("beam", "mcts")):
             for x, y, b, _ in pts:
                 label = f"B={b}" if name.startswith("beam") else f"i={b}"
