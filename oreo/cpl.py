@@ -41,8 +41,12 @@ def check_cpl(cfg: RunConfig) -> None:
     if getattr(cfg.task, "format", "") != "plan":
         raise ConfigError("task.format", f"CPL searches over plan steps: give a task in a plan format "
                                          f"(task.format=plan; arithmetic, gsm8k or math), not {cfg.task.name}")
-    if cfg.mcts.style != "alphazero":
-        raise ConfigError("mcts.style", "CPL's plan search is mcts.style=alphazero (+experiment=cpl sets it)")
+    if cfg.mcts.style != "alphazero" or cfg.mcts.selection != "puct":
+        raise ConfigError("mcts.style", "CPL's plan search is mcts.style=alphazero with mcts.selection=puct "
+                                        "(+experiment=cpl sets both)")
+    if cfg.sampler.backend == "vllm":
+        raise ConfigError("sampler.backend", "CPL's step priors are read off the policy's log-probs, which needs "
+                                             "sampler.backend=hf")
     if cfg.prm.targets != "q":
         raise ConfigError("prm.targets", "CPL's value model learns the trees' Q: prm.targets=q")
 
@@ -68,7 +72,7 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
             teacher = run.task.sft_records(cfg.seed, cfg.sft.n_per_problem) if cfg.cpl.initial_sft else []
             return teacher + sft_rows(run.buffer.load([k]), max_paths=cfg.cpl.max_sft_paths, seed=cfg.seed)
         # fails (NotEnoughData) when the round's search found fewer right paths than one batch
-        return evaluate(k, f"sft_round{k}", run.train_method("sft", base, records=records, stage=f"sft_round{k}"))
+        return evaluate(k, f"sft_round{k}", run.train_method("sft", base, records_fn=records, stage=f"sft_round{k}"))
 
     sft_dir = evaluate(0, "sft", run.sft()) if cfg.cpl.initial_sft else None
     policy_dir, value_dir = sft_dir or base, None

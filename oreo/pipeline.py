@@ -252,12 +252,11 @@ class Run:
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
 
-    def collect_trees(self, policy_dir: Path, value_dir: Path | None, round: int,
-                      max_problems: int | None = None) -> dict:
+    def collect_trees(self, policy_dir: Path, value_dir: Path | None, round: int, max_problems: int | None) -> dict:
         """Collection round ``round`` as search trees (``mcts`` settings) with the policy in ``policy_dir`` and
         the value model in ``value_dir`` (None: a fresh head on the policy, as CPL's first round) on the first
-        ``max_problems`` (default ``rest.max_problems``) training problems (agents: games). PUCT selection
-        reads the policy's step priors (``StepPrior``)."""
+        ``max_problems`` training problems (None: all; agents: games). PUCT selection reads the policy's step
+        priors (``StepPrior``; agents' turns: uniform priors)."""
         self.claim(f"collect_{round}")
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(2 + 100 * round)
@@ -267,13 +266,13 @@ class Run:
             encoder = Encoder(sampler.tokenizer, max_len=10**9)
             scorer = ValueScorer(value.to(self.device).eval(), encoder)
             prior = None
-            if self.cfg.mcts.selection == "puct":
+            if self.cfg.mcts.selection == "puct" and not self.agent:
                 if not hasattr(sampler, "model"):
                     raise ConfigError("mcts.selection", "puct reads the policy's step priors, which needs "
                                                         "sampler.backend=hf")
                 prior = StepPrior(sampler.model, encoder)
             problems = (self.task.games("train") if self.task.kind == "agent" else
-                        self.task.problems("train"))[:max_problems or self.cfg.rest.max_problems]
+                        self.task.problems("train"))[:max_problems]
             info = collect_trees(self.task, problems, sampler, scorer, self.buffer, self.cfg.mcts,
                                  seed=self.cfg.seed + 1000 * round, round=round, prior=prior,
                                  meta={"policy": str(policy_dir), "value": str(value_dir)})
@@ -293,7 +292,7 @@ class Run:
         return records if keep is None else [r for r in records if keep(r)]
 
     def train_method(self, name: str, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
-                     rounds: list[int] | None = None, stage: str | None = None, keep=None, records=None,
+                     rounds: list[int] | None = None, stage: str | None = None, keep=None, records_fn=None,
                      method_cfg=None) -> Path | None:
         """Method ``name`` (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the
         buffer's ``rounds``, default all; or ``records(), if given``), anchored to the reference in ``ref_dir``
@@ -305,7 +304,7 @@ class Run:
         method, out = METHODS[name], self.checkpoint(stage)
         self.claim(stage)
         if not self.done(out):
-            records = records() if records is not None else self.records_for(name, rounds, keep)
+            records = records_fn() if records_fn is not None else self.records_for(name, rounds, keep)
             self.seed(STAGES.index(name) + 1)
             cfg = method_cfg or self.cfg.method(name)
             policy, tokenizer = self.load(init_dir)

@@ -48,7 +48,7 @@ def run_rest_mcts(cfg: RunConfig) -> list[dict]:
                            "sample): collect more samples (collect.n) or train the SFT model longer")
     policy_dir = sft_dir
     for k in range(1, cfg.rest.rounds + 1):
-        stats = run.collect_trees(policy_dir, value_dir, round=k)
+        stats = run.collect_trees(policy_dir, value_dir, round=k, max_problems=cfg.rest.max_problems)
         policy_dir = run.train_method("rft", policy_dir, rounds=[k], stage=f"rft_round{k}",
                                       keep=lambda r: trace_kept(r, cfg.rest)) or policy_dir
         value_dir = run.train_method("prm", policy_dir, value_dir=value_dir, rounds=[k],

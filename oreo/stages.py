@@ -32,11 +32,13 @@ def shaped_by(stage: str) -> tuple[str, ...]:
         own = ("sft",)
     elif k == "collect":
         # later rounds: iterate's (samples) or rest_mcts's and cpl's (search trees) collections
-        own = ("collect", "sampler.backend") + (("iterate", "mcts", "rest", "cpl") if stage != "collect_0" else ())
+        own = ("collect", "sampler.backend") + (("iterate", "mcts", "rest.max_problems", "cpl.max_problems")
+                                                 if stage != "collect_0" else ())
     elif k == "evaluate":
         own = ("evaluate.max_new_tokens", "evaluate.sampled", "sampler.backend")
     else:  # a trained method (CPL's baselines and value read the step_apo, dpo and prm sections)
-        own = (SECTION.get(k, k), "collect.balanced_k", "engine.bf16") + (("iterate",) if "_round" in stage else ())
+        own = (SECTION.get(k, k), "collect.balanced_k", "engine.bf16") + (("iterate",) if k == "oreo" and "_round" in
+                                                                           stage else ())
     return COMMON + own
 
 

@@ -289,9 +289,9 @@ def test_alphazero_iterations_by_hand():
     assert [(kids[k].visits, kids[k].value) for k in ("#### 1", "#### 2", "junk\n")] == [(1, 1.0), (1, -1.0),
                                                                                          (1, -1.0)]
     assert pa.prior == pytest.approx(math.log(0.3))
-    # iteration 1: PUCT over the non-terminal children, P normalised over them (Pa 0.75, Pb 0.25): Pa, scored
-    # 0.5, expanded into a right solution (+1 backed up) and Pc.
-    # iteration 2: Pa (Q 0.75, N 2) scores 0.75 + 1.5·0.75·√6/3 = 1.67 against Pb's 1.5·0.25·√6 = 0.92; below Pa
+    # iteration 1: PUCT over the non-terminal children, P = exp(prior) (Pa 0.3, Pb 0.1): Pa (0.9 against 0.3),
+    # scored 0.5, expanded into a right solution (+1 backed up) and Pc.
+    # iteration 2: Pa (Q 0.75, N 2) scores 0.75 + 1.5·0.3·√6/3 = 1.12 against Pb's 1.5·0.1·√6 = 0.37; below Pa
     # the terminal child is skipped: Pc, scored 0.5, expanded into one wrong solution (-1 at once, duplicates merged)
     pc = next(n for n in tree.children(pa) if n.step == "Pc\n")
     assert (pc.visits, pc.value) == (2, pytest.approx((-1 + 0.5) / 2))
@@ -333,7 +333,7 @@ def test_plan_expansion_grades_solutions_and_marks_invalid_children():
     task = ArithmeticTask(ArithmeticConfig(n_train=5, n_test=0, n_heldout=0, format="plan"))
     problem = next(p for p in task.problems("train") if p.n_ops == 2)
     plan = to_plan_format(problem.solution)
-    grow = PlanExpansion(task, max_depth=2).grow
+    grow = PlanExpansion(task, max_depth=3).grow
     tree = Tree("t", problem.id, problem.prompt)
     first = grow(problem, tree, tree.root, step(plan[0]))
     second = grow(problem, tree, first, step(plan[1]))
@@ -341,7 +341,9 @@ def test_plan_expansion_grades_solutions_and_marks_invalid_children():
     wrong = grow(problem, tree, second, end(plan[2] + "0"))
     assert not first.terminal and not second.terminal
     assert (right.terminal, right.reward, wrong.terminal, wrong.reward) == (True, 1.0, True, 0.0)
-    too_deep = grow(problem, tree, second, step("Plan +1\n"))        # depth 3 > max_depth 2
+    third = grow(problem, tree, second, step("Plan +1\n"))           # depth 3: still a plan step
+    too_deep = grow(problem, tree, third, end(plan[2]))              # depth 4 > max_depth 3, even a solution
+    assert not third.terminal
     malformed = grow(problem, tree, tree.root, step("Plan 5\n"))
     cut = grow(problem, tree, tree.root, Completion("Plan +", finished=False, n_tokens=6))
     assert all(n.terminal and n.reward is None for n in (too_deep, malformed, cut))
@@ -407,8 +409,8 @@ def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
 
 
 def test_agent_mcts_plan_is_played_then_the_policy_continues(tmp_path):
-    """search=mcts for agents: the episode plays the path MCTS* chose (by value, never by the environment's
-    reward), then acts on its own; its tokens are the search's plus its own."""
+    """search=mcts for agents: the episode plays the path MCTS* chose by value, then acts on its own; its tokens
+    are the search's plus its own. A planned path never ends on a turn without an action."""
     from oreo.evaluate import evaluate_episodes
     from oreo.search.strategies import plan_turns
     from oreo.tasks.agent import format_turn, parse_action
@@ -425,13 +427,13 @@ def test_agent_mcts_plan_is_played_then_the_policy_continues(tmp_path):
             env.step(parse_action(turn))
         return format_turn(env.expert_action())
 
-    class ExpertOrLook:
+    class ExpertOrSilence:
         def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
-            return [[Completion([expert_turns(c), format_turn("look")][k % 2], finished=True, n_tokens=5)
+            return [[Completion([expert_turns(c), "Thought: hmm"][k % 2], finished=True, n_tokens=5)
                      for k in range(n)] for c in prompts]
 
-    def values(contexts):   # the expert's turn looks better
-        return [0.2 if c.steps[-1] == format_turn("look") else 0.8 for c in contexts]
+    def values(contexts):   # a turn without an action after the first looks best: it must never be planned
+        return [(0.95 if len(c.steps) > 1 else 0.1) if c.steps[-1] == "Thought: hmm" else 0.8 for c in contexts]
 
     acted = []
 
@@ -439,31 +441,25 @@ def test_agent_mcts_plan_is_played_then_the_policy_continues(tmp_path):
         acted.extend(len(c.steps) for c in contexts)
         return [Choice(expert_turns(c), None, 4, 1) for c in contexts]
 
-    def evaluate(cfg, name):
-        search = {}
+    plans = []
 
-        def plan(gs, seed):
-            search["plans"] = plan_turns(cfg, task, ExpertOrLook(), values, gs, seed=seed)
-            return search["plans"]
+    def plan(gs, seed):
+        plans[:] = plan_turns(MCTSConfig(iterations=3, branch=2, max_depth=20), task, ExpertOrSilence(), values, gs,
+                              seed=seed)
+        return plans
 
-        acted.clear()
-        metrics = evaluate_episodes(task, games, act, plan=plan, out_path=tmp_path / f"{name}.jsonl")
-        rows = [json.loads(line) for line in (tmp_path / f"{name}.jsonl").read_text().splitlines()]
-        return metrics, rows, search["plans"]
-
-    # best_leaf: the highest-valued finished path is the expert's whole episode; the policy never acts
-    metrics, rows, plans = evaluate(MCTSConfig(iterations=40, branch=2, max_depth=20, answer="best_leaf"), "leaf")
-    assert metrics["success"] == 1.0 and not acted
-    assert [r["planned_turns"] for r in rows] == [r["turns"] for r in rows] == [len(t) for t, _ in plans]
-    assert [r["tokens"] for r in rows] == [spent for _, spent in plans] and all(spent > 0 for _, spent in plans)
-    # a budget too small to finish: the policy continues from the planned path, its tokens added
-    metrics, rows, plans = evaluate(MCTSConfig(iterations=2, branch=2, max_depth=20), "value")
-    assert metrics["success"] == 1.0 and acted and min(acted) >= 1
+    metrics = evaluate_episodes(task, games, act, plan=plan, out_path=tmp_path / "mcts.jsonl")
+    rows = [json.loads(line) for line in (tmp_path / "mcts.jsonl").read_text().splitlines()]
+    assert metrics["success"] == 1.0 and acted
     for r, (turns, spent) in zip(rows, plans):
+        assert turns and all(parse_action(t) is not None for t in turns)
         assert 1 <= r["planned_turns"] == len(turns) < r["turns"]
-        assert r["tokens"] == spent + 4 * (r["turns"] - len(turns))
-    with pytest.raises(ValueError, match="weighted_vote"):
-        plan_turns(MCTSConfig(answer="weighted_vote"), task, ExpertOrLook(), values, games)
+        assert r["tokens"] == spent + 4 * (r["turns"] - len(turns)) and spent > 0
+    for answer in ("best_leaf", "weighted_vote"):   # an ended episode tells its outcome; there are no answers
+        with pytest.raises(ValueError, match="only best_value"):
+            plan_turns(MCTSConfig(answer=answer), task, ExpertOrSilence(), values, games)
+    with pytest.raises(ValueError, match="style=rest"):
+        plan_turns(MCTSConfig(style="alphazero"), task, ExpertOrSilence(), values, games)
 
 
 def test_agent_tree_collection_with_a_real_sampler_and_value_model(tmp_path):

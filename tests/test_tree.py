@@ -1,12 +1,13 @@
 """The search-tree core: merged duplicate steps, selection and backup by hand, a tree that round-trips
 through a buffer round, and ReST-MCTS*'s inferred per-step targets on hand-built trees."""
+import math
 import random
 
 import pytest
 
 from oreo.buffer import Buffer
 from oreo.search.process_values import inferred_values, min_steps_to_correct
-from oreo.search.tree import Tree, backup, backup_mean, select_child, uct_score
+from oreo.search.tree import Tree, backup, backup_mean, puct_score, select_child, uct_score
 
 
 def chain(tree, parent, steps, *, reward=None):
@@ -49,6 +50,9 @@ def test_puct_weighs_the_prior():
     assert select_child(tree, tree.root, random.Random(0), rule="puct", c=1.0) is a
     a.value, b.value = -1.0, 0.5
     assert select_child(tree, tree.root, random.Random(0), rule="puct", c=1.0) is b
+    # P = exp(prior), not normalised over the siblings (CPL's code): 0 + 1.5·e^-0.1·√4/(1+1) = 1.357
+    a.value, a.visits, tree.root.visits = 0.0, 1, 4
+    assert puct_score(a, 4, 1.5) == pytest.approx(1.5 * math.exp(-0.1))
 
 
 def test_backup_counts_visits_and_takes_the_visit_weighted_mean():

@@ -167,7 +167,8 @@ class TurnExpansion:
 class PlanExpansion(StepExpansion):
     """Plan-then-solve formats (CPL, spec §2.1): an edge is a plan step, or the whole solution as a terminal
     child graded by the task (``task.step_kind`` tells them apart). A format failure, a sample cut by the token
-    limit and a plan step deeper than ``max_depth`` are terminal children with no grade: invalid ones."""
+    limit and any child deeper than ``max_depth`` (the reference's "too many steps": at 6, five plan steps and
+    the solution) are terminal children with no grade: invalid ones."""
 
     def grow(self, problem, tree: Tree, leaf: Node, c) -> Node | None:
         if not c.text.strip():
@@ -175,11 +176,11 @@ class PlanExpansion(StepExpansion):
         child, fresh = tree.add(leaf, c.text)
         if not fresh:
             return None
-        kind = "invalid" if c.truncated else self.task.step_kind(c.text)
+        kind = "invalid" if c.truncated or child.depth > self.max_depth else self.task.step_kind(c.text)
         if kind == "solution":
             child.terminal = True
             child.reward = float(self.task.grade(problem, "".join(tree.steps(child)))[1])
-        elif kind != "plan" or child.depth > self.max_depth:
+        elif kind != "plan":
             child.terminal = True   # invalid: no grade
         return child
 
@@ -198,6 +199,9 @@ class MCTS:
     its turns too."""
 
     def __init__(self, cfg: MCTSConfig, task, sampler, scorer, prior=None):
+        if cfg.style == "alphazero" and getattr(task, "kind", "") == "agent":
+            raise ValueError("mcts.style=alphazero (CPL's plan search) searches single-turn plan formats, not agent "
+                             "episodes: use style=rest for agents")
         self.cfg, self.task, self.sampler, self.scorer, self.prior = cfg, task, sampler, scorer, prior
         self.expansion = expansion_for(task, cfg.max_depth)
         self.stats = SearchStats()

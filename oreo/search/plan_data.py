@@ -9,9 +9,10 @@ trained on). A solution is thus a graded terminal node, a plan step any other va
 - **Step-APO pairs**: at every node, of its first 5 children (the root) or first 3 (below it), the valid
   ones; if their Q straddle zero, every (plan step with Q > 0, plan step with Q < 0) pair, and one pair of
   solutions, the highest- and the lowest-valued, if they straddle zero too, with both Q scaled by
-  ``solution_weight`` (0.3). Chosen and rejected share the node's prefix. The reference makes no plan pair
-  at a node that also has a solution child (a code nit, spec §2.8); here plan steps pair with plan steps
-  and solutions with solutions at every node, which is what its paper describes.
+  ``solution_weight`` (0.3). Chosen and rejected share the node's prefix. The reference's data scripts
+  make plan pairs only at nodes without a solution child and pair solutions only below the root (spec
+  §2.8); here plan steps pair with plan steps and solutions with solutions at every node, as its paper
+  describes.
 - **SFT paths**: root-to-solution paths on which no node has Q = −1 and whose solution is right; at
   most ``max_paths`` per tree, drawn at random.
 - **Value targets**: every root-to-solution path (failures excluded), with the Q of each of its nodes.
@@ -30,6 +31,7 @@ class StepPair:
     """Two sibling steps after the same prefix, the preferred one first, with their MCTS Q."""
     tree_id: str
     node_id: str              # the node both steps continue
+    problem_id: str
     prompt: object
     prefix: tuple[str, ...]   # the steps from the root to that node
     chosen: str
@@ -60,8 +62,8 @@ def step_apo_pairs(tree: Tree, *, solution_weight: float = 0.3,
         prefix = tuple(tree.steps(node))
 
         def pair(w: Node, lo: Node, weight: float, solution: bool) -> StepPair:
-            return StepPair(tree.id, node.id, tree.prompt, prefix, w.step, lo.step, weight * w.value,
-                            weight * lo.value, solution)
+            return StepPair(tree.id, node.id, tree.problem_id, tree.prompt, prefix, w.step, lo.step,
+                            weight * w.value, weight * lo.value, solution)
 
         plans = [c for c in kids if not is_solution(c)]
         pairs += [pair(w, lo, 1.0, False) for w in plans if w.value > 0 for lo in plans if lo.value < 0]
@@ -102,7 +104,7 @@ def pair_records(pairs: list[StepPair], task: str = "") -> list[Trajectory]:
     for k, p in enumerate(pairs):
         pair_id = f"{p.tree_id}-{p.node_id}-{k}"
         for role, step, q in (("chosen", p.chosen, p.q_chosen), ("rejected", p.rejected, p.q_rejected)):
-            rows.append(Trajectory(id=f"{pair_id}-{role}", task=task, problem_id=p.tree_id, prompt=p.prompt,
+            rows.append(Trajectory(id=f"{pair_id}-{role}", task=task, problem_id=p.problem_id, prompt=p.prompt,
                                    steps=[*p.prefix, step], reward=q, correct=role == "chosen",
                                    meta={"pair": pair_id, "role": role, "context_steps": len(p.prefix),
                                          "finished": p.solution}))

@@ -197,6 +197,7 @@ class Searcher:
     def mcts(self, problems: list, seed: int) -> list[Choice]:
         """MCTS* over all ``problems`` at once, each answered by ``mcts.answer`` (module docstring). The tokens
         of a problem are those of its tree's expansions and rollouts plus the completion of its answer."""
+        check_test_time_style(self.cfg.mcts)
         search = MCTS(self.cfg.mcts, self.task, self.sampler, self.scorer)
         trees = search.search(problems, seed=seed)
         rule = self.cfg.mcts.answer
@@ -242,20 +243,35 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
     return choices
 
 
+def check_test_time_style(cfg) -> None:
+    """Test-time MCTS* ranks by the value model alone; CPL's style grades finished children (data only)."""
+    if cfg.style != "rest":
+        raise ValueError("search.mcts.style=alphazero values finished solutions by the grader (CPL's data "
+                         "collection): at test time it would read the gold answer; use style=rest")
+
+
 def plan_turns(cfg, task, sampler, scorer, games: list, *, seed: int = 0) -> list[tuple[list[str], int]]:
     """MCTS* (``cfg``: an ``MCTSConfig``) over the turns of each agent game from its start, in an environment
-    replayed from the path's actions; per game, the turns of the node ``cfg.answer`` picks (``best_value`` or
-    ``best_leaf``: values only, never the environment's reward) and the tokens the search spent. The episode
-    plays those turns, then its policy continues (``oreo.evaluate.agent_plan``)."""
-    if cfg.answer == "weighted_vote":
-        raise ValueError("search.mcts.answer=weighted_vote votes over final answers, which agent episodes do not "
-                         "have: use best_value or best_leaf")
+    replayed from the path's actions (a simulator the agent plans in); per game, the turns of the node the
+    ``best_value`` rule picks by the value model (a turn without an action is never planned: the path stops
+    before it) and the tokens the search spent. The episode plays those turns, then its policy continues
+    (``oreo.evaluate.agent_plan``). ``best_leaf`` is refused: a household game ends before its step limit only
+    when it is won, so choosing among ended episodes would read the outcome."""
+    check_test_time_style(cfg)
+    if cfg.answer != "best_value":
+        raise ValueError(f"search.mcts.answer={cfg.answer} for agents: only best_value ranks by the value alone "
+                         f"(an ended episode tells its outcome; there are no final answers to vote on)")
+    from oreo.tasks.agent import parse_action
+
     search = MCTS(cfg, task, sampler, scorer)
     trees = search.search(games, seed=seed)
     plans = []
     for tree in trees:
         node = mcts_answer(tree, cfg.answer, search.gated.get(tree.id))
-        plans.append(([] if node is None else list(tree.steps(node)), search.tokens[tree.id]))
+        turns = [] if node is None else list(tree.steps(node))
+        while turns and parse_action(turns[-1]) is None:
+            turns.pop()
+        plans.append((turns, search.tokens[tree.id]))
     return plans
 
 

@@ -34,7 +34,7 @@ class Node:
     parent: str | None          # None for the root
     step: str = ""              # the step from the parent to this node ("" for the root)
     depth: int = 0
-    prior: float = 0.0          # log π(step | parent's prefix)
+    prior: float = 0.0          # PUCT's: the policy's mean token log-prob of the step (0: no prior given)
     visits: int = 0
     value: float = 0.0
     terminal: bool = False      # a finished solution (or a dead end): never expanded
@@ -175,11 +175,10 @@ def uct_score(child: Node, parent_visits: int, c: float, unvisited_bonus: float)
     return child.value + c * math.sqrt(2 * math.log(max(parent_visits, 1)) / child.visits)
 
 
-def puct_score(child: Node, parent_visits: int, c: float, prior_sum: float) -> float:
-    """AlphaZero's PUCT: V + c·P·sqrt(N_parent)/(1 + N_child), with P = exp(prior) normalised over the
-    siblings (CPL, spec §2.2)."""
-    p = math.exp(child.prior) / prior_sum if prior_sum > 0 else 0.0
-    return child.value + c * p * math.sqrt(parent_visits) / (1 + child.visits)
+def puct_score(child: Node, parent_visits: int, c: float) -> float:
+    """AlphaZero's PUCT as CPL's code computes it (spec §2.2): V + c·P·sqrt(N_parent)/(1 + N_child) with
+    P = exp(prior), the step's exp(mean token log-prob), not normalised over the siblings."""
+    return child.value + c * math.exp(child.prior) * math.sqrt(parent_visits) / (1 + child.visits)
 
 
 def select_child(tree: Tree, node: Node, rng: random.Random, *, rule: str = "uct", c: float = 0.5,
@@ -193,8 +192,7 @@ def select_child(tree: Tree, node: Node, rng: random.Random, *, rule: str = "uct
     if rule == "uct":
         scores = [uct_score(k, node.visits, c, unvisited_bonus) for k in kids]
     elif rule == "puct":
-        total = sum(math.exp(k.prior) for k in kids)
-        scores = [puct_score(k, node.visits, c, total) for k in kids]
+        scores = [puct_score(k, node.visits, c) for k in kids]
     else:
         raise ValueError(f"selection rule must be uct or puct, got {rule!r}")
     best = max(scores)

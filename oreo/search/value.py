@@ -134,7 +134,7 @@ class StepLikelihoodScorer:
 
 class StepPrior:
     """PUCT's prior of a step (CPL and AlphaMath, spec §2.2): the policy's mean token log-prob of each
-    context's last step, log of exp(mean token log-prob)."""
+    context's last step (PUCT reads its exp)."""
 
     def __init__(self, policy: nn.Module, encoder, *, batch_size: int = 64):
         self.policy, self.encoder, self.batch_size = policy, encoder, batch_size
