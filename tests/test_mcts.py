@@ -251,7 +251,9 @@ def test_search_mcts_best_leaf_over_several_problems():
     mcts_choices = Searcher(cfg, Task(), Scripted(script), values).solve([Problem(0), Problem(1)])
     assert [c.response for c in mcts_choices] == ["#### 2", "#### 2"]
     assert all(c.tokens == 7 + 7 + 2 and c.samples == 3 for c in mcts_choices)
-    assert cfg.tag == "mcts-i1-b3-best_leaf-t0.7"
+    assert cfg.tag == "mcts-i1-b3-best_leaf-t0.7-nogate"   # the search ran its whole budget
+    assert SearchConfig(strategy="mcts").tag == "mcts-i40-b3-best_value-t0.7"   # the default end gate, 0.9
+    assert SearchConfig(strategy="mcts", mcts=MCTSConfig(end_gate=0.8)).tag == "mcts-i40-b3-best_value-t0.7-g0.8"
 
 
 # ---------------------------------------------------------------------- CPL's plan search (style=alphazero)

@@ -100,12 +100,14 @@ class SearchConfig:
     @property
     def tag(self) -> str:
         """A name for the output folder that tells settings apart: ``beam-w5``, ``majority-n8``, ``greedy``,
-        ``best_of_n-n5-t0.3`` for a sampling temperature other than 1, ``mcts-i40-b3-best_value-t0.7``."""
+        ``best_of_n-n5-t0.3`` for a sampling temperature other than 1, ``mcts-i40-b3-best_value-t0.7`` (and
+        ``-g0.8`` for an end gate other than 0.9, ``-nogate`` without one)."""
         if self.strategy == "greedy":
             return "greedy"
         if self.strategy == "mcts":
             m = self.mcts
-            return f"mcts-i{m.iterations}-b{m.branch}-{m.answer}-t{m.temperature:g}"
+            gate = "" if m.end_gate == 0.9 else "-nogate" if m.end_gate is None else f"-g{m.end_gate:g}"
+            return f"mcts-i{m.iterations}-b{m.branch}-{m.answer}-t{m.temperature:g}{gate}"
         tag = f"beam-w{self.width}" if self.strategy == "beam" else f"{self.strategy}-n{self.n}"
         return tag if self.temperature == 1.0 else f"{tag}-t{self.temperature:g}"
 
