@@ -1,8 +1,8 @@
 """Why value-guided search ties greedy decoding: what the likelihood verifier could recover at best.
 
-    python experiments/verifier_headroom.py runs/seeds/0 [--policy oreo] [--limit 500] [--n 32] [--temperature 0.5]
+    python experiments/verifier_headroom.py runs/seeds/0 [--policy oreo] [--split test] [--limit 500] [--n 32]
 
-On the first ``limit`` test problems: the policy's greedy answer, ``n`` samples at ``temperature``, and the
+On the first ``limit`` problems of ``split``: the policy's greedy answer, ``n`` samples at ``temperature``, and the
 likelihood verifier's score (``value=verifier``) of each finished response. Reports:
 
 - how well the verifier tells greedy's right answers from its wrong ones (ROC AUC across problems);
@@ -39,6 +39,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run_dir")
     ap.add_argument("--policy", default="oreo", choices=["oreo", "sft"])
+    ap.add_argument("--split", default="test")
     ap.add_argument("--limit", type=int, default=500)
     ap.add_argument("--n", type=int, default=32)
     ap.add_argument("--temperature", type=float, default=0.5)
@@ -49,7 +50,7 @@ def main() -> None:
     run_dir = Path(args.run_dir)
     cfg = dataclasses.replace(read_run_config(run_dir), run_dir=str(run_dir))
     task = make_task(cfg.task)
-    problems = task.problems("test")[:args.limit]
+    problems = task.problems(args.split)[:args.limit]
     policy_dir = run_dir / "checkpoints" / ("oreo/policy" if args.policy == "oreo" else "sft")
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, pick_device("auto"))
     verifier = verifier_scorer(cfg, policy_dir, sampler, task)
@@ -74,8 +75,8 @@ def main() -> None:
     g_auc = auc([r[1] for r in right_g], [r[1] for r in wrong_g])
     lines = [f"# The verifier's headroom over greedy ({args.policy} policy, {run_dir})", "",
              f"`python experiments/verifier_headroom.py {' '.join(sys.argv[1:])}`", "",
-             f"First {n} test problems; {args.n} samples at T={args.temperature}; the likelihood verifier of the "
-             f"{args.policy} policy.", "",
+             f"First {n} {args.split} problems; {args.n} samples at T={args.temperature}; the likelihood verifier "
+             f"of the {args.policy} policy.", "",
              "| measure | value |", "|---|---|",
              f"| greedy accuracy | {pct(len(right_g), n)} |",
              f"| verifier AUC, greedy's right answers against its wrong ones | "
@@ -88,7 +89,8 @@ def main() -> None:
              f"| top-scored of greedy's and the samples' answers | {pct(sum(top), n)} |",
              f"| an exact verifier over the same candidates (pass@{args.n + 1}) | "
              f"{pct(sum(r[0] or any(ok for ok, _ in r[2]) for r in rows), n)} |"]
-    out = Path(args.out or f"experiments/results/verifier_headroom_{args.policy}_seed{cfg.seed}.md")
+    split = "" if args.split == "test" else f"_{args.split}"
+    out = Path(args.out or f"experiments/results/verifier_headroom_{args.policy}{split}_seed{cfg.seed}.md")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
