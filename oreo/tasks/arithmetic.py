@@ -455,11 +455,8 @@ class ArithmeticTask:
         return self.cfg.format == "plan"
 
     def step_kind(self, step: str) -> str:
-        """The plan format's edge kinds (``plan_step_kind``); in the step format every step is a ``"plan"``
-        edge but the final answer line."""
-        if self.cfg.format == "plan":
-            return plan_step_kind(step)
-        return "solution" if step.startswith(ANSWER_PREFIX) else "plan"
+        """A plan-format edge's kind (``plan_step_kind``); read only when ``plan_format`` is on."""
+        return plan_step_kind(step)
 
     def grade(self, problem: Problem, response: str) -> tuple[int | None, bool]:
         """See :func:`grade`."""
