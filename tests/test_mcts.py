@@ -488,3 +488,57 @@ def test_agent_tree_collection_with_a_real_sampler_and_value_model(tmp_path):
     for tree_id in {r.tree_id for r in rows}:
         tree = Tree.from_trajectories([r for r in rows if r.tree_id == tree_id])
         assert all(n.observation is not None or n.terminal for n in tree.nodes.values() if n.parent is not None)
+
+
+def test_alphazero_over_turns_gives_step_apo_pairs_of_turns():
+    """CPL on agents: a turn is a plan step. The game's end is a terminal child (+1 won, -1 a turn without an
+    action); the pairs are sibling turns, with the observations of their prefix, each ending its turn."""
+    from oreo.search.plan_data import pair_records, step_apo_pairs
+    from oreo.tasks.agent import format_turn, parse_action
+    from oreo.tasks.household import HouseholdConfig, HouseholdTask
+
+    task = HouseholdTask(HouseholdConfig(n_train=1, n_test=0, teacher_error_rate=0.0, teacher_skip_rate=0.0))
+    game = task.games("train")[0]
+
+    class ExpertOrSilence:
+        def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+            out = []
+            for ctx in prompts:
+                env = task.make_env()
+                env.reset(game)
+                for turn in ctx.steps:
+                    env.step(parse_action(turn))
+                turns = [format_turn(env.expert_action()), "Thought: look"]
+                out.append([Completion(turns[k % 2], finished=True, n_tokens=5) for k in range(n)])
+            return out
+
+    cfg = MCTSConfig(style="alphazero", selection="puct", c=1.5, branch=2, root_branch=2, rollout_steps=0,
+                     iterations=40, max_depth=20)
+    (tree,) = MCTS(cfg, task, ExpertOrSilence(), lambda contexts: [0.0] * len(contexts)).search([game])
+    won = [n for n in tree.nodes.values() if n.terminal and n.reward == 1.0]
+    silent = [n for n in tree.nodes.values() if n.step == "Thought: look"]
+    assert len(won) == 1 and won[0].value == 1.0 and all(n.value == -1.0 for n in silent)
+    pairs = step_apo_pairs(tree)
+    # the winning turn (Q +1) against silence (Q -1) after the same turns; higher up, every silent child's -1 was
+    # backed up through the expert's turns too, so their Q straddle zero only where the win outweighs it
+    assert pairs and all(p.rejected == "Thought: look" and p.q_rejected == -1.0 for p in pairs)
+    assert all(p.turns and not p.solution and len(p.observations) == len(p.prefix) for p in pairs)
+    deepest = max(pairs, key=lambda p: len(p.prefix))
+    assert deepest.chosen == won[0].step and deepest.q_chosen == 1.0
+    chosen, rejected = pair_records([deepest])
+    assert chosen.meta["finished"] and rejected.meta["finished"] and chosen.observations == list(deepest.observations)
+    # Step-APO trains on the turn's tokens alone: the prompt, the earlier turns and their observations are context
+    from oreo.models import load_policy
+    from oreo.trainers.common import TrainConfig
+    from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective
+
+    policy, tok = load_policy("tiny", tiny=dict(vocabulary="household", hidden_size=32, num_layers=1, num_heads=2,
+                                                intermediate_size=64, max_position_embeddings=1024), seed=1)
+    objective = StepAPOObjective(policy, tok, StepAPOConfig(max_len=1024), TrainConfig(), reference=policy)
+    encoded = objective.encode(tree.to_trajectories())
+    assert len(encoded) == len(pairs)
+    for p in encoded:
+        for e in (p.chosen, p.rejected):
+            r = objective.records[e.index]
+            actions = tok.decode([t for t, a in zip(e.input_ids[1:], e.action_mask) if a])
+            assert actions == r.steps[-1] + tok.eos_token and len(r.observations) == len(r.steps) - 1

@@ -3,7 +3,7 @@ import random
 
 import pytest
 
-from oreo.search.plan_data import sft_paths, step_apo_pairs, value_targets
+from oreo.search.plan_data import pair_records, sft_paths, step_apo_pairs, value_targets
 from oreo.search.tree import Tree
 
 
@@ -84,3 +84,43 @@ def test_sft_paths_and_value_targets_by_hand(tree):
         (3, [0.8, 0.5, 1.0]),     # A → A3 → A3a
         (2, [-0.5, -1.0]),        # B → B1
     ]
+
+
+def test_pairs_around_the_node_q_and_across_kinds_by_hand():
+    """root (Q −.6) ─ P1 "Plan +1" (−.2)
+                    ─ P2 "Plan +2" (−.8)
+                    ─ S  a wrong solution (−1)
+                    ─ R  a right solution (+1)
+    The reference pairs only R > S (its Q × 0.3): no plan step has Q > 0."""
+    t = Tree("t", "p", "1 +1\n")
+    t.root.value = -0.6
+    add(t, t.root, "Plan +1\n", -0.2)
+    add(t, t.root, "Plan +2\n", -0.8)
+    add(t, t.root, "1+1=3 #### 3", -1.0, terminal=True, reward=0.0)
+    add(t, t.root, "1+1=2 #### 2", 1.0, terminal=True, reward=1.0)
+
+    def got(**kw):
+        return [(p.chosen.split()[-1], p.rejected.split()[-1], round(p.q_chosen, 2), round(p.q_rejected, 2),
+                 p.chosen_solution, p.rejected_solution) for p in step_apo_pairs(t, **kw)]
+
+    reference = [("2", "3", 0.3, -0.3, True, True)]
+    assert got() == reference
+    assert got(kinds="same", baseline="zero") == reference
+    # around the node's Q (−.6): P1 above, P2 and S below it; the solution pair is unchanged
+    assert got(baseline="node") == [("+1", "+2", -0.2, -0.8, False, False), *reference]
+    # across kinds too: a plan step above against the solution below, the solution above against a plan
+    # step below, both Q unscaled
+    assert got(baseline="node", kinds="any") == [
+        ("+1", "+2", -0.2, -0.8, False, False),
+        ("+1", "3", -0.2, -1.0, False, True),
+        ("2", "+2", 1.0, -0.8, True, False),
+        *reference]
+    # around zero across kinds: only R is above
+    assert got(kinds="any") == [("2", "+1", 1.0, -0.2, True, False), ("2", "+2", 1.0, -0.8, True, False),
+                                *reference]
+    assert got(baseline="node", solution_pairs=False) == [("+1", "+2", -0.2, -0.8, False, False)]
+    # a plan step ends without EOS, a solution with it, whichever side it is on
+    cross = step_apo_pairs(t, baseline="node", kinds="any")[1]
+    assert [r.meta["finished"] for r in pair_records([cross])] == [False, True]
+    with pytest.raises(ValueError, match="baseline"):
+        step_apo_pairs(t, baseline="mean")

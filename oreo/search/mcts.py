@@ -22,7 +22,8 @@ over the policy's step priors (``prior``: the mean token log-prob of a step, ``o
 terminal children never selected, the selected leaf scored by the value model in [-1, 1] before it is
 expanded, terminal children valued +1 (right) or -1 (wrong or invalid), and every value backed up as a
 running mean (Q = value_sum / N). Tasks in a plan format grow by ``PlanExpansion``: plan steps, then one
-solution as a terminal child.
+solution as a terminal child. Agents grow by turns as in MCTS* (``TurnExpansion``), each turn a plan step: the
+game's end is the terminal child, +1 won and -1 lost.
 
 The reference's three default sets disagree (spec §1.2.6); the defaults here are its data-generation set
 for GSM8K (``generate_both_samples_GSM.py``: 40 iterations, b = 3, c = 0.5, bonus 0.9, one rollout step,
@@ -134,7 +135,8 @@ class TurnExpansion:
         return Context(tree.prompt, tuple(tree.steps(node)), tuple(tree.observations(node)))
 
     def value_context(self, tree: Tree, node: Node) -> Context:
-        return Context(tree.prompt, tuple(tree.steps(node)), tuple(tree.observations(tree.nodes[node.parent])))
+        before = tree.observations(tree.nodes[node.parent]) if node.parent is not None else []   # the root: none
+        return Context(tree.prompt, tuple(tree.steps(node)), tuple(before))
 
     def grow(self, game, tree: Tree, leaf: Node, c) -> Node | None:
         from oreo.tasks.agent import format_observation, parse_action
@@ -199,9 +201,6 @@ class MCTS:
     its turns too."""
 
     def __init__(self, cfg: MCTSConfig, task, sampler, scorer, prior=None):
-        if cfg.style == "alphazero" and getattr(task, "kind", "") == "agent":
-            raise ValueError("mcts.style=alphazero (CPL's plan search) searches single-turn plan formats, not agent "
-                             "episodes: use style=rest for agents")
         self.cfg, self.task, self.sampler, self.scorer, self.prior = cfg, task, sampler, scorer, prior
         self.expansion = expansion_for(task, cfg.max_depth)
         self.stats = SearchStats()

@@ -12,7 +12,14 @@ trained on). A solution is thus a graded terminal node, a plan step any other va
   ``solution_weight`` (0.3). Chosen and rejected share the node's prefix. The reference's data scripts
   make plan pairs only at nodes without a solution child and pair solutions only below the root (spec
   §2.8); here plan steps pair with plan steps and solutions with solutions at every node, as its paper
-  describes.
+  describes. Two departures, off by default, for a policy that seldom succeeds (``experiments/cpl_pairs.py``
+  measures them): ``baseline="node"`` pairs children whose Q straddle the node's own Q instead of zero (the
+  advantage Q(s, a) − V(s) changes sign, spec §2.3; zero is that baseline only where half the paths end
+  right), and ``kinds="any"`` also pairs a plan step with a solution (to stop planning or plan one more
+  step: where a plan that leaves its last operation out goes wrong), their Q unscaled.
+- **Agents** (turns played in an environment): every turn is a plan step, the game's end (+1 won, −1 lost) a
+  terminal one, so turns pair with turns whatever ``kinds`` says; a pair carries the observations of its
+  prefix, and each turn ends with the end-of-turn token.
 - **SFT paths**: root-to-solution paths on which no node has Q = −1 and whose solution is right; at
   most ``max_paths`` per tree, drawn at random.
 - **Value targets**: every root-to-solution path (failures excluded), with the Q of each of its nodes.
@@ -38,7 +45,27 @@ class StepPair:
     rejected: str
     q_chosen: float
     q_rejected: float
-    solution: bool            # a pair of solution blocks (Q scaled by the solution weight)
+    chosen_solution: bool     # the chosen step is a solution block (it ends the response)
+    rejected_solution: bool
+    observations: tuple[str, ...] = ()   # agents: the observations after the prefix's turns
+    turns: bool = False       # agents: both steps are turns (each ends with the end-of-turn token)
+
+    @property
+    def solution(self) -> bool:
+        """A pair of solution blocks (their Q scaled by the solution weight)."""
+        return self.chosen_solution and self.rejected_solution
+
+    @property
+    def kind(self) -> str:
+        """``"turns"`` (agents), ``"plan steps"``, ``"solutions"`` or ``"plan step/solution"``."""
+        if self.turns:
+            return "turns"
+        sides = {self.chosen_solution, self.rejected_solution}
+        return "plan step/solution" if len(sides) == 2 else "solutions" if self.solution else "plan steps"
+
+    def ends(self, chosen: bool) -> bool:
+        """Whether the chosen (or rejected) step ends with EOS: a solution or a turn."""
+        return self.turns or (self.chosen_solution if chosen else self.rejected_solution)
 
 
 def valid(node: Node) -> bool:
@@ -51,28 +78,48 @@ def is_solution(node: Node) -> bool:
     return node.terminal and node.reward is not None
 
 
-def step_apo_pairs(tree: Tree, *, solution_weight: float = 0.3,
-                   root_children: int = 5, children: int = 3) -> list[StepPair]:
-    """Every Step-APO pair of ``tree`` (module docstring), nodes in creation order."""
+def of_turns(tree: Tree) -> bool:
+    """An agent's tree: its edges are turns played in an environment (some node holds an observation)."""
+    return any(n.observation is not None for n in tree.nodes.values())
+
+
+BASELINES = ("zero", "node")
+KINDS = ("same", "any")
+
+
+def step_apo_pairs(tree: Tree, *, solution_weight: float = 0.3, root_children: int = 5, children: int = 3,
+                   baseline: str = "zero", kinds: str = "same", solution_pairs: bool = True) -> list[StepPair]:
+    """Every Step-APO pair of ``tree`` (module docstring), nodes in creation order. ``baseline``: the Q that
+    the two sides of a pair straddle, ``"zero"`` (the reference) or ``"node"`` (the node's own Q);
+    ``kinds``: ``"same"`` (plan with plan, solution with solution: the reference) or ``"any"`` (also a plan
+    step with a solution); ``solution_pairs=False`` leaves out the pairs of two solutions."""
+    if baseline not in BASELINES or kinds not in KINDS:
+        raise ValueError(f"baseline must be one of {BASELINES} and kinds one of {KINDS}, not {baseline!r}, {kinds!r}")
+    turns = of_turns(tree)
+    solution = (lambda c: False) if turns else is_solution
     pairs = []
     for node in tree.nodes.values():
         kids = [c for c in tree.children(node)[:root_children if node.parent is None else children] if valid(c)]
-        if len(kids) < 2 or not (max(c.value for c in kids) > 0 > min(c.value for c in kids)):
+        cut = 0.0 if baseline == "zero" else node.value
+        if len(kids) < 2 or not (max(c.value for c in kids) > cut > min(c.value for c in kids)):
             continue
-        prefix = tuple(tree.steps(node))
+        prefix, seen = tuple(tree.steps(node)), tuple(tree.observations(node))
 
-        def pair(w: Node, lo: Node, weight: float, solution: bool) -> StepPair:
+        def pair(w: Node, lo: Node, weight: float = 1.0) -> StepPair:
             return StepPair(tree.id, node.id, tree.problem_id, tree.prompt, prefix, w.step, lo.step,
-                            weight * w.value, weight * lo.value, solution)
+                            weight * w.value, weight * lo.value, solution(w), solution(lo), seen, turns)
 
-        plans = [c for c in kids if not is_solution(c)]
-        pairs += [pair(w, lo, 1.0, False) for w in plans if w.value > 0 for lo in plans if lo.value < 0]
-        solutions = [c for c in kids if is_solution(c)]
-        if solutions:
+        plans = [c for c in kids if not solution(c)]
+        solutions = [c for c in kids if solution(c)]
+        pairs += [pair(w, lo) for w in plans if w.value > cut for lo in plans if lo.value < cut]
+        if kinds == "any":
+            pairs += [pair(w, lo) for w in plans if w.value > cut for lo in solutions if lo.value < cut]
+            pairs += [pair(w, lo) for w in solutions if w.value > cut for lo in plans if lo.value < cut]
+        if solutions and solution_pairs:
             best = max(solutions, key=lambda c: c.value)
             worst = min(solutions, key=lambda c: c.value)
-            if best.value > 0 > worst.value:
-                pairs.append(pair(best, worst, solution_weight, True))
+            if best.value > cut > worst.value:
+                pairs.append(pair(best, worst, solution_weight))
     return pairs
 
 
@@ -84,10 +131,18 @@ def solution_paths(tree: Tree) -> list[list[Node]]:
 def sft_paths(tree: Tree, *, max_paths: int = 4,
               rng: random.Random | None = None) -> list[list[str]]:
     """At most ``max_paths`` right root-to-solution paths with no node of Q = −1, as their steps."""
+    return [[n.step for n in p] for p in _sft_paths(tree, max_paths, rng)]
+
+
+def _sft_paths(tree: Tree, max_paths: int, rng: random.Random | None) -> list[list[Node]]:
     good = [p for p in solution_paths(tree) if p[-1].reward > 0 and all(n.value != -1.0 for n in p)]
     if len(good) > max_paths:
         good = (rng or random.Random(0)).sample(good, max_paths)
-    return [[n.step for n in p] for p in good]
+    return good
+
+
+def _observations(path: list[Node]) -> list[str]:
+    return [n.observation for n in path if n.observation is not None]
 
 
 def value_targets(tree: Tree) -> list[tuple[list[str], list[float]]]:
@@ -97,17 +152,20 @@ def value_targets(tree: Tree) -> list[tuple[list[str], list[float]]]:
 
 def pair_records(pairs: list[StepPair], task: str = "") -> list[Trajectory]:
     """Each pair as two trajectories (chosen, then rejected): the prompt, the shared prefix and the step, the
-    step's Q as ``reward``; ``meta``: ``pair`` (the pair's id), ``role``, ``context_steps`` (the prefix's
+    step's Q as ``reward``; ``meta``: ``pair`` (the pair's id), ``kind``, ``role``, ``context_steps`` (the prefix's
     length: those steps are context, not actions) and ``finished`` (a solution ends with EOS, a plan step
     does not, as in the reference)."""
     rows = []
     for k, p in enumerate(pairs):
         pair_id = f"{p.tree_id}-{p.node_id}-{k}"
         for role, step, q in (("chosen", p.chosen, p.q_chosen), ("rejected", p.rejected, p.q_rejected)):
+            ends = p.ends(role == "chosen")
             rows.append(Trajectory(id=f"{pair_id}-{role}", task=task, problem_id=p.problem_id, prompt=p.prompt,
-                                   steps=[*p.prefix, step], reward=q, correct=role == "chosen",
-                                   meta={"pair": pair_id, "role": role, "context_steps": len(p.prefix),
-                                         "finished": p.solution}))
+                                   steps=[*p.prefix, step], observations=list(p.observations), reward=q,
+                                   correct=role == "chosen",
+                                   meta={"pair": pair_id, "kind": p.kind, "role": role,
+                                         "context_steps": len(p.prefix),
+                                         "finished": ends}))
     return rows
 
 
@@ -130,15 +188,17 @@ def tree_pairs(records: list, **kwargs) -> list[StepPair]:
 def q_target_rows(records: list) -> list[Trajectory]:
     """A process value model's rows from the trees among ``records``: every root-to-solution path with the
     MCTS Q of each of its nodes as ``step_values`` (CPL's value data, ``prm.targets=q``)."""
-    return [Trajectory(id=f"{t.id}-q{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt, steps=steps,
-                       reward=qs[-1], correct=qs[-1] > 0, step_values=qs)
-            for t in trees_of(records) for k, (steps, qs) in enumerate(value_targets(t))]
+    return [Trajectory(id=f"{t.id}-q{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt,
+                       steps=[n.step for n in p], observations=_observations(p), reward=p[-1].value,
+                       correct=p[-1].value > 0, step_values=[n.value for n in p])
+            for t in trees_of(records) for k, p in enumerate(solution_paths(t))]
 
 
 def sft_rows(records: list, *, max_paths: int = 4, seed: int = 0) -> list[Trajectory]:
     """Policy SFT rows from the trees among ``records``: at most ``max_paths`` right paths per tree
     (``sft_paths``, drawn with ``seed``)."""
     rng = random.Random(seed)
-    return [Trajectory(id=f"{t.id}-sft{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt, steps=steps,
-                       reward=1.0, correct=True, meta={"source": "plan search"})
-            for t in trees_of(records) for k, steps in enumerate(sft_paths(t, max_paths=max_paths, rng=rng))]
+    return [Trajectory(id=f"{t.id}-sft{k}", task=t.task, problem_id=t.problem_id, prompt=t.prompt,
+                       steps=[n.step for n in p], observations=_observations(p), reward=1.0, correct=True,
+                       meta={"source": "plan search"})
+            for t in trees_of(records) for k, p in enumerate(_sft_paths(t, max_paths, rng))]

@@ -34,6 +34,11 @@ def task_config_class(name: str) -> type:
     return _load(name)[0]
 
 
+def task_kind(name: str) -> str:
+    """``"single_turn"`` or ``"agent"``: the kind of the task ``name``."""
+    return _load(name)[1].kind
+
+
 def task_config(values: dict):
     """The typed config of the task named by ``values["name"]``; an unknown key, a wrong type or a value out of
     range fails naming ``task.KEY``."""

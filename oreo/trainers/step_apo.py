@@ -3,20 +3,22 @@ advantage gap as a margin; ``alpha`` = 0 is Step-DPO on the same pairs.
 
 The pairs are read off every tree among the records (``oreo.search.plan_data.step_apo_pairs``): sibling
 plan steps with Q > 0 against Q < 0, and one pair of solutions per node with their Q scaled by
-``solution_weight``. A pair's two sequences are the prompt, the shared prefix and the step; only the
+``solution_weight`` (``baseline`` and ``kinds`` widen that: the node's own Q as the line to straddle, and a
+plan step against a solution). A pair's two sequences are the prompt, the shared prefix and the step; only the
 step's tokens are actions, so log-probs are summed over them alone. The frozen reference is the policy
 the stage starts from (the round's SFT model), its log-probs cached as for DPO.
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 
 from torch import Tensor
 
 from oreo import losses
 from oreo.batch import Batch
-from oreo.config import above, at_least, between, validate
-from oreo.search.plan_data import pair_records, tree_pairs
+from oreo.config import above, at_least, between, one_of, validate
+from oreo.search.plan_data import BASELINES, KINDS, pair_records, tree_pairs
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.dpo import DPOObjective, Pair
 
@@ -28,6 +30,11 @@ class StepAPOConfig:
     solution_weight: float = between(0.0, 1.0, 0.3)  # scales the Q of solution pairs (the task-specific part)
     root_children: int = at_least(2, 5)            # children of the root read for pairs (the reference's n)
     children: int = at_least(2, 3)                 # ... and of every other node
+    # which siblings pair (oreo.search.plan_data): Q straddling zero (the reference) or the node's own Q; plan
+    # steps with plan steps and solutions with solutions (the reference), or also a plan step with a solution
+    baseline: str = one_of(BASELINES, "zero")
+    kinds: str = one_of(KINDS, "same")
+    solution_pairs: bool = True                     # one pair of solutions per node (false: plan-step pairs only)
     max_len: int = at_least(2, 256)
     chunk_size: int = at_least(1, 256)
     # the reference: lr 1e-6 for 3 epochs on a 7B model; the tiny model needs more
@@ -42,12 +49,15 @@ class StepAPOObjective(DPOObjective):
 
     def encode(self, records: list) -> list[Pair]:
         pairs = tree_pairs(records, solution_weight=self.cfg.solution_weight,
-                           root_children=self.cfg.root_children, children=self.cfg.children)
+                           root_children=self.cfg.root_children, children=self.cfg.children,
+                           baseline=self.cfg.baseline, kinds=self.cfg.kinds,
+                           solution_pairs=self.cfg.solution_pairs)
         rows = pair_records(pairs, getattr(records[0], "task", "") if records else "")
         data = self.encode_trajectories(rows, self.name)
         for e in data:   # only the step's tokens are actions: the prompt and the prefix are context
             r = self.records[e.index]
-            context = len(self.encoder.context_ids(r.prompt, r.steps[:r.meta["context_steps"]])) - 1
+            k = r.meta["context_steps"]   # agents: the observations after those steps are context too
+            context = len(self.encoder.context_ids(r.prompt, r.steps[:k], r.observations[:k])) - 1
             e.action_mask[:context] = [0] * context
             e.state_mask[:context] = [0] * context
         by_pair: dict[str, dict] = {}
@@ -55,9 +65,9 @@ class StepAPOObjective(DPOObjective):
             r = self.records[e.index]
             by_pair.setdefault(r.meta["pair"], {})[r.meta["role"]] = e
         out = [Pair(p["chosen"], p["rejected"]) for p in by_pair.values() if len(p) == 2]
-        solutions = sum(self.records[p.chosen.index].meta["finished"] for p in out)
-        print(f"{self.name}: {len(out)} step pairs ({solutions} of them solutions) from the trees of {len(records)} "
-              f"records", flush=True)
+        kinds = Counter(self.records[p.chosen.index].meta["kind"] for p in out)
+        print(f"{self.name}: {len(out)} step pairs ({', '.join(f'{n} of {k}' for k, n in sorted(kinds.items()))}) "
+              f"from the trees of {len(records)} records", flush=True)
         return out
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:

@@ -1,0 +1,139 @@
+"""Why Step-APO does or does not help: ``python experiments/cpl_pairs.py RUN_DIR [RUN_DIR ...] [--out FILE]``.
+
+Each ``RUN_DIR`` is a finished ``python -m oreo.cpl`` run, one per seed (its SFT model and round-1 trees are
+reused). From the same SFT model and the same trees, each variant trains round 1's Step-APO with other
+pairs or another loss (``VARIANTS``: the pair rule's baseline and kinds, the solution pairs, α, β, epochs) and is
+evaluated greedily; the table gives the pairs each rule finds (plan/plan, solution/solution, plan/solution),
+the accuracy per split, and the shares of answers that leave an operation out or are sound
+(``experiments/mistakes.py``), next to the run's own methods, as mean ± std over the runs. ``--iterations N --round K`` first searches a new round
+``K`` of trees with N simulations from the SFT model (the more-simulations experiment) and trains the
+variants on those; ``--value STAGE`` searches it with a trained value model (the run's ``value_round1``:
+the value-head initialisation experiment) instead of round 1's untrained head. Every variant is a stage of
+the run (``step_apo_round1_<variant>``, evaluated as ``<variant>``), so an interrupted ablation resumes.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+from collections import Counter
+from pathlib import Path
+
+from mistakes import summarise
+
+from oreo.run_config import read_run_config
+
+# name → StepAPOConfig changes; "reference" is the paper's rule and loss (round 1's step_apo stage)
+VARIANTS = {
+    "reference": {},
+    "step_dpo": {"alpha": 0.0},
+    "node": {"baseline": "node"},
+    "any": {"kinds": "any"},
+    "node_any": {"baseline": "node", "kinds": "any"},
+    "node_any_plans_only": {"baseline": "node", "kinds": "any", "solution_pairs": False},
+    "node_any_step_dpo": {"baseline": "node", "kinds": "any", "alpha": 0.0},
+    "node_any_alpha3": {"baseline": "node", "kinds": "any", "alpha": 3.0},
+    "node_any_beta0.1": {"baseline": "node", "kinds": "any", "beta": 0.1},
+    "node_any_beta1": {"baseline": "node", "kinds": "any", "beta": 1.0},
+    "node_any_beta1_step_dpo": {"baseline": "node", "kinds": "any", "beta": 1.0, "alpha": 0.0},
+    "node_any_epochs9": {"baseline": "node", "kinds": "any", "train": {"epochs": 9}},
+}
+# the run's own methods (python -m oreo.cpl), shown first
+RUN_METHODS = ("sft", "instance_dpo_round1", "step_dpo_round1", "step_apo_round1", "sft_round2", "step_apo_round2")
+
+
+def pair_counts(records: list, cfg) -> Counter:
+    """How many pairs of each kind (``StepPair.kind``) the rule of ``cfg`` finds in ``records``' trees."""
+    from oreo.search.plan_data import tree_pairs
+    return Counter(p.kind for p in tree_pairs(records, solution_weight=cfg.solution_weight,
+                                              root_children=cfg.root_children, children=cfg.children,
+                                              baseline=cfg.baseline, kinds=cfg.kinds,
+                                              solution_pairs=cfg.solution_pairs))
+
+
+def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | None, value: str | None) -> dict:
+    """Train and evaluate ``variants`` in ``run_dir``; ``{method: {"pairs": Counter | None, split: accuracy,
+    split + " skip": skip share}}`` for them and the run's own methods."""
+    from oreo.pipeline import Run
+    cfg = dataclasses.replace(read_run_config(run_dir), run_dir=str(run_dir))
+    tag = "" if round_ == 1 else f"_r{round_}"
+    if iterations:
+        cfg = dataclasses.replace(cfg, mcts=dataclasses.replace(cfg.mcts, iterations=iterations))
+    run = Run(cfg)
+    sft_dir = run.sft()
+    if iterations:
+        run.collect_trees(sft_dir, run.checkpoint(value) if value else None, round=round_,
+                          max_problems=cfg.cpl.max_problems)
+    records = run.training_records([round_])
+    out = {}
+    for name in variants:
+        changes = dict(VARIANTS[name])
+        if "train" in changes:
+            changes["train"] = dataclasses.replace(cfg.step_apo.train, **changes["train"])
+        method_cfg = dataclasses.replace(cfg.step_apo, **changes)
+        policy = run.train_method("step_apo", sft_dir, rounds=[round_], stage=f"step_apo_round1_{name}{tag}",
+                                  method_cfg=method_cfg)
+        run.evaluate(f"{name}{tag}", policy or sft_dir)
+        out[f"{name}{tag}"] = {"pairs": pair_counts(records, method_cfg)}
+    accuracy = json.loads((run_dir / "metrics.json").read_text())
+    methods = [m for m in RUN_METHODS if m in accuracy] + list(out)
+    for m in methods:
+        row = out.setdefault(m, {"pairs": None})
+        for split in cfg.evaluate.splits:
+            row[split] = 100 * accuracy[m][split]
+            kinds = summarise(run_dir / "eval" / f"{m}-{split}.jsonl")
+            row[f"{split} skip"], row[f"{split} sound"] = kinds["skip"], kinds["sound"]
+    return {m: out[m] for m in methods}
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
+
+
+def format_table(results: dict[Path, dict], splits: list[str], note: str) -> str:
+    """Methods × (pairs per seed, then per split: accuracy and skip share, mean ± std over the runs)."""
+    runs = list(results.values())
+    methods = [m for m in runs[0] if all(m in r for r in runs)]
+    lines = [note, "", "| method | pairs per seed (plan steps / solutions / plan step–solution) | "
+             + " | ".join(f"{s} | {s} skip | {s} sound" for s in splits) + " |",
+             "|---|---|" + "---|---|---|" * len(splits)]
+    for m in methods:
+        pairs = runs[0][m]["pairs"]
+        counts = "" if pairs is None else " / ".join(
+            f"{statistics.mean(r[m]['pairs'][k] for r in runs):.0f}" for k in ("plan steps", "solutions",
+                                                                               "plan step/solution"))
+        lines.append(f"| {m} | {counts} | " + " | ".join(
+            " | ".join(mean_std([r[m][f"{s}{kind}"] for r in runs]) for kind in ("", " skip", " sound"))
+            for s in splits)
+            + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", type=Path, nargs="+", help="python -m oreo.cpl runs, one per seed")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--round", type=int, default=1, help="the round of trees to train on")
+    parser.add_argument("--iterations", type=int, help="search round --round anew with this many simulations")
+    parser.add_argument("--value", help="... with this stage's value model (default: an untrained head)")
+    parser.add_argument("--out", type=Path, help="write the table here as markdown")
+    args = parser.parse_args()
+    results = {d: ablate(d, args.variants, args.round, args.iterations, args.value) for d in args.run_dirs}
+    splits = list(read_run_config(args.run_dirs[0]).evaluate.splits)
+    search = f" ({args.iterations} simulations, value {args.value or 'untrained'})" if args.iterations else ""
+    command = " ".join(["python experiments/cpl_pairs.py", *map(str, args.run_dirs)] + (
+        [f"--round {args.round} --iterations {args.iterations}"] if args.iterations else []) + (
+        [f"--value {args.value}"] if args.value else []))
+    note = (f"Step-APO variants from each run's SFT model on its round-{args.round} trees{search}: greedy accuracy "
+            f"(%), the share of answers that leave an operation out (skip, %) and of answers with every line right "
+            f"(sound, %), mean ± std over the runs. "
+            f"`{command}`")
+    table = format_table(results, splits, note)
+    print(table)
+    if args.out:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
