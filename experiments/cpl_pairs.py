@@ -2,14 +2,16 @@
 
 Each ``RUN_DIR`` is a finished ``python -m oreo.cpl`` run, one per seed (its SFT model and round-1 trees are
 reused). From the same SFT model and the same trees, each variant trains round 1's Step-APO with other
-pairs or another loss (``VARIANTS``: the pair rule's baseline and kinds, the solution pairs, α, β, epochs) and is
-evaluated greedily; the table gives the pairs each rule finds (plan/plan, solution/solution, plan/solution),
-the accuracy per split, and the shares of answers that leave an operation out or are sound
-(``experiments/mistakes.py``), next to the run's own methods, as mean ± std over the runs. ``--iterations N --round K`` first searches a new round
-``K`` of trees with N simulations from the SFT model (the more-simulations experiment) and trains the
-variants on those; ``--value STAGE`` searches it with a trained value model (the run's ``value_round1``:
-the value-head initialisation experiment) instead of round 1's untrained head. Every variant is a stage of
-the run (``step_apo_round1_<variant>``, evaluated as ``<variant>``), so an interrupted ablation resumes.
+pairs or another loss (``VARIANTS``: the pair rule's baseline and kinds, the solution pairs, α, β, epochs)
+and is evaluated greedily. The table gives the pairs each rule finds (plan/plan, solution/solution,
+plan/solution), the accuracy per split, and the shares of answers that leave an operation out or are sound
+(``experiments/mistakes.py``), next to the run's own methods, as mean ± std over the runs.
+
+``--iterations N --round K`` first searches a new round ``K`` of trees with N simulations from the SFT model
+(the more-simulations experiment) and trains the variants on those; ``--value STAGE`` searches it with a
+trained value model (the run's ``value_round1``: the value-head initialisation experiment) instead of round
+1's untrained head. Every variant is a stage of the run (``step_apo_round1_<variant>``, evaluated as
+``<variant>``), so an interrupted ablation resumes.
 """
 from __future__ import annotations
 
