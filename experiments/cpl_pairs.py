@@ -84,12 +84,15 @@ def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | No
         row = out.setdefault(m, {"pairs": None})
         for split in cfg.evaluate.splits:
             row[split] = 100 * accuracy[m][split]
-            kinds = summarise(run_dir / "eval" / f"{m}-{split}.jsonl")
-            row[f"{split} skip"], row[f"{split} sound"] = kinds["skip"], kinds["sound"]
+            if cfg.task.name == "arithmetic":   # the mistakes are the arithmetic task's
+                kinds = summarise(run_dir / "eval" / f"{m}-{split}.jsonl")
+                row[f"{split} skip"], row[f"{split} sound"] = kinds["skip"], kinds["sound"]
     return {m: out[m] for m in methods}
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float | None]) -> str:
+    if None in values:
+        return "-"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
@@ -106,7 +109,7 @@ def format_table(results: dict[Path, dict], splits: list[str], note: str) -> str
             f"{statistics.mean(r[m]['pairs'][k] for r in runs):.0f}" for k in ("plan steps", "solutions",
                                                                                "plan step/solution"))
         lines.append(f"| {m} | {counts} | " + " | ".join(
-            " | ".join(mean_std([r[m][f"{s}{kind}"] for r in runs]) for kind in ("", " skip", " sound"))
+            " | ".join(mean_std([r[m].get(f"{s}{kind}") for r in runs]) for kind in ("", " skip", " sound"))
             for s in splits)
             + " |")
     return "\n".join(lines)

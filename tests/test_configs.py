@@ -103,3 +103,13 @@ def test_bad_values_name_the_key():
 @pytest.mark.parametrize("search", sorted(p.stem for p in (CONF / "search").glob("*.yaml")))
 def test_search_configs_build(search):
     assert compose([f"search={search}"]).search.strategy == search
+
+
+@pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("cpl")])
+def test_cpl_experiments_pass_cpls_checks(experiment):
+    from oreo.cpl import check_cpl
+
+    cfg = compose([f"+experiment={experiment}"])
+    check_cpl(cfg)
+    if experiment == "cpl_household":   # the household experiment's settings, CPL's search over turns
+        assert cfg.task.name == "household" and cfg.sft.max_len == 1024 and cfg.mcts.style == "alphazero"
