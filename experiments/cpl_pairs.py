@@ -113,6 +113,34 @@ def format_table(results: dict[Path, dict], splits: list[str], note: str) -> str
     return "\n".join(lines)
 
 
+def plot(results: dict[Path, dict], splits: list[str], path: Path) -> None:
+    """Per method, mean ± std over the runs: accuracy per split (left), skip and sound shares per split (right)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = list(results.values())
+    methods = [m for m in runs[0] if all(m in r for r in runs)]
+    panels = [("greedy accuracy (%)", [(s, s) for s in splits])]
+    if all(f"{splits[0]} skip" in r[m] for r in runs for m in methods):
+        panels.append(("share of answers (%)", [(f"{s} {k}", f"{s} {k}") for s in splits for k in ("skip", "sound")]))
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 * len(panels), 0.35 * len(methods) + 1.5), squeeze=False)
+    for ax, (label, series) in zip(axes[0], panels):
+        height = 0.8 / len(series)
+        for j, (key, name) in enumerate(series):
+            values = [[r[m][key] for r in runs] for m in methods]
+            ax.barh([i + j * height for i in range(len(methods))], [statistics.mean(v) for v in values], height,
+                    xerr=[statistics.stdev(v) if len(v) > 1 else 0 for v in values], label=name)
+        ax.set_yticks([i + 0.4 - height / 2 for i in range(len(methods))], methods)
+        ax.invert_yaxis()
+        ax.set_xlabel(label)
+        ax.legend(fontsize=8)
+    fig.suptitle(f"CPL: Step-APO variants, mean ± std over {len(runs)} run(s)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", type=Path, nargs="+", help="python -m oreo.cpl runs, one per seed")
@@ -120,7 +148,7 @@ def main() -> None:
     parser.add_argument("--round", type=int, default=1, help="the round of trees to train on")
     parser.add_argument("--iterations", type=int, help="search round --round anew with this many simulations")
     parser.add_argument("--value", help="... with this stage's value model (default: an untrained head)")
-    parser.add_argument("--out", type=Path, help="write the table here as markdown")
+    parser.add_argument("--out", type=Path, help="write the table here as markdown (and a plot beside it, .png)")
     args = parser.parse_args()
     results = {d: ablate(d, args.variants, args.round, args.iterations, args.value) for d in args.run_dirs}
     splits = list(read_run_config(args.run_dirs[0]).evaluate.splits)
@@ -136,6 +164,7 @@ def main() -> None:
     print(table)
     if args.out:
         args.out.write_text(table + "\n")
+        plot(results, splits, args.out.with_suffix(".png"))
 
 
 if __name__ == "__main__":
