@@ -353,32 +353,36 @@ def test_plan_expansion_grades_solutions_and_marks_invalid_children():
 
 
 # ---------------------------------------------------------------------- agents: turns played in a replayed environment
+class ExpertOrSilence:
+    """A sampler for one household ``game``: per context, the expert's next turn (from the state the context's
+    actions reach) and ``silence``, a turn with no action (which ends the episode, lost), alternately."""
+
+    def __init__(self, task, game, silence: str):
+        self.task, self.game, self.silence, self.contexts = task, game, silence, []
+
+    def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
+        from oreo.tasks.agent import format_turn, parse_action
+
+        out = []
+        for ctx in prompts:
+            self.contexts.append(ctx)
+            env = self.task.make_env()
+            env.reset(self.game)
+            for turn in ctx.steps:
+                env.step(parse_action(turn))
+            turns = [format_turn(env.expert_action()), self.silence]
+            out.append([Completion(turns[k % 2], finished=True, n_tokens=5) for k in range(n)])
+        return out
+
+
 def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
     from oreo.search.process_values import inferred_values
     from oreo.search.tree import Tree
-    from oreo.tasks.agent import format_observation, format_turn, parse_action
+    from oreo.tasks.agent import format_observation, parse_action
     from oreo.tasks.household import HouseholdConfig, HouseholdTask
 
     task = HouseholdTask(HouseholdConfig(n_train=4, n_test=0, teacher_error_rate=0.0, teacher_skip_rate=0.0))
     game = task.games("train")[0]
-
-    class ExpertOrSilence:
-        """Per context, the expert's next turn (from the state the context's actions reach) and a turn with no
-        action (which ends the episode, lost)."""
-        def __init__(self):
-            self.contexts = []
-
-        def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
-            out = []
-            for ctx in prompts:
-                self.contexts.append(ctx)
-                env = task.make_env()
-                env.reset(game)
-                for turn in ctx.steps:
-                    env.step(parse_action(turn))
-                turns = [format_turn(env.expert_action()), "Thought: I am not sure"]
-                out.append([Completion(turns[k % 2], finished=True, n_tokens=5) for k in range(n)])
-            return out
 
     read = []
 
@@ -386,7 +390,7 @@ def test_agent_trees_play_turns_in_a_replayed_environment_and_round_trip():
         read.extend(contexts)
         return [0.8 if c.steps[-1].startswith("Action:") else 0.2 for c in contexts]
 
-    sampler = ExpertOrSilence()
+    sampler = ExpertOrSilence(task, game, "Thought: I am not sure")
     cfg = MCTSConfig(iterations=30, branch=2, rollout_steps=1, max_depth=20)
     (tree,) = MCTS(cfg, task, sampler, values).search([game])
     won = [n for n in tree.nodes.values() if n.terminal and n.reward == 1.0]
@@ -494,27 +498,15 @@ def test_alphazero_over_turns_gives_step_apo_pairs_of_turns():
     """CPL on agents: a turn is a plan step. The game's end is a terminal child (+1 won, -1 a turn without an
     action); the pairs are sibling turns, with the observations of their prefix, each ending its turn."""
     from oreo.search.plan_data import pair_records, step_apo_pairs
-    from oreo.tasks.agent import format_turn, parse_action
     from oreo.tasks.household import HouseholdConfig, HouseholdTask
 
     task = HouseholdTask(HouseholdConfig(n_train=1, n_test=0, teacher_error_rate=0.0, teacher_skip_rate=0.0))
     game = task.games("train")[0]
 
-    class ExpertOrSilence:
-        def generate(self, prompts, *, n=1, temperature=1.0, seed=0, progress=None, stop=None, max_new_tokens=None):
-            out = []
-            for ctx in prompts:
-                env = task.make_env()
-                env.reset(game)
-                for turn in ctx.steps:
-                    env.step(parse_action(turn))
-                turns = [format_turn(env.expert_action()), "Thought: look"]
-                out.append([Completion(turns[k % 2], finished=True, n_tokens=5) for k in range(n)])
-            return out
-
     cfg = MCTSConfig(style="alphazero", selection="puct", c=1.5, branch=2, root_branch=2, rollout_steps=0,
                      iterations=40, max_depth=20)
-    (tree,) = MCTS(cfg, task, ExpertOrSilence(), lambda contexts: [0.0] * len(contexts)).search([game])
+    sampler = ExpertOrSilence(task, game, "Thought: look")
+    (tree,) = MCTS(cfg, task, sampler, lambda contexts: [0.0] * len(contexts)).search([game])
     won = [n for n in tree.nodes.values() if n.terminal and n.reward == 1.0]
     silent = [n for n in tree.nodes.values() if n.step == "Thought: look"]
     assert len(won) == 1 and won[0].value == 1.0 and all(n.value == -1.0 for n in silent)
