@@ -1,6 +1,7 @@
 """``python -m oreo.cpl +experiment=cpl``: CPL's two rounds (spec §2.6), Critical Plan Step Learning.
 
-The task answers in a plan format (``task.format=plan``: plan steps, then one solution). The plan search is
+The task answers in a plan format (``task.format=plan``: plan steps, then one solution), or is an agent task whose
+turns are the plan steps (``+experiment=cpl_household``: the game's end is the terminal child). The plan search is
 the shared MCTS with ``mcts.style=alphazero`` (PUCT over the policy's step priors, the value model's score of
 each selected leaf, terminal rewards ±1, running-mean backup), and every method is an objective of the one
 training loop:
