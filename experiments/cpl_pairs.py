@@ -2,7 +2,7 @@
 
 Each ``RUN_DIR`` is a finished ``python -m oreo.cpl`` run, one per seed (its SFT model and round-1 trees are
 reused). From the same SFT model and the same trees, each variant trains round 1's Step-APO with other
-pairs or another loss (``VARIANTS``: the pair rule's baseline and kinds, the solution pairs, α, β, epochs)
+pairs or another loss (``VARIANTS``: the pair rule's baseline and kinds, the solution pairs, α, β, epochs, lr)
 and is evaluated greedily. The table gives the pairs each rule finds (plan/plan, solution/solution,
 plan/solution), the accuracy per split, and the shares of answers that leave an operation out or are sound
 (``experiments/mistakes.py``), next to the run's own methods, as mean ± std over the runs.
@@ -40,6 +40,7 @@ VARIANTS = {
     "node_any_beta1": {"baseline": "node", "kinds": "any", "beta": 1.0},
     "node_any_beta1_step_dpo": {"baseline": "node", "kinds": "any", "beta": 1.0, "alpha": 0.0},
     "node_any_epochs9": {"baseline": "node", "kinds": "any", "train": {"epochs": 9}},
+    "node_any_lr3e-4": {"baseline": "node", "kinds": "any", "train": {"lr": 3e-4}},
 }
 # the run's own methods (python -m oreo.cpl), shown first
 RUN_METHODS = ("sft", "instance_dpo_round1", "step_dpo_round1", "step_apo_round1", "sft_round2", "step_apo_round2")
