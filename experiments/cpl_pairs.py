@@ -91,26 +91,24 @@ def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | No
     return {m: out[m] for m in methods}
 
 
-def mean_std(values: list[float | None]) -> str:
-    if None in values:
-        return "-"
+def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}" if len(values) > 1 else f"{values[0]:.1f}"
 
 
 def format_table(results: dict[Path, dict], splits: list[str], note: str) -> str:
-    """Methods × (pairs per seed, then per split: accuracy and skip share, mean ± std over the runs)."""
+    """Methods × (pairs per run, then per split: accuracy, and for the arithmetic task the skip and sound shares;
+    mean ± std over the runs)."""
     runs = list(results.values())
     methods = [m for m in runs[0] if all(m in r for r in runs)]
+    kinds = ("", " skip", " sound") if all(f"{splits[0]} skip" in r[m] for r in runs for m in methods) else ("",)
     lines = [note, "", "| method | pairs per run, by kind | "
-             + " | ".join(f"{s} | {s} skip | {s} sound" for s in splits) + " |",
-             "|---|---|" + "---|---|---|" * len(splits)]
+             + " | ".join(f"{s}{k}" for s in splits for k in kinds) + " |",
+             "|---|---|" + "---|" * (len(kinds) * len(splits))]
     for m in methods:
-        kinds = sorted({k for r in runs for k in (r[m]["pairs"] or {})})
-        counts = ", ".join(f"{k} {statistics.mean(r[m]['pairs'][k] for r in runs):.0f}" for k in kinds)
+        pairs = sorted({k for r in runs for k in (r[m]["pairs"] or {})})
+        counts = ", ".join(f"{k} {statistics.mean(r[m]['pairs'][k] for r in runs):.0f}" for k in pairs)
         lines.append(f"| {m} | {counts} | " + " | ".join(
-            " | ".join(mean_std([r[m].get(f"{s}{kind}") for r in runs]) for kind in ("", " skip", " sound"))
-            for s in splits)
-            + " |")
+            mean_std([r[m][f"{s}{k}"] for r in runs]) for s in splits for k in kinds) + " |")
     return "\n".join(lines)
 
 
@@ -157,10 +155,10 @@ def main() -> None:
     command = " ".join(["python experiments/cpl_pairs.py", *map(str, args.run_dirs)] + (
         [f"--round {args.round} --iterations {args.iterations}"] if args.iterations else []) + (
         [f"--value {args.value}"] if args.value else []))
+    shares = (", the share of answers that leave an operation out (skip, %) and of answers with every line right "
+              "(sound, %)") if read_run_config(args.run_dirs[0]).task.name == "arithmetic" else " (agents: success)"
     note = (f"Step-APO variants from each run's SFT model on its round-{args.round} trees{search}: greedy accuracy "
-            f"(%), the share of answers that leave an operation out (skip, %) and of answers with every line right "
-            f"(sound, %), mean ± std over the runs. "
-            f"`{command}`")
+            f"(%){shares}, mean ± std over the runs. `{command}`")
     table = format_table(results, splits, note)
     print(table)
     if args.out:
