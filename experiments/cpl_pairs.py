@@ -49,10 +49,7 @@ RUN_METHODS = ("sft", "instance_dpo_round1", "step_dpo_round1", "step_apo_round1
 def pair_counts(records: list, cfg) -> Counter:
     """How many pairs of each kind (``StepPair.kind``) the rule of ``cfg`` finds in ``records``' trees."""
     from oreo.search.plan_data import tree_pairs
-    return Counter(p.kind for p in tree_pairs(records, solution_weight=cfg.solution_weight,
-                                              root_children=cfg.root_children, children=cfg.children,
-                                              baseline=cfg.baseline, kinds=cfg.kinds,
-                                              solution_pairs=cfg.solution_pairs))
+    return Counter(p.kind for p in tree_pairs(records, **cfg.pair_rule()))
 
 
 def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | None, value: str | None) -> dict:
@@ -150,13 +147,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path, help="write the table here as markdown (and a plot beside it, .png)")
     args = parser.parse_args()
     results = {d: ablate(d, args.variants, args.round, args.iterations, args.value) for d in args.run_dirs}
-    splits = list(read_run_config(args.run_dirs[0]).evaluate.splits)
+    first = read_run_config(args.run_dirs[0])
+    splits = list(first.evaluate.splits)
     search = f" ({args.iterations} simulations, value {args.value or 'untrained'})" if args.iterations else ""
     command = " ".join(["python experiments/cpl_pairs.py", *map(str, args.run_dirs)] + (
         [f"--round {args.round} --iterations {args.iterations}"] if args.iterations else []) + (
         [f"--value {args.value}"] if args.value else []))
     shares = (", the share of answers that leave an operation out (skip, %) and of answers with every line right "
-              "(sound, %)") if read_run_config(args.run_dirs[0]).task.name == "arithmetic" else " (agents: success)"
+              "(sound, %)") if first.task.name == "arithmetic" else " (agents: success)"
     note = (f"Step-APO variants from each run's SFT model on its round-{args.round} trees{search}: greedy accuracy "
             f"(%){shares}, mean ± std over the runs. `{command}`")
     table = format_table(results, splits, note)

@@ -43,15 +43,18 @@ class StepAPOConfig:
     def __post_init__(self):
         validate(self)
 
+    def pair_rule(self) -> dict:
+        """The keyword arguments of ``plan_data.tree_pairs`` that say which siblings pair."""
+        return {"solution_weight": self.solution_weight, "root_children": self.root_children,
+                "children": self.children, "baseline": self.baseline, "kinds": self.kinds,
+                "solution_pairs": self.solution_pairs}
+
 
 class StepAPOObjective(DPOObjective):
     name = "step_apo"
 
     def encode(self, records: list) -> list[Pair]:
-        pairs = tree_pairs(records, solution_weight=self.cfg.solution_weight,
-                           root_children=self.cfg.root_children, children=self.cfg.children,
-                           baseline=self.cfg.baseline, kinds=self.cfg.kinds,
-                           solution_pairs=self.cfg.solution_pairs)
+        pairs = tree_pairs(records, **self.cfg.pair_rule())
         rows = pair_records(pairs, getattr(records[0], "task", "") if records else "")
         data = self.encode_trajectories(rows, self.name)
         for e in data:   # only the step's tokens are actions: the prompt and the prefix are context
