@@ -165,9 +165,14 @@ class LoRAConfig:
 class ValueBackboneConfig:
     """``model.value``: the value models' backbone (OREO's value, the PRM) when it is not a copy of the policy;
     larger, say, as ReST-MCTS*'s 7B PRM next to its policy. It reads the policy's token ids, so its tokenizer must
-    be the policy's."""
+    be the policy's. And the head of every fresh value model of the run: its output and initialisation."""
     name_or_path: str | None = None   # null: a copy of the policy | tiny | a local folder | a hub id
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)   # name_or_path=tiny: its sizes
+    # V = head(h) (linear: OREO's) | tanh(head(h)), V in (-1, 1) (CPL's value, spec §2.2), trained through the tanh
+    output: str = one_of(("linear", "tanh"), "linear")
+    # a fresh head: zero (V ≡ 0 before training) | random (normal, std = the backbone's initializer_range: CPL's
+    # untrained round-1 value)
+    head_init: str = one_of(("zero", "random"), "zero")
 
     def __post_init__(self):
         validate(self)

@@ -3,6 +3,9 @@
 The value model is a language-model backbone with a float32 linear head initialised to zero, so
 V ≡ 0 at step 0 (spec §3). By default its backbone is a separate copy of the SFT policy; with
 ``shared_backbone`` the value head reads the policy's own hidden states (one forward for both).
+CPL's value (spec §2.2) is the other head: its output goes through tanh, V ∈ (−1, 1), and its round-1 head is
+random (normal, std = the backbone's ``initializer_range``, bias 0); ``model.value.output`` and
+``model.value.head_init`` choose. The output is saved with the head, so a loaded model reads as it was trained.
 """
 from __future__ import annotations
 
@@ -12,11 +15,48 @@ import string
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 TINY_SPECIALS = ("<pad>", "<eos>", "<bos>")
 VALUE_HEAD_FILE = "value_head.safetensors"
+VALUE_OUTPUTS = ("linear", "tanh")    # V = head(h) | tanh(head(h))
+HEAD_INITS = ("zero", "random")
+
+
+def value_head(hidden_size: int, init: str = "zero", std: float = 0.02) -> nn.Linear:
+    """A float32 hidden → 1 head: zero (V ≡ 0 before training) or random (weight ~ N(0, std²), bias 0)."""
+    if init not in HEAD_INITS:
+        raise ValueError(f"value head init {init!r}: one of {HEAD_INITS}")
+    head = nn.Linear(hidden_size, 1, bias=True, dtype=torch.float32)
+    if init == "zero":
+        nn.init.zeros_(head.weight)
+    else:
+        nn.init.normal_(head.weight, std=std)
+    nn.init.zeros_(head.bias)
+    return head
+
+
+def read_values(head: nn.Linear, hidden: Tensor, output: str) -> Tensor:
+    """[B, L, H] hidden states → [B, L] float32 values through ``head`` and the ``output`` function."""
+    v = head(hidden.float()).squeeze(-1)
+    return torch.tanh(v) if output == "tanh" else v
+
+
+def save_head(head: nn.Linear, output: str, path: str | Path) -> None:
+    """The head's weights in ``path`` (safetensors), its output function in the file's metadata."""
+    save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()}, str(path),
+              metadata={"output": output})
+
+
+def load_head(path: str | Path) -> tuple[dict[str, Tensor], str]:
+    """The head's state dict and output function (``linear`` for heads saved before it was recorded)."""
+    with safe_open(str(path), framework="pt") as f:
+        output = (f.metadata() or {}).get("output", "linear")
+    if output not in VALUE_OUTPUTS:
+        raise ValueError(f"{path}: value head output {output!r} is not one of {VALUE_OUTPUTS}")
+    return load_file(str(path)), output
 
 
 def char_tokenizer(alphabet: str = string.printable):
@@ -188,26 +228,28 @@ def hidden_states(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) -
 
 
 class ValueModel(nn.Module):
-    """V(x_≤t) for every prefix: a backbone's hidden state at t through a float32 linear head.
+    """V(x_≤t) for every prefix: a backbone's hidden state at t through a float32 linear head (and tanh with
+    ``output="tanh"``).
 
     ``forward`` returns values [B, L] (float32); the trainer uses positions 0..L-2 (spec §3).
     """
 
-    def __init__(self, backbone: nn.Module):
+    def __init__(self, backbone: nn.Module, *, output: str = "linear", head_init: str = "zero"):
         super().__init__()
-        self.backbone = backbone
-        hidden = backbone.config.hidden_size
-        self.head = nn.Linear(hidden, 1, bias=True, dtype=torch.float32)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if output not in VALUE_OUTPUTS:
+            raise ValueError(f"value output {output!r}: one of {VALUE_OUTPUTS}")
+        self.backbone, self.output = backbone, output
+        self.head = value_head(backbone.config.hidden_size, head_init,
+                               getattr(backbone.config, "initializer_range", 0.02))
 
     @classmethod
-    def from_policy(cls, policy: nn.Module) -> "ValueModel":
-        """A separate backbone copied from the policy (the SFT model), and a zero head."""
-        return cls(copy.deepcopy(policy.get_decoder()))
+    def from_policy(cls, policy: nn.Module, **head) -> "ValueModel":
+        """A separate backbone copied from the policy (the SFT model), and a fresh head (``output``,
+        ``head_init``: default linear and zero)."""
+        return cls(copy.deepcopy(policy.get_decoder()), **head)
 
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden.float()).squeeze(-1)
+        return read_values(self.head, hidden, self.output)
 
     def forward(self, input_ids: Tensor, attention_mask: Tensor) -> Tensor:
         return self.values_from_hidden(hidden_states(self.backbone, input_ids, attention_mask))
@@ -217,27 +259,27 @@ class ValueModel(nn.Module):
 
         path = Path(path)
         save_model(self.backbone, path)  # merged weights if the backbone has LoRA adapters
-        save_file({k: v.detach().cpu().contiguous() for k, v in self.head.state_dict().items()},
-                  str(path / VALUE_HEAD_FILE))
+        save_head(self.head, self.output, path / VALUE_HEAD_FILE)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: str = "float32") -> "ValueModel":
         from transformers import AutoModel
 
         backbone = AutoModel.from_pretrained(str(path), dtype=getattr(torch, dtype))
-        model = cls(backbone)
-        model.head.load_state_dict(load_file(str(Path(path) / VALUE_HEAD_FILE)))
+        state, output = load_head(Path(path) / VALUE_HEAD_FILE)
+        model = cls(backbone, output=output)
+        model.head.load_state_dict(state)
         return model
 
 
 class ValueHead(nn.Module):
     """The value head alone, for the shared-backbone option: it reads the policy's hidden states."""
 
-    def __init__(self, hidden_size: int):
+    def __init__(self, hidden_size: int, *, output: str = "linear", head_init: str = "zero", std: float = 0.02):
         super().__init__()
-        self.head = nn.Linear(hidden_size, 1, bias=True, dtype=torch.float32)
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
+        if output not in VALUE_OUTPUTS:
+            raise ValueError(f"value output {output!r}: one of {VALUE_OUTPUTS}")
+        self.output, self.head = output, value_head(hidden_size, head_init, std)
 
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
-        return self.head(hidden.float()).squeeze(-1)
+        return read_values(self.head, hidden, self.output)

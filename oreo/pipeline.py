@@ -313,10 +313,11 @@ class Run:
                 ref_dir = ref_dir or init_dir
                 kwargs = {"reference": self.load(ref_dir)[0], "cache_dir": self.dir / "cache",
                           "ref_name": reference_name(ref_dir, self.cfg.model.dtype)}
-            value = None
-            if method.value and not getattr(cfg, "shared_backbone", False):
+            value, shared = None, getattr(cfg, "shared_backbone", False)
+            if method.value:
                 value = (ValueModel.from_pretrained(value_dir, dtype=self.cfg.model.dtype).to(self.device)
-                         if value_dir is not None else new_value_model(self.cfg, policy))  # before adapters
+                         if value_dir is not None and not shared else
+                         new_value_model(self.cfg, policy, shared=shared))  # before adapters
             policy, value = self.for_training(policy, value)
             if value is not None:
                 kwargs["value"] = value

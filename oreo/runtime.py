@@ -10,7 +10,7 @@ import torch
 from oreo.config import ConfigError
 from oreo.distributed import local_rank
 from oreo.encode import Encoder
-from oreo.models import ValueModel, load_policy, resolve_model_path, tiny_tokenizer
+from oreo.models import ValueHead, ValueModel, load_policy, resolve_model_path, tiny_tokenizer
 from oreo.rollout.sampler import HFSampler
 from oreo.rollout.vllm_sampler import vllm_available
 
@@ -52,17 +52,22 @@ def check_value_backbone(cfg: RunConfig) -> None:
                                                        f"({m.name_or_path}); the value model reads the policy's tokens")
 
 
-def new_value_model(cfg: RunConfig, policy) -> ValueModel:
-    """A fresh value model (zero head) for a run: on a copy of ``policy``, or on the backbone ``model.value``
-    names, whose tokenizer must be the policy's."""
+def new_value_model(cfg: RunConfig, policy, *, shared: bool = False) -> ValueModel | ValueHead:
+    """A fresh value model for a run, its head as ``model.value`` says (output, init): on a copy of ``policy``,
+    or on the backbone ``model.value`` names, whose tokenizer must be the policy's; ``shared``: the head alone,
+    to read ``policy``'s own hidden states."""
     v, m = cfg.model.value, cfg.model
+    head = {"output": v.output, "head_init": v.head_init}
+    if shared:
+        return ValueHead(policy.config.hidden_size, **head, std=getattr(policy.config, "initializer_range", 0.02)
+                         ).to(next(policy.parameters()).device)
     if v.name_or_path is None:
-        return ValueModel.from_policy(policy)
+        return ValueModel.from_policy(policy, **head)
     check_value_backbone(cfg)
     backbone, _ = load_policy(v.name_or_path, dtype=m.dtype, tiny=dataclasses.asdict(v.tiny),
                               trust_remote_code=m.trust_remote_code, attn_implementation=m.attn_implementation,
                               seed=cfg.seed + 1)
-    return ValueModel(backbone.get_decoder()).to(next(policy.parameters()).device)
+    return ValueModel(backbone.get_decoder(), **head).to(next(policy.parameters()).device)
 
 
 def build_sampler(cfg: RunConfig, policy_dir: str | Path, section, device: torch.device):

@@ -111,5 +111,6 @@ def test_cpl_experiments_pass_cpls_checks(experiment):
 
     cfg = compose([f"+experiment={experiment}"])
     check_cpl(cfg)
+    assert (cfg.model.value.output, cfg.model.value.head_init) == ("tanh", "random")   # the paper's value head
     if experiment == "cpl_household":   # the household experiment's settings, CPL's search over turns
         assert cfg.task.name == "household" and cfg.sft.max_len == 1024 and cfg.mcts.style == "alphazero"

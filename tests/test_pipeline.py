@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from oreo.buffer import Buffer
+from oreo.search.value import load_value_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -337,6 +338,8 @@ def test_cpl_runs_both_rounds_and_resumes(tmp_path):
     for stage in ("step_dpo_round1", "instance_dpo_round1", "step_apo_round1", "value_round1", "step_apo_round2"):
         assert (run_dir / "checkpoints" / stage).exists() or stage in details.get("skipped", {})
     assert (run_dir / "checkpoints/sft_round2").exists()
+    if (run_dir / "checkpoints/value_round1").exists():   # round 2 searched with it: the paper's tanh head
+        assert load_value_model(run_dir / "checkpoints/value_round1").output == "tanh"
     assert (run_dir / "plots/cpl.png").exists() and "step_apo_round2" in proc.stdout
     before = (run_dir / "metrics.jsonl").read_text()
     run("oreo.cpl", *args)

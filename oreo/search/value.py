@@ -15,11 +15,10 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 from torch import nn
 
 from oreo.logprobs import token_logprobs
-from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states
+from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states, load_head
 from oreo.rollout.sampler import context_ids
 from oreo.types import Context
 
@@ -46,8 +45,8 @@ def load_value_model(path: str | Path, *, dtype: str = "float32", policy: nn.Mod
         return ValueModel.from_pretrained(path, dtype=dtype)
     if policy is None:
         raise ValueError(f"{path} holds a shared-backbone value head: it needs the policy it was trained with")
-    state = load_file(str(path / VALUE_HEAD_FILE))
-    head = ValueHead(state["weight"].shape[1])
+    state, output = load_head(path / VALUE_HEAD_FILE)
+    head = ValueHead(state["weight"].shape[1], output=output)
     head.head.load_state_dict(state)
     return SharedBackboneValue(policy, head.to(next(policy.parameters()).device))
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 from torch import Tensor
 
 from oreo import losses
@@ -25,7 +24,7 @@ from oreo.config import EngineConfig, above, at_least, one_of, validate
 from oreo.encode import GRANULARITIES
 from oreo.logprobs import gather_rows, scatter_rows, token_logprobs, token_logprobs_and_reverse_kl
 from oreo.lora import save_model
-from oreo.models import ValueHead, ValueModel, hidden_states
+from oreo.models import VALUE_HEAD_FILE, ValueHead, ValueModel, hidden_states, save_head
 from oreo.trainers.common import TrainConfig, unwrap
 from oreo.trainers.objective import ReferenceObjective
 
@@ -156,5 +155,4 @@ class OREOObjective(ReferenceObjective):
             self.tokenizer.save_pretrained(folder / "value")
         else:
             (folder / "value").mkdir()
-            save_file({k: v.detach().cpu().contiguous() for k, v in value.head.state_dict().items()},
-                      str(folder / "value" / "value_head.safetensors"))
+            save_head(value.head, value.output, folder / "value" / VALUE_HEAD_FILE)
