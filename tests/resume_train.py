@@ -78,24 +78,32 @@ def paced(fn, pace: float):
     return wrapper
 
 
+def train(out: Path, objective_name: str, pace: float = 0.0) -> None:
+    """Train (or resume) ``objective_name`` into ``out`` on one thread; the final weights to ``out/params.pt``."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = TrainConfig(epochs=4.0, batch_size=4, micro_batch_size=2, lr=3e-3, value_lr=3e-3, warmup_ratio=0.1,
+                          save_every=2, seed=0)
+        policy, tok = load_policy("tiny", tiny=TINY, seed=0)
+        n_records, build = OBJECTIVES[objective_name]
+        objective = build(policy, tok, cfg)
+        if pace:
+            objective.losses = paced(objective.losses, pace)
+        data = plan_trees(n_records) if objective_name == "step_apo" else records(n_records)
+        objective.fit(with_step_targets(data) if objective_name == "prm" else data, out_dir=out / "stage")
+        torch.save({name: state(module) for name, (module, _) in objective.models().items()}, out / "params.pt")
+    finally:
+        torch.set_num_threads(threads)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("out")
     p.add_argument("--objective", choices=sorted(OBJECTIVES), default="oreo")
     p.add_argument("--pace", type=float, default=0.0)
     args = p.parse_args()
-    torch.set_num_threads(1)
-    out = Path(args.out)
-    cfg = TrainConfig(epochs=4.0, batch_size=4, micro_batch_size=2, lr=3e-3, value_lr=3e-3, warmup_ratio=0.1,
-                      save_every=2, seed=0)
-    policy, tok = load_policy("tiny", tiny=TINY, seed=0)
-    n_records, build = OBJECTIVES[args.objective]
-    objective = build(policy, tok, cfg)
-    if args.pace:
-        objective.losses = paced(objective.losses, args.pace)
-    data = plan_trees(n_records) if args.objective == "step_apo" else records(n_records)
-    objective.fit(with_step_targets(data) if args.objective == "prm" else data, out_dir=out / "stage")
-    torch.save({name: state(module) for name, (module, _) in objective.models().items()}, out / "params.pt")
+    train(Path(args.out), args.objective, args.pace)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ import torch
 
 from oreo.checkpoint import save_atomically
 
+sys.path.insert(0, str(Path(__file__).parent))
+import resume_train  # noqa: E402
+
 SCRIPT = Path(__file__).with_name("resume_train.py")
 ROOT = SCRIPT.parents[1]
 KILL_AT_MICRO = 9   # the first micro-batch of step 5: mid-accumulation, after the step-4 checkpoint
@@ -46,12 +49,13 @@ def _kill_at_micro(out: Path, trainer: str, sig: int) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
+    """The uninterrupted run's weights, trained in this process (the same code on the same one thread)."""
     cache = {}
 
     def get(trainer: str) -> dict:
         if trainer not in cache:
             out = tmp_path_factory.mktemp(f"full-{trainer}")
-            _finish(_train(out, trainer, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            resume_train.train(out, trainer)
             assert not (out / "stage.progress").exists()  # dropped once the stage's result is written
             cache[trainer] = torch.load(out / "params.pt")
         return cache[trainer]
