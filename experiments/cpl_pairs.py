@@ -47,9 +47,25 @@ RUN_METHODS = ("sft", "instance_dpo_round1", "step_dpo_round1", "step_apo_round1
 
 
 def pair_counts(records: list, cfg) -> Counter:
-    """How many pairs of each kind (``StepPair.kind``) the rule of ``cfg`` finds in ``records``' trees."""
-    from oreo.search.plan_data import tree_pairs
-    return Counter(p.kind for p in tree_pairs(records, **cfg.pair_rule()))
+    """How many pairs of each kind (``StepPair.kind``) the rule of ``cfg`` finds in ``records``' trees, and as
+    ``backed`` how many of the pairs that are not two solutions the outcomes back: the chosen step's subtree holds
+    a right solution (a win) and the rejected's none. The others get their order from the values backed up."""
+    from oreo.search.plan_data import step_apo_pairs, trees_of
+
+    counts = Counter()
+    for tree in trees_of(records):
+        for p in step_apo_pairs(tree, **cfg.pair_rule()):
+            counts[p.kind] += 1
+            if p.kind != "solutions":
+                node = tree.nodes[p.node_id]
+                won = {c.step: wins(tree, c) for c in tree.children(node)}
+                counts["backed"] += won[p.chosen] and not won[p.rejected]
+    return counts
+
+
+def wins(tree, node) -> bool:
+    """Whether ``node``'s subtree holds a right solution (agents: a won game)."""
+    return bool(node.reward) if node.terminal else any(wins(tree, c) for c in tree.children(node))
 
 
 def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | None, value: str | None) -> dict:
@@ -156,7 +172,8 @@ def main() -> None:
     shares = (", the share of answers that leave an operation out (skip, %) and of answers with every line right "
               "(sound, %)") if first.task.name == "arithmetic" else " (agents: success)"
     note = (f"Step-APO variants from each run's SFT model on its round-{args.round} trees{search}: greedy accuracy "
-            f"(%){shares}, mean ± std over the runs. `{command}`")
+            f"(%){shares}, mean ± std over the runs. `{command}`. Pairs `backed`: of the pairs that are not two "
+            f"solutions, those whose chosen step leads to a win in the tree and the rejected one to none.")
     table = format_table(results, splits, note)
     print(table)
     if args.out:

@@ -124,3 +124,18 @@ def test_pairs_around_the_node_q_and_across_kinds_by_hand():
     assert [r.meta["finished"] for r in pair_records([cross])] == [False, True]
     with pytest.raises(ValueError, match="baseline"):
         step_apo_pairs(t, baseline="mean")
+
+
+def test_cpl_pairs_counts_the_pairs_the_outcomes_back(tree):
+    """experiments/cpl_pairs.py: A > B is backed (A's subtree holds a right solution, B's none); C > B is not (C
+    has no subtree: only its Q orders it); the solution pair is not counted as backed or not."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "experiments"))
+    from cpl_pairs import pair_counts
+
+    from oreo.trainers.step_apo import StepAPOConfig
+
+    records = tree.to_trajectories()
+    assert pair_counts(records, StepAPOConfig()) == {"plan steps": 2, "solutions": 1, "backed": 1}
