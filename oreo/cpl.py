@@ -10,10 +10,11 @@ training loop:
   the plan search with that model; without it (GSM8K/MATH, the paper's setting): the plan search with the base
   model and its few-shot prompt, then SFT from the base on at most ``cpl.max_sft_paths`` right paths per
   problem. The search runs on the first ``cpl.max_problems`` training problems with a value head that has not
-  been trained (as the paper's round 1) → buffer round 1 → Step-APO from the round's SFT model, which is also
-  its frozen reference (``step_apo``). With ``cpl.baselines`` the paper's ablation trains on the same trees
-  from the same model: Step-DPO (``alpha`` 0) and instance-DPO (``dpo`` on whole solution paths, right against
-  wrong). The value model then learns the trees' Q at every step end (``prm`` with ``targets=q``).
+  been trained (as the paper's round 1: tanh of a random head), or the trained value ``cpl.value`` → buffer
+  round 1 → Step-APO from the round's SFT model, which is also its frozen reference (``step_apo``). With
+  ``cpl.baselines`` the paper's ablation trains on the same trees from the same model: Step-DPO (``alpha`` 0)
+  and instance-DPO (``dpo`` on whole solution paths, right against wrong). The value model then learns the
+  trees' Q at every step end (``prm`` with ``targets=q``).
 - **Round 2.** Plan search with round 1's Step-APO policy and value → buffer round 2 → SFT from the base
   model on the round-2 paths (with ``cpl.initial_sft``, plus the teacher's solutions: the base here is
   untrained, unlike the paper's) → Step-APO from that model: the CPL policy.
@@ -33,6 +34,7 @@ from omegaconf import DictConfig
 from oreo.config import ConfigError
 from oreo.distributed import rank_world
 from oreo.iterate import report_rounds
+from oreo.models import VALUE_HEAD_FILE
 from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
 from oreo.search.plan_data import sft_rows
 from oreo.tasks import task_kind
@@ -52,6 +54,11 @@ def check_cpl(cfg: RunConfig) -> None:
                                              "sampler.backend=hf")
     if cfg.prm.targets != "q":
         raise ConfigError("prm.targets", "CPL's value model learns the trees' Q: prm.targets=q")
+    value = Path(cfg.cpl.value) if cfg.cpl.value is not None else None
+    if value is not None and not ((value / VALUE_HEAD_FILE).exists() and (value / "config.json").exists()):
+        raise ConfigError("cpl.value", f"{value}: not a value model with its own backbone (config.json and "
+                                       f"{VALUE_HEAD_FILE}); give an OREO run's checkpoints/oreo/value (without "
+                                       f"oreo.shared_backbone), a PRM, or a CPL run's checkpoints/value_round1")
 
 
 def run_cpl(cfg: RunConfig) -> list[dict]:
@@ -78,7 +85,7 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
         return evaluate(k, f"sft_round{k}", run.train_method("sft", base, records_fn=records, stage=f"sft_round{k}"))
 
     sft_dir = evaluate(0, "sft", run.sft()) if cfg.cpl.initial_sft else None
-    policy_dir, value_dir = sft_dir or base, None
+    policy_dir, value_dir = sft_dir or base, Path(cfg.cpl.value) if cfg.cpl.value else None
     for k in range(1, cfg.cpl.rounds + 1):
         stats = run.collect_trees(policy_dir, value_dir, round=k, max_problems=cfg.cpl.max_problems)
         start = sft_dir if k == 1 and sft_dir is not None else round_sft(k)

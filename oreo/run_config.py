@@ -80,6 +80,9 @@ class CPLConfig:
     # round 1 also trains the ablation's baselines on the same trees, from the same SFT model: Step-DPO (Step-APO
     # with step_apo.alpha 0) and instance-DPO (the dpo settings on whole solution paths, right against wrong)
     baselines: bool = True
+    # round 1 searches with this trained value model (a folder holding value_head.safetensors: an OREO value, a PRM,
+    # an earlier CPL run's checkpoints/value_round1) instead of an untrained head (model.value.head_init)
+    value: str | None = None
 
     def __post_init__(self):
         validate(self)

@@ -105,6 +105,13 @@ def test_search_configs_build(search):
     assert compose([f"search={search}"]).search.strategy == search
 
 
+def test_cpl_refuses_a_round_one_value_that_is_not_a_value_model(tmp_path):
+    from oreo.cpl import check_cpl
+
+    with pytest.raises(ConfigError, match="cpl.value"):
+        check_cpl(compose(["+experiment=cpl_smoke", f"cpl.value={tmp_path}"]))
+
+
 @pytest.mark.parametrize("experiment", [e for e in EXPERIMENTS if e.startswith("cpl")])
 def test_cpl_experiments_pass_cpls_checks(experiment):
     from oreo.cpl import check_cpl

@@ -6,6 +6,8 @@ import pytest
 import torch
 
 from oreo.models import ValueModel, load_policy, read_values, resolve_attention, value_head
+from oreo.run_config import compose
+from oreo.runtime import new_value_model
 from oreo.search.value import load_value_model
 
 
@@ -47,3 +49,14 @@ def test_value_outputs_and_head_inits(tmp_path):
     assert v.item() == pytest.approx(t)
     assert head.bias.grad.item() == pytest.approx(2 * t * (1 - t * t))
     assert head.weight.grad.item() == pytest.approx(2 * t * (1 - t * t) * 2.0)
+
+
+def test_a_cpl_runs_fresh_value_is_the_papers_head():
+    """new_value_model reads model.value: the cpl experiments' fresh value is tanh over a random head."""
+    policy, _ = load_policy("tiny", tiny=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64), seed=0)
+    value = new_value_model(compose(["+experiment=cpl_smoke"]), policy)
+    assert value.output == "tanh" and value.head.weight.abs().sum().item() > 0
+    default = new_value_model(compose([]), policy)
+    assert default.output == "linear" and default.head.weight.abs().sum().item() == 0
+    shared = new_value_model(compose(["+experiment=cpl_smoke"]), policy, shared=True)
+    assert shared.output == "tanh" and shared.head.weight.abs().sum().item() > 0

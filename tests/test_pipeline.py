@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from oreo.buffer import Buffer
-from oreo.search.value import load_value_model
+from oreo.models import ValueModel, load_policy
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -338,12 +338,17 @@ def test_cpl_runs_both_rounds_and_resumes(tmp_path):
     for stage in ("step_dpo_round1", "instance_dpo_round1", "step_apo_round1", "value_round1", "step_apo_round2"):
         assert (run_dir / "checkpoints" / stage).exists() or stage in details.get("skipped", {})
     assert (run_dir / "checkpoints/sft_round2").exists()
-    if (run_dir / "checkpoints/value_round1").exists():   # round 2 searched with it: the paper's tanh head
-        assert load_value_model(run_dir / "checkpoints/value_round1").output == "tanh"
     assert (run_dir / "plots/cpl.png").exists() and "step_apo_round2" in proc.stdout
     before = (run_dir / "metrics.jsonl").read_text()
     run("oreo.cpl", *args)
     assert (run_dir / "metrics.jsonl").read_text() == before
+    # round 1 may search with a given value model instead of the untrained head: here one on the SFT model
+    value = tmp_path / "value"
+    ValueModel.from_policy(load_policy(str(run_dir / "checkpoints/sft"))[0], output="tanh").save_pretrained(value)
+    other = tmp_path / "with_value"
+    run("oreo.cpl", f"run_dir={other}", "+experiment=cpl_smoke", "cpl.rounds=1", "cpl.baselines=false",
+        f"cpl.value={value}")
+    assert {r.meta["value"] for r in Buffer(other / "buffer").load([1])} == {str(value)}
 
 
 def test_cpl_needs_the_plan_format(tmp_path):
