@@ -51,21 +51,19 @@ def pair_counts(records: list, cfg) -> Counter:
     ``backed`` how many of the pairs that are not two solutions the outcomes back: the chosen step's subtree holds
     a right solution (a win) and the rejected's none. The others get their order from the values backed up."""
     from oreo.search.plan_data import step_apo_pairs, trees_of
+    from oreo.search.process_values import min_steps_to_correct
+    from oreo.search.tree import normalise
 
     counts = Counter()
     for tree in trees_of(records):
+        _, winning = min_steps_to_correct(tree)   # the nodes with a right solution (a won game) below them
         for p in step_apo_pairs(tree, **cfg.pair_rule()):
             counts[p.kind] += 1
             if p.kind != "solutions":
-                node = tree.nodes[p.node_id]
-                won = {c.step: wins(tree, c) for c in tree.children(node)}
-                counts["backed"] += won[p.chosen] and not won[p.rejected]
+                child = tree.nodes[p.node_id].children
+                counts["backed"] += (child[normalise(p.chosen)] in winning
+                                     and child[normalise(p.rejected)] not in winning)
     return counts
-
-
-def wins(tree, node) -> bool:
-    """Whether ``node``'s subtree holds a right solution (agents: a won game)."""
-    return bool(node.reward) if node.terminal else any(wins(tree, c) for c in tree.children(node))
 
 
 def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | None, value: str | None) -> dict:

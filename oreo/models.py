@@ -25,6 +25,17 @@ VALUE_OUTPUTS = ("linear", "tanh")    # V = head(h) | tanh(head(h))
 HEAD_INITS = ("zero", "random")
 
 
+def check_output(output: str) -> str:
+    if output not in VALUE_OUTPUTS:
+        raise ValueError(f"value output {output!r}: one of {VALUE_OUTPUTS}")
+    return output
+
+
+def init_std(config) -> float:
+    """A random head's std: the backbone's own ``initializer_range`` (as the paper's TRL value head)."""
+    return getattr(config, "initializer_range", 0.02)
+
+
 def value_head(hidden_size: int, init: str = "zero", std: float = 0.02) -> nn.Linear:
     """A float32 hidden → 1 head: zero (V ≡ 0 before training) or random (weight ~ N(0, std²), bias 0)."""
     if init not in HEAD_INITS:
@@ -54,9 +65,10 @@ def load_head(path: str | Path) -> tuple[dict[str, Tensor], str]:
     """The head's state dict and output function (``linear`` for heads saved before it was recorded)."""
     with safe_open(str(path), framework="pt") as f:
         output = (f.metadata() or {}).get("output", "linear")
-    if output not in VALUE_OUTPUTS:
-        raise ValueError(f"{path}: value head output {output!r} is not one of {VALUE_OUTPUTS}")
-    return load_file(str(path)), output
+    try:
+        return load_file(str(path)), check_output(output)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
 
 
 def char_tokenizer(alphabet: str = string.printable):
@@ -236,11 +248,8 @@ class ValueModel(nn.Module):
 
     def __init__(self, backbone: nn.Module, *, output: str = "linear", head_init: str = "zero"):
         super().__init__()
-        if output not in VALUE_OUTPUTS:
-            raise ValueError(f"value output {output!r}: one of {VALUE_OUTPUTS}")
-        self.backbone, self.output = backbone, output
-        self.head = value_head(backbone.config.hidden_size, head_init,
-                               getattr(backbone.config, "initializer_range", 0.02))
+        self.backbone, self.output = backbone, check_output(output)
+        self.head = value_head(backbone.config.hidden_size, head_init, init_std(backbone.config))
 
     @classmethod
     def from_policy(cls, policy: nn.Module, **head) -> "ValueModel":
@@ -277,9 +286,12 @@ class ValueHead(nn.Module):
 
     def __init__(self, hidden_size: int, *, output: str = "linear", head_init: str = "zero", std: float = 0.02):
         super().__init__()
-        if output not in VALUE_OUTPUTS:
-            raise ValueError(f"value output {output!r}: one of {VALUE_OUTPUTS}")
-        self.output, self.head = output, value_head(hidden_size, head_init, std)
+        self.output, self.head = check_output(output), value_head(hidden_size, head_init, std)
+
+    @classmethod
+    def for_policy(cls, policy: nn.Module, **head) -> "ValueHead":
+        """A fresh head over ``policy``'s hidden states, on its device (``output``, ``head_init``)."""
+        return cls(policy.config.hidden_size, **head, std=init_std(policy.config)).to(next(policy.parameters()).device)
 
     def values_from_hidden(self, hidden: Tensor) -> Tensor:
         return read_values(self.head, hidden, self.output)

@@ -59,8 +59,7 @@ def new_value_model(cfg: RunConfig, policy, *, shared: bool = False) -> ValueMod
     v, m = cfg.model.value, cfg.model
     head = {"output": v.output, "head_init": v.head_init}
     if shared:
-        return ValueHead(policy.config.hidden_size, **head, std=getattr(policy.config, "initializer_range", 0.02)
-                         ).to(next(policy.parameters()).device)
+        return ValueHead.for_policy(policy, **head)
     if v.name_or_path is None:
         return ValueModel.from_policy(policy, **head)
     check_value_backbone(cfg)

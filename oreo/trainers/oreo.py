@@ -73,7 +73,7 @@ class OREOObjective(ReferenceObjective):
         if value is not None:
             self.value = value
         elif cfg.shared_backbone:
-            self.value = ValueHead(policy.config.hidden_size).to(next(policy.parameters()).device)
+            self.value = ValueHead.for_policy(policy)
         else:
             self.value = ValueModel.from_policy(policy)
 
