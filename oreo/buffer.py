@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import re
 import shutil
@@ -285,18 +286,26 @@ MAX_SUSPICIOUS_SHARE = 0.5
 
 
 def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[str]], *, task: str = "",
-                           id_prefix: str = "", reward_range: tuple[float, float] = (0.0, 1.0)) -> list[Trajectory]:
+                           id_prefix: str = "", reward_range: tuple[float, float] = (0.0, 1.0),
+                           accept_out_of_range: bool = False) -> tuple[list[Trajectory], dict]:
     """Records from the reference implementation's math data: JSON lines ``{"prompt", "response",
     "reward"}`` (the prompt fully formatted, chat template included; lines of one prompt contiguous),
-    as the authors released theirs. Responses are split into steps with ``split_steps``; a prompt's
-    lines share one ``problem_id``; other fields of a line are kept in ``meta["extra"]``. Ids are
-    ``{id_prefix}ref-line{N}`` (a prefix per buffer round keeps them unique when one file is imported in
-    several rounds). A bad line raises ``RecordError`` naming the file, line and field. Rewards outside
-    ``reward_range``, empty responses and duplicate lines are counted and reported, and the file is
-    refused when they are more than ``MAX_SUSPICIOUS_SHARE`` of its lines.
+    as the authors released theirs, and a report of what was odd about them. Responses are split into
+    steps with ``split_steps``; a prompt's lines share one ``problem_id``; other fields of a line are kept
+    in ``meta["extra"]``. Ids are ``{id_prefix}ref-line{N}`` (a prefix per buffer round keeps them unique
+    when one file is imported in several rounds).
+
+    A bad line raises ``RecordError`` naming the file, line and field. So does an empty prompt (there is
+    nothing to condition on), and a reward outside ``reward_range`` (the task's: one such reward can swamp
+    every other in OREO's value loss) unless ``accept_out_of_range``; then those lines are imported and
+    listed in the report. Empty responses and duplicate lines are counted and reported, and the file is
+    refused when they are more than ``MAX_SUSPICIOUS_SHARE`` of its lines. The report maps each oddity
+    found to its line numbers, plus ``"lines"``: the number imported.
     """
     records, problem_ids, seen = [], {}, set()
-    suspicious = {"reward outside the task's range": [], "empty response": [], "duplicate line": []}
+    low, high = reward_range
+    outside = "reward outside the task's range"
+    odd = {"empty prompt": [], outside: [], "empty response": [], "duplicate line": []}
     for where, lineno, obj in json_lines(path):
         for key, kind in (("prompt", str), ("response", str), ("reward", (int, float))):
             if key not in obj:
@@ -304,12 +313,14 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
             if not isinstance(obj[key], kind) or isinstance(obj[key], bool) and key == "reward":
                 raise RecordError(f"expected {getattr(kind, '__name__', 'a number')}, got "
                                   f"{type(obj[key]).__name__}", where, key)
-        low, high = reward_range
-        for problem, hit in (("reward outside the task's range", not low <= obj["reward"] <= high),
+        if not math.isfinite(obj["reward"]):
+            raise RecordError(f"not a finite number: {obj['reward']}", where, "reward")
+        for problem, hit in (("empty prompt", not obj["prompt"].strip()),
+                             (outside, not low <= obj["reward"] <= high),
                              ("empty response", not obj["response"].strip()),
                              ("duplicate line", (obj["prompt"], obj["response"], obj["reward"]) in seen)):
             if hit:
-                suspicious[problem].append(lineno)
+                odd[problem].append(lineno)
         seen.add((obj["prompt"], obj["response"], obj["reward"]))
         problem_id = problem_ids.setdefault(obj["prompt"], f"ref-{len(problem_ids):06d}")
         extra = {k: v for k, v in obj.items() if k not in ("prompt", "response", "reward")}
@@ -320,13 +331,27 @@ def import_reference_jsonl(path: str | Path, split_steps: Callable[[str], list[s
         if extra:
             record["meta"]["extra"] = extra
         records.append(Trajectory.from_dict(record, where))
-    report = {problem: lines for problem, lines in suspicious.items() if lines}
+
+    def lines(numbers: list[int]) -> str:
+        more = ", ..." if len(numbers) > 5 else ""
+        return f"line{'s' if len(numbers) > 1 else ''} {', '.join(map(str, numbers[:5]))}{more}"
+
+    n = len(records)
+    if odd["empty prompt"]:
+        empty = odd["empty prompt"]
+        raise RecordError(f"empty on {len(empty)} of {n} lines ({lines(empty)}): a response to nothing cannot be "
+                          f"trained on; remove those lines", f"{path}:{empty[0]}", "prompt")
+    if odd[outside] and not accept_out_of_range:
+        raise RecordError(f"outside the task's range [{low:g}, {high:g}] on {len(odd[outside])} of {n} lines "
+                          f"({lines(odd[outside])}); rescale the rewards, or set collect.accept_out_of_range_rewards="
+                          f"true to import them as they are (they are then listed in run.json)",
+                          f"{path}:{odd[outside][0]}", "reward")
+    report = {problem: numbers for problem, numbers in odd.items() if numbers}
     if report:
-        listed = "; ".join(f"{len(lines)} with {problem} (lines {', '.join(map(str, lines[:5]))}"
-                           f"{', ...' if len(lines) > 5 else ''})" for problem, lines in report.items())
-        bad = len({n for lines in report.values() for n in lines})
-        if bad > MAX_SUSPICIOUS_SHARE * len(records):
-            raise RecordError(f"{bad} of {len(records)} lines are suspicious ({listed}), more than "
+        listed = "; ".join(f"{len(numbers)} with {problem} ({lines(numbers)})" for problem, numbers in report.items())
+        bad = len({k for problem, numbers in report.items() if problem != outside for k in numbers})
+        if bad > MAX_SUSPICIOUS_SHARE * n:
+            raise RecordError(f"{bad} of {n} lines are suspicious ({listed}), more than "
                               f"{MAX_SUSPICIOUS_SHARE:.0%}: is this the right file?", str(path))
-        print(f"{path}: imported {len(records)} lines; {listed}", flush=True)
-    return records
+        print(f"{path}: {n} lines; {listed}", flush=True)
+    return records, {"lines": n, **report}

@@ -20,6 +20,8 @@ with status 143, without saving, and says which in-stage checkpoint a rerun resu
 """
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
 import math
 import os
@@ -44,6 +46,9 @@ DEFAULT_SIGTERM_GRACE_S = 30.0
 # scheduler's signal to a worker that got it too, as a member of the process group.
 SIGTERM_REPEAT_S = 1.0
 RESTART_HINT = "delete {dir} to restart the stage from its start"
+# Written last into every atomically saved folder: each file's size (and, for a finished stage's output,
+# its SHA-256), so a rerun that relies on the folder finds a file cut or changed since, before loading it.
+MANIFEST = "oreo_manifest.json"
 
 
 class CheckpointError(RuntimeError):
@@ -217,8 +222,10 @@ def load_trainer_state(path: Path, engines: dict) -> dict:
     return {"step": step}
 
 
-def save_atomically(path: str | Path, write) -> Path:
-    """Call ``write(tmp_dir)`` then rename ``tmp_dir`` to ``path``: a kill never leaves half a checkpoint."""
+def save_atomically(path: str | Path, write, *, hashes: bool = True) -> Path:
+    """Call ``write(tmp_dir)``, record its files in ``MANIFEST`` (sizes, and SHA-256 with ``hashes``), then
+    rename ``tmp_dir`` to ``path``: a kill never leaves half a checkpoint. A full disk raises ``DiskFull``
+    naming the folder (the previous checkpoint stays whole)."""
     path = Path(path)
     rank, _ = rank_world()
     tmp = path.with_name(path.name + ".tmp")
@@ -226,8 +233,18 @@ def save_atomically(path: str | Path, write) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
     barrier()
-    write(tmp)
-    barrier()
+    try:
+        write(tmp)
+        barrier()
+        if rank == 0:
+            write_manifest(tmp, hashes=hashes)
+    except Exception as e:
+        full = disk_full(tmp, e)
+        if full is None:
+            raise
+        if rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)  # give back what the cut write took
+        raise full from e
     if rank == 0:
         old = path.with_name(path.name + ".old")
         if path.exists():
@@ -236,6 +253,101 @@ def save_atomically(path: str | Path, write) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     barrier()  # no rank reads the checkpoint before it is in place
     return path
+
+
+class DiskFull(OSError):
+    """A write failed because the file system holding it has no space left."""
+
+
+def disk_full(path: Path, error: BaseException) -> DiskFull | None:
+    """``DiskFull`` naming ``path`` if ``error`` came from a full disk, else None. torch.save reports a short
+    write as "unexpected pos" with no errno; a full disk is then confirmed by the free space left."""
+    chain, e = [], error
+    while e is not None and len(chain) < 10:
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    by_errno = any(getattr(e, "errno", None) in (errno.ENOSPC, errno.EDQUOT) for e in chain)
+    text = " ".join(str(e) for e in chain)
+    try:
+        free = shutil.disk_usage(path if path.exists() else path.parent).free
+    except OSError:
+        free = None
+    short_write = any(s in text for s in ("unexpected pos", "No space left", "file write failed"))
+    if not by_errno and not (short_write and free is not None and free < (1 << 20)):
+        return None
+    left = f"{free} bytes free" if free is not None else "free space unknown"
+    return DiskFull(errno.ENOSPC, f"{path}: could not be written, the disk is full ({left}); free some space and "
+                                  f"rerun the same command: it resumes from the last complete checkpoint")
+
+
+def _sha256(file: Path) -> str:
+    h = hashlib.sha256()
+    with open(file, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def write_manifest(folder: str | Path, *, hashes: bool = True) -> None:
+    """``folder/MANIFEST``: every file under ``folder`` with its size and, with ``hashes``, its SHA-256."""
+    folder = Path(folder)
+    files = {}
+    for file in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != MANIFEST):
+        entry = {"size": file.stat().st_size}
+        if hashes:
+            entry["sha256"] = _sha256(file)
+        files[file.relative_to(folder).as_posix()] = entry
+    (folder / MANIFEST).write_text(json.dumps({"version": 1, "files": files}, indent=1))
+
+
+def verify_manifest(folder: str | Path, hint: str) -> bool:
+    """Check ``folder``'s files against its ``MANIFEST`` (False if it has none: written before manifests).
+    A missing, cut or changed file raises ``CheckpointError`` naming it, with ``hint`` (what to do)."""
+    folder = Path(folder)
+    manifest = folder / MANIFEST
+    if not manifest.exists():
+        return False
+    try:
+        files = json.loads(manifest.read_text())["files"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(manifest, f"damaged, cannot be read ({e})", hint) from None
+    for name, entry in files.items():
+        file = folder / name
+        if not file.is_file():
+            raise CheckpointError(file, "missing: the stage wrote it and it is gone", hint)
+        size = file.stat().st_size
+        if size != entry["size"]:
+            raise CheckpointError(file, f"{'cut short' if size < entry['size'] else 'grown'}: {size} bytes, "
+                                        f"{entry['size']} when written", hint)
+        if "sha256" in entry and _sha256(file) != entry["sha256"]:
+            raise CheckpointError(file, "changed since it was written (its SHA-256 differs)", hint)
+    return True
+
+
+def check_safetensors(folder_or_file: str | Path, hint: str = "") -> None:
+    """Every ``.safetensors`` file (in a folder, or the file) is whole: its header reads and its tensors end
+    where the file ends. A damaged one raises ``CheckpointError`` naming it (safetensors' own error does not)."""
+    path = Path(folder_or_file)
+    files = sorted(path.glob("*.safetensors")) if path.is_dir() else [path]
+    hint = hint or ("it was cut or damaged after it was written: rerun the stage that wrote it (in its run: "
+                    "recompute=[STAGE]), or restore the file")
+    for file in files:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            header = f.read(n) if 0 <= n <= size - 8 else b""
+        try:
+            meta = json.loads(header) if header else None
+            ends = [t["data_offsets"][1] for k, t in meta.items() if k != "__metadata__"]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            meta = None
+        if meta is None:
+            raise CheckpointError(file, f"damaged: no readable safetensors header ({size} bytes)", hint)
+        expected = 8 + n + max(ends, default=0)
+        if size != expected:
+            raise CheckpointError(file, f"{'cut short' if size < expected else 'damaged'}: {size} bytes, its header "
+                                        f"says {expected}", hint)
 
 
 def weights_stamp(folder: str | Path | None) -> int | None:
@@ -503,6 +615,7 @@ class StageCheckpoints:
             if rank_world()[0] == 0:
                 shutil.rmtree(self.dir, ignore_errors=True)
             return 0
+        verify_manifest(self.dir, RESTART_HINT.format(dir=self.dir))
         step = int(load_trainer_state(self.dir, self.engines)["step"])
         self._saved_step = self._last_step = step
         if rank_world()[0] == 0:
@@ -528,7 +641,8 @@ class StageCheckpoints:
 
     def save(self, step: int) -> None:
         self._saving_step = step
-        save_atomically(self.dir, lambda tmp: save_trainer_state(tmp, self.engines, step))
+        # sizes only: hashing every in-stage save of a large model's optimizer state would cost seconds each
+        save_atomically(self.dir, lambda tmp: save_trainer_state(tmp, self.engines, step), hashes=False)
         self._saving_step, self._saved_step = None, step
 
     def finish(self) -> None:

@@ -218,7 +218,10 @@ class CollectConfig:
     # train (RFT, OREO, ...) on at most k correct and k incorrect samples per problem (spec §4.2)
     balanced_k: int | None = at_least(1, None)
     # import this jsonl of {prompt, response, reward} (the reference's format) instead of sampling
+    # (single-turn tasks; the file is checked before the first stage)
     from_file: str | None = None
+    # import rewards outside the task's range (reward_range) as they are, listed in run.json, instead of refusing
+    accept_out_of_range_rewards: bool = False
 
     def __post_init__(self):
         validate(self)

@@ -19,6 +19,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
+from oreo.checkpoint import check_safetensors
+
 TINY_SPECIALS = ("<pad>", "<eos>", "<bos>")
 VALUE_HEAD_FILE = "value_head.safetensors"
 VALUE_OUTPUTS = ("linear", "tanh")    # V = head(h) | tanh(head(h))
@@ -63,6 +65,7 @@ def save_head(head: nn.Linear, output: str, path: str | Path) -> None:
 
 def load_head(path: str | Path) -> tuple[dict[str, Tensor], str]:
     """The head's state dict and output function (``linear`` for heads saved before it was recorded)."""
+    check_safetensors(path)
     with safe_open(str(path), framework="pt") as f:
         output = (f.metadata() or {}).get("output", "linear")
     try:
@@ -211,6 +214,8 @@ def load_policy(name_or_path: str, *, dtype: str = "float32", tiny: dict | None 
     name_or_path = resolve_model_path(name_or_path)
     if not Path(name_or_path).exists() and os.environ.get("HF_HUB_OFFLINE") == "1":
         raise FileNotFoundError(f"model '{name_or_path}' is not a local folder and HF_HUB_OFFLINE=1")
+    if Path(name_or_path).is_dir():
+        check_safetensors(name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -274,6 +279,7 @@ class ValueModel(nn.Module):
     def from_pretrained(cls, path: str | Path, *, dtype: str = "float32") -> "ValueModel":
         from transformers import AutoModel
 
+        check_safetensors(path)
         backbone = AutoModel.from_pretrained(str(path), dtype=getattr(torch, dtype))
         state, output = load_head(Path(path) / VALUE_HEAD_FILE)
         model = cls(backbone, output=output)

@@ -5,6 +5,7 @@ there (``resume=true``), so an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import progress_dir, weights_stamp
+from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -65,7 +66,10 @@ class Run:
         if not cfg.resume and any((self.dir / name).exists() for name in ("run.json", "checkpoints", "buffer")):
             raise FileExistsError(f"{self.dir} holds an earlier run, and resume=false would mix its outputs with "
                                   f"new ones: use a new run_dir, or delete {self.dir} first")
+        self._forgotten: set[tuple[str, str | None]] = set()   # run.json entries recompute removed
         self.task = make_task(cfg.task)
+        self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
+        self.import_file()   # bad data fails now, before any stage, whatever `stages` says
         self.results = self._read_results()
         redo = self.to_recompute(list(cfg.recompute))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run
@@ -83,7 +87,6 @@ class Run:
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
-        self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=as_dict(cfg.wandb),
                                     config=self.plain, enabled=self.main)
@@ -137,16 +140,32 @@ class Run:
         return {}
 
     def _write_results(self) -> None:
-        """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details."""
+        """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details.
+
+        What another process wrote to ``run.json`` since this one read it is merged in, never overwritten: a
+        process that loses a race cannot drop the record of a stage that finished (``merge_results``)."""
         if not self.main:
             return
-        for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
-            tmp = self.dir / f"{name}.tmp"
-            tmp.write_text(json.dumps(content, indent=2))
-            os.replace(tmp, self.dir / name)
+        with open(self.dir / "run.json.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                on_disk = json.loads((self.dir / "run.json").read_text())
+            except (OSError, ValueError):
+                on_disk = {}
+            self.results = merge_results(on_disk, self.results, self._forgotten)
+            for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
+                tmp = self.dir / f"{name}.tmp"
+                tmp.write_text(json.dumps(content, indent=2))
+                os.replace(tmp, self.dir / name)
 
     def done(self, path: Path) -> bool:
-        return bool(self.cfg.resume) and path.exists()
+        """Whether the stage output ``path`` is there to reuse; one whose files were cut or changed since the
+        stage wrote them (its manifest) raises ``CheckpointError`` naming the file and the way out."""
+        if not (self.cfg.resume and path.exists()):
+            return False
+        verify_manifest(path, f"the finished stage '{path.name}' cannot be reused: rerun with recompute=[{path.name}] "
+                              f"(it redoes the stage and those trained on it), or delete {path}")
+        return True
 
     # ------------------------------------------------------------------ what shaped each stage (oreo.stages)
     def started(self, stage: str) -> bool:
@@ -201,9 +220,9 @@ class Run:
 
     def _forget(self, stage: str) -> None:
         r = self.results
-        r.get("settings", {}).pop(stage, None)
-        r.get("stages", {}).pop(stage, None)
-        r.get("skipped", {}).pop(stage, None)
+        for key in ("settings", "stages", "skipped"):
+            r.get(key, {}).pop(stage, None)
+            self._forgotten.add((key, stage))
         methods = list(r.get("accuracy", {})) if stage == "evaluate" else [stage]
         if kind(stage) == "collect":
             number = int(stage.split("_")[1])
@@ -212,6 +231,7 @@ class Run:
                 partial.unlink()
             if number == 0:
                 r.pop("buffer", None)
+                self._forgotten.add(("buffer", None))
             return
         if stage != "evaluate":
             for suffix in ("", ".progress", ".tmp", ".old"):
@@ -219,6 +239,7 @@ class Run:
         for method in methods:
             for key in ("accuracy", "sampled", "episodes"):
                 r.get(key, {}).pop(method, None)
+                self._forgotten.add((key, method))
             for path in (self.dir / "eval").glob(f"{method}-*.jsonl"):
                 path.unlink()
 
@@ -233,11 +254,11 @@ class Run:
         if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
-                    records = import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name,
-                                                     id_prefix=f"r{round}-")
+                    records, report = self.import_file(id_prefix=f"r{round}-")
                     self.buffer.append(records, round=round)
-                    self.results.setdefault("stages", {})[f"collect_{round}"] = {"imported": str(c.from_file),
-                                                                                 "records": len(records)}
+                    self.results.setdefault("stages", {})[f"collect_{round}"] = {
+                        "imported": str(c.from_file), "records": len(records),
+                        **{f"lines with {k}": v for k, v in report.items() if k != "lines"}}
                 barrier()
             return self.buffer.stats(rounds=[round])
         if not (self.cfg.resume and round in self.buffer.rounds()):
@@ -251,6 +272,21 @@ class Run:
             self.logger.log("collect", round, info)
             self.results.setdefault("stages", {})[f"collect_{round}"] = info
         return self.buffer.stats(rounds=[round])
+
+    def import_file(self, id_prefix: str = "r0-") -> tuple[list, dict] | None:
+        """``collect.from_file``'s records and import report (None without one); a file that cannot be imported
+        into this task raises, naming the file, line and field."""
+        c = self.cfg.collect
+        if not c.from_file:
+            return None
+        if self.agent:
+            raise ConfigError("collect.from_file", f"imports single-turn data ({{prompt, response, reward}} lines); "
+                                                   f"task {self.task.name} plays multi-turn episodes, which that "
+                                                   f"format cannot hold: collect its episodes instead (drop "
+                                                   f"collect.from_file)")
+        return import_reference_jsonl(c.from_file, self.task.split_steps, task=self.task.name, id_prefix=id_prefix,
+                                      reward_range=self.task.reward_range,
+                                      accept_out_of_range=c.accept_out_of_range_rewards)
 
     def collect_trees(self, policy_dir: Path, value_dir: Path | None, round: int, max_problems: int | None) -> dict:
         """Collection round ``round`` as search trees (``mcts`` settings) with the policy in ``policy_dir`` and
@@ -347,7 +383,8 @@ class Run:
         success per goal kind, "episodes"); what a previous run already measured is kept."""
         self.claim("evaluate")
         splits = list(self.cfg.evaluate.splits)
-        have = self.results.get("accuracy", {}).get(method, {})
+        have = {split: acc for split, acc in self.results.get("accuracy", {}).get(method, {}).items()
+                if self.eval_file_whole(method, split)}
         sampled_cfg = self.cfg.evaluate.sampled
         n_samples = sampled_cfg.n
         have_sampled = self.results.get("sampled", {}).get(method, {})
@@ -382,6 +419,24 @@ class Run:
         close_sampler(sampler)
         self._write_results()
         return have
+
+    def eval_file_whole(self, method: str, split: str) -> bool:
+        """Whether ``eval/METHOD-SPLIT.jsonl`` holds one readable row per problem (game) of ``split``; if not,
+        the evaluation is measured again rather than reported from what is left of it."""
+        path = self.dir / "eval" / f"{method}-{split}.jsonl"
+        expected = len(self.task.problems(split))
+        try:
+            lines = [line for line in path.read_text().splitlines() if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            lines, found = None, f"unreadable ({type(e).__name__})"
+        if lines is not None:
+            whole = sum(_parses(line) for line in lines)
+            if whole == len(lines) == expected:
+                return True
+            found = f"{whole} of {expected} rows" + (f" and {len(lines) - whole} damaged" if whole < len(lines) else "")
+        if self.main:
+            print(f"{path}: {found}; measuring {method} on {split} again", flush=True)
+        return False
 
     def value_init(self, name: str) -> Path | None:
         """The value model method ``name`` starts from, if not a fresh one: the PRM's with ``prm.init=oreo``."""
@@ -419,6 +474,31 @@ class Run:
             print(f"results: {self.dir / 'metrics.json'}")
         barrier()
         return self.results
+
+
+def _parses(line: str) -> bool:
+    try:
+        return isinstance(json.loads(line), dict)
+    except ValueError:
+        return False
+
+
+def merge_results(on_disk: dict, mine: dict, forgotten: set) -> dict:
+    """``run.json`` as ``mine`` says, keeping every entry of ``on_disk`` that ``mine`` lacks: top-level
+    sections that are dicts (stage → record, method → split → accuracy) merge entry by entry, ``mine`` winning
+    where both have one; ``forgotten`` lists ``(section, entry)`` pairs removed on purpose (``(section,
+    None)``: the whole section)."""
+    merged = dict(on_disk)
+    for key, value in mine.items():
+        old = on_disk.get(key)
+        merged[key] = {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
+    for key, entry in forgotten:
+        if entry is None:
+            if key not in mine:
+                merged.pop(key, None)
+        elif isinstance(merged.get(key), dict) and entry not in mine.get(key, {}):
+            merged[key].pop(entry, None)
+    return merged
 
 
 def format_table(accuracy: dict, splits: list[str]) -> str:

@@ -72,6 +72,7 @@ class Task(Protocol):
     kind = "single_turn"
     name: str
     step_stops: list[str]  # the strings that end a step (what a step-level search stops at)
+    reward_range: tuple[float, float]  # the rewards its grader gives (imported data outside it is refused)
 
     def problems(self, split: str) -> list: ...
 
@@ -101,6 +102,7 @@ class AgentTask(Protocol):
     kind = "agent"
     name: str
     max_steps: int
+    reward_range: tuple[float, float]  # an episode's total reward
 
     def problems(self, split: str) -> list[Game]: ...
 

@@ -214,7 +214,8 @@ def test_import_reference_format(tmp_path):
              {"prompt": "<|im_start|>user\nQ1<|im_end|>\n<|im_start|>assistant\n", "response": "c", "reward": 0},
              {"prompt": "<|im_start|>user\nQ2<|im_end|>\n<|im_start|>assistant\n", "response": "", "reward": 0}]
     path.write_text("".join(json.dumps(x) + "\n" for x in lines))
-    records = import_reference_jsonl(path, lambda t: t.splitlines(keepends=True), task="gsm8k")
+    records, report = import_reference_jsonl(path, lambda t: t.splitlines(keepends=True), task="gsm8k")
+    assert report == {"lines": 3, "empty response": [3]}
     assert all(isinstance(r, Trajectory) for r in records)
     assert [r.problem_id for r in records] == ["ref-000000", "ref-000000", "ref-000001"]
     assert records[0].steps == ["a\n", "b\n", "#### 3"] and records[0].correct is True
@@ -247,19 +248,46 @@ def test_import_counts_suspicious_lines_keeps_extra_fields_and_refuses_a_wrong_f
     good = [{"prompt": f"q{i}", "response": f"a{i}", "reward": i % 2, "source": "gsm8k", "score": 0.5 * i}
             for i in range(8)]
     odd = [{"prompt": "q0", "response": "a0", "reward": 0},   # duplicate of line 1
-           {"prompt": "q9", "response": " ", "reward": 0},     # empty response
-           {"prompt": "q9", "response": "b", "reward": 5}]     # outside [0, 1]
+           {"prompt": "q9", "response": " ", "reward": 0}]     # empty response
     path = tmp_path / "data.jsonl"
     path.write_text("".join(json.dumps(x) + "\n" for x in good + odd))
-    records = import_reference_jsonl(path, str.split)
-    assert len(records) == 11
+    records, report = import_reference_jsonl(path, str.split)
+    assert len(records) == 10 and report == {"lines": 10, "empty response": [10], "duplicate line": [9]}
     assert records[1].meta["extra"] == {"source": "gsm8k", "score": 0.5}  # nothing dropped
     said = capsys.readouterr().out
-    assert "1 with reward outside the task's range (lines 11)" in said
-    assert "1 with empty response (lines 10)" in said and "1 with duplicate line (lines 9)" in said
+    assert "1 with empty response (line 10)" in said and "1 with duplicate line (line 9)" in said
     assert MAX_SUSPICIOUS_SHARE == 0.5
-    path.write_text("".join(json.dumps({"prompt": "q", "response": "a", "reward": 3}) + "\n" for _ in range(4)))
+    path.write_text("".join(json.dumps({"prompt": "q", "response": " ", "reward": 1}) + "\n" for _ in range(4)))
     with pytest.raises(RecordError, match=r"4 of 4 lines are suspicious.*right file"):
+        import_reference_jsonl(path, str.split)
+
+
+def test_an_imported_reward_outside_the_tasks_range_is_refused_unless_accepted(tmp_path):
+    from oreo.buffer import import_reference_jsonl
+
+    lines = [{"prompt": f"q{i}", "response": "a", "reward": r} for i, r in enumerate([1, 0, -1e6, 1, 5])]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RecordError, match=r"data\.jsonl:3: field 'reward': outside the task's range \[0, 1\] on 2 "
+                                          r"of 5 lines \(lines 3, 5\).*accept_out_of_range_rewards=true"):
+        import_reference_jsonl(path, str.split)
+    records, report = import_reference_jsonl(path, str.split, reward_range=(-1e6, 5))   # a task with that range
+    assert len(records) == 5 and "reward outside the task's range" not in report
+    records, report = import_reference_jsonl(path, str.split, accept_out_of_range=True)
+    assert [r.reward for r in records] == [1, 0, -1e6, 1, 5]
+    assert report["reward outside the task's range"] == [3, 5]   # imported, and reported
+    path.write_text(json.dumps({"prompt": "q", "response": "a", "reward": float("nan")}) + "\n")
+    with pytest.raises(RecordError, match=r":1: field 'reward': not a finite number"):
+        import_reference_jsonl(path, str.split, accept_out_of_range=True)
+
+
+def test_an_imported_empty_prompt_is_counted_and_refused(tmp_path):
+    from oreo.buffer import import_reference_jsonl
+
+    lines = [{"prompt": p, "response": "a", "reward": 1} for p in ["q1", "", "q2", "  \n", "q3"]]
+    path = tmp_path / "data.jsonl"
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    with pytest.raises(RecordError, match=r"data\.jsonl:2: field 'prompt': empty on 2 of 5 lines \(lines 2, 4\)"):
         import_reference_jsonl(path, str.split)
 
 

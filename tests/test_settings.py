@@ -1,12 +1,14 @@
 """Bad settings fail when the config is built, naming the key and the allowed range, before any stage
 runs; inputs named by the config are checked first too (the probes of the issue "Trustworthy runs")."""
+import json
 from pathlib import Path
 
 import pytest
 from hydra.errors import ConfigCompositionException
 
 from oreo.config import ConfigError
-from oreo.pipeline import Run
+from oreo.buffer import RecordError
+from oreo.pipeline import Run, merge_results
 from oreo.run_config import compose
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.oreo import OREOConfig
@@ -83,6 +85,63 @@ def test_a_damaged_run_json_names_the_file_and_what_to_do(tmp_path):
     (tmp_path / "run" / "run.json").write_text('{"accuracy": {"sft": ')  # cut by a full disk
     with pytest.raises(RuntimeError, match=r"run\.json: damaged.*delete it"):
         run_with(tmp_path)
+
+
+def write_import(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("stages", ["[sft]", "[sft,collect,oreo]", "[collect]"])
+def test_a_bad_import_fails_before_the_first_stage_whatever_the_stages(tmp_path, stages):
+    bad = write_import(tmp_path / "data.jsonl", [{"prompt": "q", "response": "a", "reward": 1},
+                                                 {"prompt": "q", "response": "a", "reward": "yes"}])
+    with pytest.raises(RecordError, match=r"data\.jsonl:2: field 'reward'"):
+        run_with(tmp_path, f"collect.from_file={bad}", f"stages={stages}")
+    assert not (tmp_path / "run").exists()   # nothing trained, nothing written
+    empty = write_import(tmp_path / "empty.jsonl", [{"prompt": "", "response": "a", "reward": 1}])
+    with pytest.raises(RecordError, match=r"empty\.jsonl:1: field 'prompt': empty"):
+        run_with(tmp_path, f"collect.from_file={empty}", f"stages={stages}")
+
+
+def test_out_of_range_imported_rewards_are_refused_or_accepted_and_reported(tmp_path):
+    rows = [{"prompt": f"{i} +1\n", "response": f"{i}+1={i + 1}\n#### {i + 1}", "reward": 1} for i in range(40)]
+    rows[3]["reward"] = -1e6
+    path = write_import(tmp_path / "data.jsonl", rows)
+    with pytest.raises(RecordError, match=r"data\.jsonl:4: field 'reward': outside the task's range \[0, 1\]"):
+        run_with(tmp_path, f"collect.from_file={path}")
+    run = run_with(tmp_path, f"collect.from_file={path}", "collect.accept_out_of_range_rewards=true", "stages=[collect]")
+    run.collect(Path("unused"))
+    assert run.results["stages"]["collect_0"]["lines with reward outside the task's range"] == [4]
+    assert sorted(r.reward for r in run.buffer.load())[0] == -1e6
+
+
+def test_agent_tasks_refuse_an_import_when_the_run_is_built(tmp_path):
+    path = write_import(tmp_path / "data.jsonl", [{"prompt": "q", "response": "a", "reward": 1}])
+    with pytest.raises(ConfigError, match=r"collect\.from_file: .*household plays multi-turn episodes"):
+        Run(compose([f"run_dir={tmp_path / 'run'}", "+experiment=household", f"collect.from_file={path}"]))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_process_that_loses_a_race_keeps_the_records_of_finished_stages(tmp_path):
+    first, second = run_with(tmp_path), run_with(tmp_path)   # both read run.json before either wrote
+    first.results.setdefault("stages", {})["sft"] = {"steps": 3}
+    first.results.setdefault("accuracy", {})["sft"] = {"test": 0.5}
+    first._write_results()
+    second.results.setdefault("stages", {})["oreo"] = {"steps": 6}
+    second.results.setdefault("accuracy", {})["oreo"] = {"test": 0.7}
+    second._write_results()   # the stale writer
+    on_disk = json.loads((tmp_path / "run" / "run.json").read_text())
+    assert on_disk["stages"] == {"sft": {"steps": 3}, "oreo": {"steps": 6}}
+    assert on_disk["accuracy"] == {"sft": {"test": 0.5}, "oreo": {"test": 0.7}}
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == on_disk["accuracy"]
+
+
+def test_merge_results_keeps_what_the_disk_has_but_not_what_was_removed_on_purpose():
+    disk = {"stages": {"sft": 1, "oreo": 2}, "accuracy": {"sft": {"test": 0.1}}, "buffer": {"n": 4}}
+    mine = {"stages": {"sft": 9}, "accuracy": {}}
+    merged = merge_results(disk, mine, {("stages", "oreo"), ("buffer", None)})
+    assert merged == {"stages": {"sft": 9}, "accuracy": {"sft": {"test": 0.1}}}
 
 
 @pytest.mark.parametrize("overrides,key,says", [

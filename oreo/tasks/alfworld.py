@@ -305,6 +305,7 @@ class AlfworldTask:
 
     name = "alfworld"
     kind = "agent"
+    reward_range = (0.0, 1.0)
 
     def __init__(self, cfg: AlfworldConfig):
         self.cfg = cfg

@@ -427,6 +427,7 @@ class ArithmeticTask:
 
     name = "arithmetic"
     kind = "single_turn"
+    reward_range = (0.0, 1.0)
 
     def __init__(self, cfg: ArithmeticConfig | None = None) -> None:
         self.cfg = cfg if cfg is not None else ArithmeticConfig()

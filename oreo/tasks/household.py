@@ -386,6 +386,7 @@ class HouseholdTask:
 
     name = "household"
     kind = "agent"
+    reward_range = (0.0, 1.0)
 
     def __init__(self, cfg: HouseholdConfig | None = None):
         self.cfg = cfg or HouseholdConfig()

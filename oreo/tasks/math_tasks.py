@@ -129,6 +129,7 @@ class MathTask:
     """One of GSM8K or MATH, with the paper's prompts and graders."""
 
     kind = "single_turn"
+    reward_range = (0.0, 1.0)
 
     def __init__(self, cfg: MathConfig | None = None):
         self.cfg = cfg if cfg is not None else MathConfig()
