@@ -130,6 +130,28 @@ def test_grade_gsm8k(response, gold, correct):
     assert grade_gsm8k(response, gold)[1] is correct
 
 
+@pytest.mark.parametrize("response, extracted", [
+    ("#### ４２", "42"),                      # fullwidth
+    ("#### ٤٢", "42"),                        # Arabic-Indic
+    ("#### ४२", "42"),                        # Devanagari
+    ("The total is ١٬٢٣٤ or so: ٤٢.", "42"),  # the last number, without a final line
+    ("#### ４,２００.５0", "4200.50"),          # separators and decimals as with ASCII digits
+    ("#### 4٢", "42"),                        # scripts mixed in one number
+])
+def test_gsm8k_reads_digits_of_other_scripts_as_ascii(response, extracted):
+    # Decision (module docstring): every Unicode decimal digit is the ASCII digit of its value, in
+    # GSM8K and MATH alike; the extracted answer is plain ASCII.
+    assert extract_gsm8k_answer(response) == extracted
+    assert grade_gsm8k(response, extracted) == (extracted, True)
+
+
+def test_gsm8k_other_scripts_grade_by_value():
+    assert grade_gsm8k("#### ４２", "42") == ("42", True)
+    assert grade_gsm8k("#### ٤٢", "42") == ("42", True)
+    assert grade_gsm8k("#### ٤٣", "42") == ("43", False)
+    assert extract_gsm8k_answer("x² = 4²") == "4"  # a superscript is no digit
+
+
 def test_gsm8k_gold():
     assert gsm8k_gold("Natalia sold 48/2 = <<48/2=24>>24 clips.\n#### 2,125") == "2125"
     with pytest.raises(ValueError):
@@ -515,6 +537,168 @@ def test_operators_the_gold_keeps_are_allowed(gold, answer):
 ])
 def test_equivalence_misses(gold, answer, correct):
     assert grade_math(boxed(answer), gold) == (answer, correct)
+
+
+# ------------------------------------------------------------- issue 28, section 3: the grader
+
+
+@pytest.mark.parametrize("answer", [
+    r"15 \text{ dollars}",
+    r"15\text{ dollars}",
+    r"15\text{dollars}",
+    r"15 \text{dollars}",
+    r"15\ \text{dollars}",
+    r"15\,\mbox{dollars}",
+    r"15\textrm{ dollars}.",
+    r"\$15",
+    r"\$ 15.00",
+    r"\textdollar 15",
+    r"\textdollar{}15",
+])
+def test_a_number_with_a_unit_text_grades_correct(answer):
+    # Graded right before the anti-copy rules, wrong after them (a text without a leading space
+    # was read as a product "15 d o l l a r s"), right again.
+    problem = r"Jo buys $3$ tickets at \$5 each. How many dollars does Jo spend?"
+    assert grade_math(boxed(answer), "15") == (answer, True)
+    assert grade_math(boxed(answer), "15", problem=problem) == (answer, True)
+    assert grade_math(boxed(answer), r"\$15", problem=problem) == (answer, True)
+
+
+@pytest.mark.parametrize("gold, answer", [
+    ("5", r"5\,\mathrm{cm}^2"),
+    ("5", r"5\mathrm{cm}"),
+    (r"15\%", r"15\%"),
+    ("25", r"25\text{ units squared}"),
+])
+def test_units_grade_correct(gold, answer):
+    assert grade_math(boxed(answer), gold) == (answer, True)
+
+
+@pytest.mark.parametrize("gold, answer", [
+    ("15", r"15 \text{ dollars and } 3"),   # the text hides another number
+    ("15", r"15\text{ dollars and 3 cents}"),
+    ("15", r"15\text{ dollars}3"),
+    ("15", r"15\text{ dollars}+3"),
+    ("15", r"153\text{ dollars}"),
+    ("3", r"3\text{ squared}"),              # an operator word is no unit
+    ("3", r"3\text{ times }3"),
+    ("2", r"2\mathrm{e}"),                   # nor the constant e, nor i
+    ("3", r"3\text{i}"),
+    (r"\text{even}", r"\text{odd}"),        # a whole answer in text is no unit of nothing
+])
+def test_a_unit_text_that_is_no_unit_grades_wrong(gold, answer):
+    assert grade_math(boxed(answer), gold) == (answer, False)
+
+
+def test_a_unit_does_not_hide_a_copy():
+    problem = r"Jo buys $\dbinom{6}{2}$ stickers at \$1 each. How many dollars does Jo spend?"
+    assert grade_math(boxed(r"\binom{6}{2}\text{ dollars}"), "15", problem=problem)[1] is False
+    assert grade_math(boxed(r"\binom{6}{2}\text{dollars}"), "15", problem=problem)[1] is False
+    assert grade_math(boxed(r"15\text{dollars}"), "15", problem=problem)[1] is True
+
+
+@pytest.mark.parametrize("gold, answer", [
+    (r"\sqrt{2}", "2^{1/2}"),
+    (r"\sqrt{2}", r"2^{\frac12}"),
+    (r"\sqrt{2}", "2^{0.5}"),
+    (r"\sqrt[3]{3}", r"3^{\frac{1}{3}}"),
+    (r"\sqrt[3]{3}", "3^{1/3}"),
+    ("2^{1/2}", r"\sqrt{2}"),
+    (r"3^{\frac{1}{3}}", r"\sqrt[3]{3}"),
+    (r"2\sqrt{2}", "2^{3/2}"),
+    (r"2\sqrt{2}", "8^{1/2}"),
+    (r"\frac{\sqrt{2}}{2}", "2^{-1/2}"),
+    (r"\sqrt{x}", "x^{1/2}"),
+    (r"x^{\frac{1}{2}}", r"\sqrt{x}"),
+])
+def test_a_root_as_a_fractional_power_grades_correct(gold, answer):
+    # Graded right before the anti-copy rules, wrong after them (the power was an operator the
+    # radical gold lacks), right again: a fractional power is a root.
+    assert grade_math(boxed(answer), gold) == (answer, True)
+
+
+@pytest.mark.parametrize("gold, answer", [
+    ("2", "8^{1/3}"),             # a root the gold answer has evaluated away, as \sqrt[3]{8}
+    ("5", r"25^{\frac12}"),
+    ("3", "2^{1/2}"),
+    (r"\sqrt{2}", "2^{1/3}"),
+    (r"\sqrt{2}", "2^{2}"),
+    (r"\sqrt{2}", "2^{0.33}"),
+])
+def test_a_fractional_power_that_is_not_the_gold_grades_wrong(gold, answer):
+    assert grade_math(boxed(answer), gold) == (answer, False)
+
+
+@pytest.mark.parametrize("problem, gold, answer, correct", [
+    (r"Simplify $\sqrt{50}$.", r"5\sqrt{2}", "50^{1/2}", False),   # the radical of the problem
+    (r"Simplify $\sqrt{50}$.", r"5\sqrt{2}", r"50^{\frac12}", False),
+    (r"Simplify $\sqrt{50}$.", r"5\sqrt{2}", r"5 \cdot 2^{1/2}", True),
+    (r"Compute $8^{1/3}$.", "2", r"\sqrt[3]{8}", False),           # the power of the problem
+    (r"Compute $8^{1/3}$.", "2", "8^{1/3}", False),
+    (r"Simplify $\sqrt[3]{54}$.", r"3\sqrt[3]{2}", "54^{1/3}", False),
+    (r"Simplify $\sqrt[3]{54}$.", r"3\sqrt[3]{2}", r"3\cdot 2^{1/3}", True),
+])
+def test_a_fractional_power_copy_of_a_radical_grades_wrong(problem, gold, answer, correct):
+    assert grade_math(boxed(answer), gold, problem=problem) == (answer, correct)
+
+
+@pytest.mark.parametrize("gold, answer, correct", [
+    # a decimal answer equals a gold only if it is exactly its value
+    (r"\frac{1}{3}", "0.3333333", False),
+    (r"\frac{1}{3}", "0.333333", False),
+    (r"\frac{1}{3}", "0.33333333333333333333", False),
+    (r"\frac{2}{3}", "0.6666667", False),
+    (r"\pi", "3.14159265", False),
+    (r"\sqrt{2}", "1.41421356", False),
+    (r"(-\infty,\frac13)", "x<0.3333333", False),
+    (r"\begin{pmatrix} \frac13 \\ 1 \end{pmatrix}", r"\begin{pmatrix} 0.3333333 \\ 1 \end{pmatrix}", False),
+    (r"\frac12", "0.5", True),
+    (r"\frac13", r"0.\overline{3}", True),
+    (r"\frac13", r"0.333\ldots", True),
+    (r"2^{-2}", "0.25", True),
+    (r"\frac{1}{1024}", "0.0009765625", True),
+    (r"\frac{3\pi}{2}", r"1.5\pi", True),
+    (r"(-\infty,0.5)", r"x<\frac{1}{2}", True),
+    # a decimal gold (MATH's rounded answers included) is matched by its exact value only
+    ("0.33", "0.33", True),
+    ("0.33", "0.330", True),
+    ("0.33", r"\frac{33}{100}", True),
+    ("0.33", r"\frac{1}{3}", False),
+    ("0.33", "0.333", False),
+    ("3.14", "3.1416", False),
+    ("3.14", r"\pi", False),
+    ("0.5", "0.54", False),
+    ("1234.5", "1,234.5", True),
+])
+def test_a_decimal_equals_a_gold_only_if_exactly_equal(gold, answer, correct):
+    assert grade_math(boxed(answer), gold) == (answer, correct)
+
+
+def test_decimals_reach_math_verify_as_exact_fractions():
+    assert grading._exact_decimals("0.3333333") == r"{\frac{3333333}{10000000}}"
+    assert grading._exact_decimals(r"-.5x+1.25") == r"-{\frac{5}{10}}x+{\frac{125}{100}}"
+    assert grading._exact_decimals("1,234.5") == r"{\frac{12345}{10}}"
+    assert grading._exact_decimals("(1,234.5)") == "(1,234.5)"  # digit, comma: math-verify decides
+    assert grading._exact_decimals("12") == "12"
+
+
+@pytest.mark.parametrize("gold, answer, correct", [
+    ("42", "４２", True),
+    ("42", "٤٢", True),
+    ("42", "४२", True),
+    (r"\frac{1}{2}", r"\frac{１}{２}", True),
+    ("(1,2)", "(١,٢)", True),
+    ("42", "４３", False),
+    ("4", "²", False),
+])
+def test_math_reads_digits_of_other_scripts_as_ascii(gold, answer, correct):
+    # The same decision as for GSM8K (module docstring).
+    assert grade_math(boxed(answer), gold) == (answer, correct)
+
+
+def test_digits_of_other_scripts_do_not_hide_a_copy():
+    assert grade_math(boxed(r"\binom{６}{２}"), "15", problem=r"Compute $\dbinom{6}{2}$.")[1] is False
+    assert grade_math(boxed(r"\binom{6}{2}"), "15", problem=r"Compute $\dbinom{６}{２}$.")[1] is False
 
 
 def test_expression_extraction_is_off():

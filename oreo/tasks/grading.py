@@ -3,13 +3,23 @@
 GSM8K answers are numbers: the response's final ``#### X`` line when it has one, otherwise its
 last number, compared exactly as decimals (``"1,234"``, ``"$1234.00"`` and ``"1234."`` are equal).
 
+Digits of other scripts are the number they spell, in GSM8K and MATH answers alike: every Unicode
+decimal digit (category Nd: fullwidth ``４２``, Arabic-Indic ``٤٢``) is read as its ASCII digit
+before anything else, because it is the same number in another script (Python's ``\\d`` and
+``Decimal`` read them too, so refusing them would take a rule of its own); superscripts and
+vulgar fractions are no digits (``²`` is ``^2``, ``½`` is ``\\frac{1}{2}``).
+
 MATH answers are LaTeX: the content of the response's last ``\\boxed{...}`` (or ``\\fbox{...}``,
 or ``\\boxed X``) is compared with the gold answer. RL optimises whatever the grader rewards, so
 the grader rewards answers, not restatements of the question. In order:
 
 1. **The gold answer as written** is correct: equal normalised strings (spacing, ``\\dfrac``,
-   ``\\left``, degrees, percent signs, units written as ``\\text{ cm}``, ``x=`` prefixes, thousands
-   separators, choice letters, unicode signs such as ``∞`` and ``−``, braces around the whole).
+   ``\\left``, degrees, percent signs, dollar signs, ``x=`` prefixes, thousands separators, choice
+   letters, unicode signs such as ``∞`` and ``−``, braces around the whole, and a unit: a trailing
+   ``\\text{...}`` after the answer that holds words, no digit, no "or"/"and", does not start with
+   an operator word such as "squared" or "times", and starts with a space or a word of two letters
+   or more: ``15\\text{ dollars}``, ``15\\text{dollars}`` and ``5\\,\\mathrm{cm}^2`` are ``15`` and
+   ``5``; ``15 \\text{ dollars and } 3``, ``3\\text{ squared}`` and ``2\\mathrm{e}`` are not).
 2. **A copy of the question** is wrong. Given the problem statement (``problem=``; the MATH task
    passes it), an answer that is a span of the statement (up to that same notation, starting and
    ending at whole numbers, words and commands) is wrong unless it is the gold answer as written:
@@ -17,8 +27,10 @@ the grader rewards answers, not restatements of the question. In order:
    $0.\\overline{54}$ as a fraction", ``3/8`` for "Write 3/8 as a decimal".
 3. **An operator the gold answer has evaluated away** makes the answer wrong, problem or not.
    Operators are: binomials (``\\binom``, ``\\choose``), factorials (``!``), logarithms, trigonometric
-   functions, sums, products, integrals, limits, roots, powers (``^``, ``\\exp``), ``mod``, floors
-   and ceilings, absolute values, functions such as ``\\gcd`` and ``\\max``, and ``+``/binary
+   functions, sums, products, integrals, limits, roots (also a power whose exponent is a fraction
+   or decimal number: ``2^{1/2}`` and ``3^{\\frac13}`` are roots, like ``\\sqrt{2}`` and
+   ``\\sqrt[3]{3}``), powers (``^``, ``\\exp``), ``mod``, floors and ceilings, absolute values,
+   functions such as ``\\gcd`` and ``\\max``, and ``+``/binary
    ``-``/``\\pm``: the answer may hold one only if the gold answer holds one of the same kind
    (``2^{10}`` may be ``4^5``, ``1024`` may not be ``2^{10}``; ``\\cot x`` may be
    ``\\frac{\\cos x}{\\sin x}``). When the gold answer is a constant (no variables), products
@@ -30,7 +42,8 @@ the grader rewards answers, not restatements of the question. In order:
    ``\\frac12``), a mixed number, a decimal, a repeating decimal, scientific notation
    (``6.72\\times10^{-5}``, ``6.72e-5``, also a bare power of ten ``10^3``). The rule sees kinds of
    operators, not structure: rewriting a copy with operators the gold answer keeps (``\\sqrt{50}``
-   for ``5\\sqrt2``, a factored form for an expanded one) is caught only by rule 2.
+   for ``5\\sqrt2``, a factored form for an expanded one) is caught only by rule 2, which reads a
+   number, letter or group to the power ``1/n`` as the radical (``50^{1/2}`` copies ``\\sqrt{50}``).
 4. **Equivalence.** Both sides are rewritten, then math-verify's symbolic check decides (fractions
    vs decimals, intervals, tuples, sets, matrices, equations, radicals, ...). The rewrites: an
    inequality in one variable with constant bounds is an interval (``-2\\le x<7`` is ``[-2,7)``;
@@ -38,7 +51,16 @@ the grader rewards answers, not restatements of the question. In order:
    fraction (``0.\\overline{3}``, ``0.1\\bar{6}``, ``0.(3)``, ``0.333\\ldots``); E-notation is
    ``\\times10^{k}`` (``6.72e-5``; not when either side uses the constant ``e``); unicode signs are
    LaTeX; the words "or" and "and" join a list (``3 or 5`` is the list ``3, 5``, which is not
-   ``3``: text that holds a digit or a connective is never a unit).
+   ``3``: text that holds a digit or a connective is never a unit); a terminating decimal is the
+   exact fraction it writes (``0.3333333`` is ``\\frac{3333333}{10^7}``). So **a decimal equals a
+   gold answer only if it is exactly its value**: ``0.5`` is ``\\frac12``, ``0.3333333`` is not
+   ``\\frac13`` (``0.\\overline{3}`` is), ``3.1416`` is not ``\\pi``. math-verify alone would
+   accept them: it compares a float with any number rounded to 6 places. A gold answer that is
+   itself a decimal is a value too: ``0.33`` is matched by ``0.330`` and ``\\frac{33}{100}``, not
+   by ``0.333`` or ``\\frac13``, nor ``3.14`` by ``3.1416``. MATH writes a rounded gold answer
+   when the problem asks for rounding ("to the nearest hundredth"), and then the answer must be
+   rounded as asked: a more precise answer that rounds to it is wrong, because an exact decimal
+   gold (``0.5``) cannot be told from a rounded one (``0.54`` must not round to ``0.5``).
 
 Model output is untrusted: nothing here evaluates it as Python. math-verify is asked for LaTeX
 extraction only: its expression extraction, which hands plain text to SymPy's ``parse_expr`` (an
@@ -67,6 +89,7 @@ import re
 import subprocess
 import sys
 import threading
+import unicodedata
 import warnings
 from decimal import Decimal, InvalidOperation
 
@@ -96,10 +119,21 @@ WORKER_MEMORY_LIMIT = 4 * 1024**3
 GSM8K_ANSWER_PREFIX = "####"
 
 # A number with an optional sign and "$", thousands separators only in groups of three. The sign
-# counts only where it cannot be a binary minus ("12-5" ends with 5, not -5).
+# counts only where it cannot be a binary minus ("12-5" ends with 5, not -5). ASCII digits only:
+# other scripts' digits are made ASCII first (_ascii_digits).
 _NUMBER_RE = re.compile(
-    r"(?P<sign>(?<![\w)\]}])-)?(?:\$\s?)?(?P<int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)(?P<frac>\.\d+)?"
+    r"(?P<sign>(?<![\w)\]}])-)?(?:\$\s?)?(?P<int>[0-9]{1,3}(?:,[0-9]{3})+(?![0-9])|[0-9]+)(?P<frac>\.[0-9]+)?"
 )
+
+
+def _ascii_digits(text: str) -> str:
+    """``text`` with every Unicode decimal digit (category Nd: fullwidth ``４``, Arabic-Indic ``٤``,
+    Devanagari ``४``, ...) written as the ASCII digit of the same value. Superscripts and other
+    numerals that are no decimal digits (``²``, ``½``, ``Ⅳ``) are left as they are."""
+    if text.isascii():
+        return text
+    return "".join(c if c.isascii() or unicodedata.decimal(c, None) is None else str(unicodedata.decimal(c))
+                   for c in text)
 
 
 def _numbers(text: str) -> list[str]:
@@ -114,8 +148,10 @@ def extract_gsm8k_answer(text: str) -> str | None:
     """The model's final number, as plain digits (``"-1234.50"``), or None if it has none.
 
     The first number after the last ``####`` wins when there is one; otherwise the last number
-    of the text. Commas between digit groups, a ``$`` and a trailing period are dropped.
+    of the text. Commas between digit groups, a ``$`` and a trailing period are dropped; digits of
+    other scripts are read as the ASCII digits they are (``"#### ４２"`` gives ``"42"``).
     """
+    text = _ascii_digits(text)
     i = text.rfind(GSM8K_ANSWER_PREFIX)
     if i >= 0:
         after = _numbers(text[i + len(GSM8K_ANSWER_PREFIX):].split("\n", 1)[0])
@@ -219,10 +255,13 @@ _SPACING_RE = re.compile(r"(?<!\\)\\[!,;: ]|\\q?quad(?![a-zA-Z])|~")
 _LEFT_RIGHT_RE = re.compile(r"\\(?:left|right)(?![a-zA-Z])")
 _DEGREES_RE = re.compile(r"\^\s*\{?\s*\\circ\s*\}?|°")
 _PERCENT_RE = re.compile(r"\\?%")
-# A unit: a text command at the end whose content starts with a space and holds no digit and no
-# connective ("5\text{ cm}^2", not "3\text{ or 5}").
-_UNIT_RE = re.compile(r"\\(?:text|textrm|mbox|mathrm)\{\s(?![^{}]*(?<![a-zA-Z])(?:or|and)(?![a-zA-Z]))"
-                      r"[^{}\d]*\}(?:\^\{?\d\}?)?\s*$")
+# A unit: a text command at the end, after something, whose content starts with a space or with
+# a word of two letters or more, and holds no digit, no connective and does not start with an
+# operator word ("5\text{ cm}^2", "15\text{dollars}"; not "3\text{ or 5}", "3\text{ squared}",
+# "2\mathrm{e}", nor a whole answer "\text{odd}").
+_OPERATOR_WORD = r"(?:squared|cubed|times|plus|minus|over|divided|factorial|choose|mod|to)(?![a-zA-Z])"
+_UNIT_RE = re.compile(r"(?<=\S)\s*\\(?:text|textrm|mbox|mathrm)\{(?=\s|[a-zA-Z]{2})(?!\s*" + _OPERATOR_WORD + r")"
+                      r"(?![^{}]*(?<![a-zA-Z])(?:or|and)(?![a-zA-Z]))[^{}\d]*\}(?:\^\{?\d\}?)?\s*\.?\s*$")
 _TEXT_RE = re.compile(r"\\(?:text|textrm|textbf|mbox|mathrm|mathbf)\{([^{}]*)\}")
 _THOUSANDS_RE = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 # "3 or 5", "19 and 43", "7, -2, and -5": alternatives and lists become comma lists.
@@ -239,11 +278,12 @@ _ROOT_SIGN_RE = re.compile(r"√\s*(?:\(([^()]*)\)|\{([^{}]*)\}|(\d+(?:\.\d+)?|[
 
 
 def _unicode(text: str) -> str:
-    """Unicode math signs as LaTeX: ``∞`` is ``\\infty``, ``−`` is ``-``, ``√2`` is ``\\sqrt{2}``."""
+    """Unicode math signs as LaTeX: ``∞`` is ``\\infty``, ``−`` is ``-``, ``√2`` is ``\\sqrt{2}``;
+    digits of other scripts as ASCII digits (``４２`` is ``42``)."""
     text = _ROOT_SIGN_RE.sub(
         lambda m: "\\sqrt{" + next((g for g in m.groups() if g is not None), "") + "}"
         if any(g is not None for g in m.groups()) else "\\sqrt ", text)
-    return _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], text)
+    return _UNICODE_RE.sub(lambda m: _UNICODE[m.group(0)], _ascii_digits(text))
 
 
 def _light(text: str, units: bool = True, connectives: bool = True) -> str:
@@ -255,7 +295,7 @@ def _light(text: str, units: bool = True, connectives: bool = True) -> str:
     s = re.sub(r"\\displaystyle(?![a-zA-Z])", "", s)
     s = _DEGREES_RE.sub("", s)
     s = _PERCENT_RE.sub("", s)
-    s = s.replace("\\$", "").replace("$", "")
+    s = re.sub(r"\\textdollar(?![a-zA-Z])(?:\s*\{\})?", "", s).replace("\\$", "").replace("$", "")
     if units:
         s = _UNIT_RE.sub("", s)
     s = _TEXT_RE.sub(r" \1 ", s)
@@ -277,8 +317,8 @@ def normalize_math_answer(answer: str) -> str:
     """A canonical string for the fast path of :func:`math_equal`: equal strings are equivalent.
 
     Reads unicode signs as LaTeX (``∞``, ``−``, ``√``, ``≤``); drops spacing commands,
-    ``\\left``/``\\right``, ``$``, degree and percent signs, a trailing unit such as
-    ``\\text{ cm}^2`` (a text without digits or connectives), a trailing period, thousands
+    ``\\left``/``\\right``, ``$`` and ``\\textdollar``, degree and percent signs, a trailing unit
+    such as ``\\text{ cm}^2`` or ``\\text{dollars}`` (see the module docstring), a trailing period, thousands
     separators and all spaces; unwraps ``\\text{...}``; writes the connectives "or" and "and" as
     commas (``3 or 5`` is the list ``3,5``); writes ``\\dfrac12``, ``\\frac12`` and a plain ``1/2``
     as ``\\frac{1}{2}``, ``\\sqrt2`` as ``\\sqrt{2}``, ``.5`` as ``0.5``, ``3.50`` as ``3.5`` and
@@ -338,8 +378,21 @@ def _same_as_written(answer: str, gold: str) -> bool:
 # ------------------------------------------------------------------------- copies of the problem
 
 
+# A number, a letter or a parenthesised group to the power 1/n: the n-th root, as a radical.
+_UNIT_ROOT_RE = re.compile(r"((?<![\d.])\d+|(?<![a-zA-Z\\])[a-zA-Z]|\([^()]*\))\s*\^\s*"
+                           r"(?:\{\s*(?:1\s*/\s*(\d+)|\\frac\s*\{\s*1\s*\}\s*\{\s*(\d+)\s*\}|(0\.5))\s*\}"
+                           r"|\\frac\s*\{\s*1\s*\}\s*\{\s*(\d+)\s*\})")
+
+
+def _radical(m: re.Match) -> str:
+    base = m.group(1)[1:-1] if m.group(1).startswith("(") else m.group(1)
+    n = next(g for g in m.groups()[1:] if g is not None)
+    return "\\sqrt{" + base + "}" if n in ("2", "0.5") else "\\sqrt[" + n + "]{" + base + "}"
+
+
 def _span_form(text: str) -> str:
     s = _expand_shorthand(_light(text, units=False, connectives=False))
+    s = _UNIT_ROOT_RE.sub(_radical, s)  # "50^{1/2}" copies "\\sqrt{50}", "8^{1/3}" copies "\\sqrt[3]{8}"
     s = re.sub(r"([_^])\s*\{\s*([a-zA-Z0-9])\s*\}", r"\1\2", s)
     s = re.sub(r"\\times(?![a-zA-Z])", r"\\cdot", s)
     return s.replace("{,}", "")
@@ -413,6 +466,10 @@ _LITERAL_RES = [re.compile(p) for p in (
     r"(?<![\w.)}^_])\d+\s*/\s*\d+(?![\w.(])",
     _NUM,
 )]
+# A power whose exponent is a fraction or decimal number is a root: "2^{1/2}", "3^{\\frac{1}{3}}",
+# "x^{-3/2}", "2^{0.5}" hold a root ("sqrt" below), not a power.
+_ROOT_POWER_RE = re.compile(r"\^\s*(?:\{\s*-?\s*(?:\d+\s*/\s*\d+|\\frac\s*\{\s*-?\s*\d+\s*\}\s*\{\s*\d+\s*\}"
+                            r"|\d*\.\d+)\s*\}|\\frac\s*\{\s*\d+\s*\}\s*\{\s*\d+\s*\})")
 _TOKEN_RE = re.compile(r"\\[a-zA-Z]+|\\.|#|[a-zA-Z]|\S")
 _TRIG = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan", "arccot", "arcsec",
          "arccsc", "sinh", "cosh", "tanh", "coth"}
@@ -471,8 +528,11 @@ def _operators(text: str) -> tuple[set[str], bool, bool]:
     s = re.sub(r"\\begin\s*\{[^{}]*\}", "(", s)
     s = re.sub(r"\\end\s*\{[^{}]*\}", ")", s)
     s = s.replace("\\\\", ",").replace("&", ",")
-    has_fraction = bool(re.search(r"\\frac|/|\d\.\d|\.\d", s))
     kinds = {_WORD_KINDS[m.group(1)] for m in _OPERATOR_WORDS.finditer(s)}
+    s, roots = _ROOT_POWER_RE.subn("", s)  # "2^{1/2}" is the root "2" (a root of 2, not a power)
+    if roots:
+        kinds.add("sqrt")
+    has_fraction = bool(re.search(r"\\frac|/|\d\.\d|\.\d", s))
     for pattern in _LITERAL_RES:
         s = pattern.sub(" # ", s)
     tokens = _TOKEN_RE.findall(s)
@@ -664,12 +724,27 @@ def _uses_letter_e(text: str) -> bool:
     return re.search(r"(?<![a-zA-Z\\])e(?![a-zA-Z])", rest) is not None
 
 
+# A terminating decimal, not one right after "digit," ("1,234.5": math-verify reads thousands there).
+_DECIMAL_RE = re.compile(r"(?<![\w.])(?<!\d,)(?<!\{,\})(\d*)\.(\d+)(?!\d|\.\d)")
+
+
+def _exact_decimals(s: str) -> str:
+    """Terminating decimals as exact fractions in braces: ``0.3333333`` is
+    ``{\\frac{3333333}{10000000}}``, so that math-verify, which compares a float with any number
+    rounded to 6 places, compares exact values (``0.3333333`` is not ``\\frac13``)."""
+    if _THOUSANDS_RE.fullmatch(s.strip()):
+        s = s.replace(",", "")
+    return _DECIMAL_RE.sub(lambda m: "{\\frac{" + ((m.group(1) + m.group(2)).lstrip("0") or "0") + "}{1"
+                           + "0" * len(m.group(2)) + "}}", s)
+
+
 def _symbolic_form(text: str, e_notation: bool) -> str:
     """The text given to math-verify: unicode signs as LaTeX, an inequality as an interval,
-    connectives as commas, repeating decimals as fractions, E-notation as ``\\times10^{k}``."""
+    connectives as commas, repeating decimals as fractions, E-notation as ``\\times10^{k}``,
+    terminating decimals as exact fractions."""
     interval = _interval_form(text)
     if interval is not None:
-        return interval
+        return _exact_decimals(interval)
     s = re.sub(r"\s+", " ", _unicode(text))
     s = _SPACING_RE.sub(" ", s)
     s = re.sub(r"\\(?:text|textrm|mbox|mathrm)\{([^{}]*(?<![a-zA-Z])(?:or|and)(?![a-zA-Z])[^{}]*)\}",
@@ -679,7 +754,7 @@ def _symbolic_form(text: str, e_notation: bool) -> str:
     s = _repeating_as_fraction(s)
     if e_notation:
         s = _E_NOTATION_RE.sub(r"\1\\times10^{\2}", s)
-    return s
+    return _exact_decimals(s)
 
 
 def _verify_input(answer: str) -> str:
