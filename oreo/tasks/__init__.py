@@ -14,6 +14,7 @@ from oreo.config import ConfigError, build
 # (alfworld's pulls in its game engine)
 TASKS = {
     "arithmetic": ("oreo.tasks.arithmetic", "ArithmeticConfig", "ArithmeticTask"),
+    "countdown": ("oreo.tasks.countdown", "CountdownConfig", "CountdownTask"),
     "gsm8k": ("oreo.tasks.math_tasks", "MathConfig", "MathTask"),
     "math": ("oreo.tasks.math_tasks", "MathConfig", "MathTask"),
     "household": ("oreo.tasks.household", "HouseholdConfig", "HouseholdTask"),
