@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install demo test iterate clean
+.PHONY: install demo test iterate clean gpu-wheels
 
 # torch first, on its own: installing it through another package's requirements would pull the
 # newest CUDA build (several GB) even where a matching CPU build is already available.
@@ -46,3 +46,31 @@ test: install $(ALFWORLD) $(LINT)
 
 clean:
 	rm -rf .make runs outputs
+
+# The wheels that experiments/gpu_check.py and the smoke pipeline need on the GPU machine, whose image (Python 3.12,
+# torch, transformers, no registry) lacks them: `carry: [".whl"]` (experiments/README.md, "GPU check"). Versions as
+# constraints.txt pins them (the rest as installed here). antlr4 4.9.3 and DeepSpeed publish only sdists: built here
+# as pure-Python wheels (DeepSpeed's ops are not prebuilt; it compiles what it needs when it needs it).
+WHEELS := .whl
+PURE_WHEEL := $(PYTHON) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -d $(WHEELS)
+CP312_WHEEL := $(PURE_WHEEL) --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	--platform manylinux2014_x86_64
+gpu-wheels: install
+	rm -rf $(WHEELS) && mkdir -p $(WHEELS)
+	# the pipeline's configuration (oreo.train, oreo.run_config)
+	$(PURE_WHEEL) hydra-core==1.3.8
+	$(PURE_WHEEL) omegaconf==2.3.1
+	$(PYTHON) -m pip wheel -q --no-deps antlr4-python3-runtime==4.9.3 -w $(WHEELS)
+	# the buffer (oreo.buffer); pyarrow, pandas, xxhash and fsspec are in the image
+	$(PURE_WHEEL) datasets==5.2.0
+	$(PURE_WHEEL) dill==0.4.1
+	$(PURE_WHEEL) multiprocess==0.70.19
+	# DeepSpeed and what it needs beyond the image (einops, msgpack, ninja, psutil, py-cpuinfo are there)
+	DS_BUILD_OPS=0 $(PYTHON) -m pip wheel -q --no-deps --no-build-isolation deepspeed==0.19.8 -w $(WHEELS)
+	$(PURE_WHEEL) hjson==3.1.0
+	$(PURE_WHEEL) pydantic==2.13.4
+	$(CP312_WHEEL) pydantic-core==2.46.4
+	$(PURE_WHEEL) annotated-types==0.7.0
+	$(PURE_WHEEL) typing-inspection==0.4.2
+	$(PURE_WHEEL) typing-extensions==4.16.0
+	@ls -la $(WHEELS) && du -sh $(WHEELS)
