@@ -254,7 +254,10 @@ class ValueModel(nn.Module):
     def __init__(self, backbone: nn.Module, *, output: str = "linear", head_init: str = "zero"):
         super().__init__()
         self.backbone, self.output = backbone, check_output(output)
-        self.head = value_head(backbone.config.hidden_size, head_init, init_std(backbone.config))
+        # drawn on the CPU (the same numbers whatever the device), then put beside the backbone: an engine
+        # moves nothing, and a head left on the CPU under a GPU backbone fails at the first forward
+        device = next(backbone.parameters()).device
+        self.head = value_head(backbone.config.hidden_size, head_init, init_std(backbone.config)).to(device)
 
     @classmethod
     def from_policy(cls, policy: nn.Module, **head) -> "ValueModel":

@@ -60,3 +60,13 @@ def test_a_cpl_runs_fresh_value_is_the_papers_head():
     assert default.output == "linear" and default.head.weight.abs().sum().item() == 0
     shared = new_value_model(compose(["+experiment=cpl_smoke"]), policy, shared=True)
     assert shared.output == "tanh" and shared.head.weight.abs().sum().item() > 0
+
+
+def test_a_fresh_value_head_sits_beside_its_backbone():
+    """No engine moves the head: on a GPU backbone (here the meta device stands in) it must already be there."""
+    with torch.device("meta"):
+        policy, _ = load_policy("tiny", tiny=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64))
+    assert next(policy.parameters()).device.type == "meta"
+    for head_init in ("zero", "random"):
+        value = ValueModel.from_policy(policy, head_init=head_init)
+        assert value.head.weight.device.type == "meta" and value.head.weight.dtype == torch.float32
