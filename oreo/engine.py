@@ -145,6 +145,27 @@ class DeepSpeedEngine:
         self.ds.backward(loss)
 
     def step(self) -> dict | None:
+        try:
+            return self._step()
+        finally:
+            self._micro_batch_done()
+
+    def _micro_batch_done(self) -> None:
+        """What ``DeepSpeedEngine.forward`` does first, done here at the end of every micro-batch.
+
+        The objectives call their models (``self.module``) directly, never the DeepSpeed engine, so its
+        ``forward`` does not run; but that is where DeepSpeed tells a ZeRO optimizer that a new micro-batch
+        begins (``clear_backward_seen_flag``). Under ZeRO-3 it advances ``micro_step_id``: left at 0, every
+        backward *copies* its reduced gradient partitions over the previous micro-batches' instead of adding
+        to them, so an accumulated step kept only its last micro-batch's gradient (a half-size gradient norm
+        with two micro-batches). It also resets the backward-hook counters of every ZeRO stage. Nothing runs
+        between one micro-batch's ``step`` and the next one's forward, so this is the same point in the
+        sequence. (DeepSpeed versions without the method advanced the counter in their backward epilogue.)"""
+        clear = getattr(self.ds.optimizer, "clear_backward_seen_flag", None)
+        if clear is not None:
+            clear()
+
+    def _step(self) -> dict | None:
         boundary = self.ds.is_gradient_accumulation_boundary()
         if not boundary:
             self.ds.step()
