@@ -201,3 +201,28 @@ def test_the_pipeline_and_value_guided_beam_search_run_on_countdown(tmp_path):
                    "evaluate.splits=[game24]", "search=beam", "search.width=2", "search.max_steps=4"])
     metrics = search_run(cfg)
     assert metrics["game24"]["n"] == 8 and metrics["game24"]["mean_tokens"] > 0
+
+
+def load_script(name):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "experiments" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_state_auc_and_first_dead_step_f1_by_hand():
+    m = load_script("countdown_values")
+    # puzzle 0: live 0.9, 0.5 against dead 0.4, 0.5 -> (1 + 1 + 1 + 0.5) / 4; puzzle 1 has no dead state: skipped
+    auc, n = m.within_problem_auc([0.9, 0.5, 0.4, 0.5, 0.7], [1, 1, 0, 0, 1], [0, 0, 0, 0, 1])
+    assert (auc, n) == (3.5 / 4, 1)
+    paths = [([0.9, 0.2, 0.1], [1, 0, 0]),    # dies at step 2 (index 1), predicted there: a hit
+             ([0.8, 0.7, 0.1], [1, 0, 0]),    # dies at index 1, predicted at 2: a miss and a false alarm
+             ([0.9, 0.9, 0.9], [1, 1, 1]),    # never dies, never predicted: nothing
+             ([0.3, 0.9, 0.9], [1, 1, 1])]    # never dies, predicted at 0: a false alarm
+    assert m.dead_step_f1(paths, 0.5) == 2 * 1 / (2 * 1 + 2 + 1)
+    threshold, f1 = m.best_threshold(paths)
+    assert f1 >= m.dead_step_f1(paths, 0.5) and f1 == m.dead_step_f1(paths, threshold)
