@@ -350,6 +350,13 @@ class CountdownTask:
     def value_star(self, puzzle: Puzzle, steps) -> int:
         return value_star(puzzle, steps)
 
+    def puzzle_of(self, prompt: str) -> Puzzle:
+        """The puzzle a prompt states (``"4 9 10 13 -> 24\n"``)."""
+        m = _PROMPT_RE.fullmatch(prompt)
+        if m is None:
+            raise ValueError(f"not a countdown prompt: {prompt!r}")
+        return make_puzzle("prompt", m.group(1).split(), int(m.group(2)))
+
     def split_steps(self, response: str) -> list[str]:
         return split_steps(response)
 
