@@ -55,7 +55,8 @@ def main() -> None:
     ap.add_argument("--ns", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32])
     ap.add_argument("--widths", type=int, nargs="+", default=[3, 5, 7])
     ap.add_argument("--temperature", type=float, default=1.0)
-    ap.add_argument("--oracle", action="store_true", help="also beam search with an exact value (arithmetic, countdown)")
+    ap.add_argument("--oracle", action="store_true",
+                    help="also beam search with an exact value (arithmetic; countdown: V*)")
     ap.add_argument("--mcts", type=int, nargs="*", default=[], help="MCTS* at these iteration budgets")
     ap.add_argument("--value", default="oreo",
                     help="oreo (the run value) | policy (its step likelihood) | verifier (fitted on the buffer) | PATH")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 from hydra.errors import ConfigCompositionException
 
-from oreo.config import ConfigError
 from oreo.buffer import RecordError
+from oreo.config import ConfigError
 from oreo.pipeline import Run, merge_results
 from oreo.run_config import compose
 from oreo.trainers.common import TrainConfig
@@ -110,7 +110,8 @@ def test_out_of_range_imported_rewards_are_refused_or_accepted_and_reported(tmp_
     path = write_import(tmp_path / "data.jsonl", rows)
     with pytest.raises(RecordError, match=r"data\.jsonl:4: field 'reward': outside the task's range \[0, 1\]"):
         run_with(tmp_path, f"collect.from_file={path}")
-    run = run_with(tmp_path, f"collect.from_file={path}", "collect.accept_out_of_range_rewards=true", "stages=[collect]")
+    run = run_with(tmp_path, f"collect.from_file={path}", "collect.accept_out_of_range_rewards=true",
+                   "stages=[collect]")
     run.collect(Path("unused"))
     assert run.results["stages"]["collect_0"]["lines with reward outside the task's range"] == [4]
     assert sorted(r.reward for r in run.buffer.load())[0] == -1e6
