@@ -9,7 +9,8 @@ reachable; a finished response: solved) and a score from each value design:
 - ``oreo value``: the run's OREO value model at the prefix's last token (``checkpoints/oreo/value``);
 - ``implicit``: OREO's V(s_t) − V(s_0) = β Σ log π/π_ref over the prefix, the OREO policy against the SFT policy;
 - ``policy likelihood``: the SFT policy's mean step log-probability of the prefix (free);
-- ``prm``: a process value model, if the run has one (``checkpoints/prm``).
+- ``prm``: a process value model, if the run has one (``checkpoints/prm``), and the diagnostic probes of
+  ``countdown_value_probe.py`` (``checkpoints/probe_*``).
 
 Reports, per design:
 
@@ -116,8 +117,10 @@ def main() -> None:
     if (ckpt / "oreo" / "value").is_dir():
         value = load_value_model(ckpt / "oreo" / "value", dtype=cfg.model.dtype)
         designs["oreo value"] = ValueScorer(value, encoder)(states)
-    if (ckpt / "prm").is_dir():
-        designs["prm"] = ValueScorer(load_value_model(ckpt / "prm", dtype=cfg.model.dtype), encoder)(states)
+    for folder in [ckpt / "prm", *sorted(ckpt.glob("probe_*"))]:   # a PRM; countdown_value_probe.py's models
+        if (folder / "config.json").exists():
+            value = load_value_model(folder, dtype=cfg.model.dtype)
+            designs[folder.name] = ValueScorer(value, encoder)(states)
     sft_lp = step_logprobs(sft, encoder, states)
     designs["policy likelihood"] = [sum(lp) / len(lp) for lp in sft_lp]
     if (ckpt / "oreo" / "policy").is_dir():

@@ -226,3 +226,19 @@ def test_state_auc_and_first_dead_step_f1_by_hand():
     assert m.dead_step_f1(paths, 0.5) == 2 * 1 / (2 * 1 + 2 + 1)
     threshold, f1 = m.best_threshold(paths)
     assert f1 >= m.dead_step_f1(paths, 0.5) and f1 == m.dead_step_f1(paths, threshold)
+
+
+def test_the_value_probe_labels_each_step_with_the_outcome_or_v_star():
+    from oreo.trajectory import Trajectory
+
+    probe = load_script("countdown_value_probe")
+    task = CountdownTask(CountdownConfig(n_train=5, n_validation=0, n_test=0, n_game24=0))
+    p = task.problems("train")[0]
+    rng = random.Random(0)
+    steps = teacher_steps(p, rng, 0.0)
+    record = Trajectory(id="r", task="countdown", problem_id=p.id, prompt=p.prompt, steps=steps,
+                        reward=float(judge(p, "".join(steps)).correct), correct=False)
+    outcome, = probe.labelled([record], task, "outcome")
+    vstar, = probe.labelled([record], task, "vstar")
+    assert outcome["step_values"] == [record.reward] * 3
+    assert vstar["step_values"] == [float(value_star(p, steps[:k])) for k in (1, 2, 3)]
