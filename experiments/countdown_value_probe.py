@@ -27,6 +27,7 @@ from oreo.buffer import Buffer  # noqa: E402
 from oreo.metrics import MetricsLogger  # noqa: E402
 from oreo.models import load_policy  # noqa: E402
 from oreo.run_config import read_run_config  # noqa: E402
+from oreo.runtime import new_value_model  # noqa: E402
 from oreo.tasks import make_task  # noqa: E402
 from oreo.trainers.prm import PRMObjective  # noqa: E402
 
@@ -51,6 +52,9 @@ def main() -> None:
     ap.add_argument("--labels", choices=["outcome", "vstar"], required=True)
     ap.add_argument("--epochs", type=float, default=2.0)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--width", type=int, default=None,
+                    help="a fresh tiny backbone this wide (and --layers deep) instead of a copy of the SFT policy")
+    ap.add_argument("--layers", type=int, default=4)
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     cfg = read_run_config(run_dir)
@@ -58,10 +62,17 @@ def main() -> None:
     records = labelled(Buffer(run_dir / "buffer").load(), task, args.labels)
     policy, tokenizer = load_policy(str(run_dir / "checkpoints" / "sft"), dtype=cfg.model.dtype)
     train = dataclasses.replace(cfg.prm.train, epochs=args.epochs, lr=args.lr)
-    objective = PRMObjective(policy, tokenizer, cfg.prm, train)
-    out = run_dir / "checkpoints" / f"probe_{args.labels}"
+    value, name = None, f"probe_{args.labels}"
+    if args.width:   # a fresh backbone of its own: model.value.name_or_path=tiny with these sizes
+        tiny = dataclasses.replace(cfg.model.tiny, hidden_size=args.width, num_layers=args.layers,
+                                   num_heads=max(1, args.width // 32), intermediate_size=3 * args.width)
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(
+            cfg.model, value=dataclasses.replace(cfg.model.value, name_or_path="tiny", tiny=tiny)))
+        value, name = new_value_model(cfg, policy), f"{name}_w{args.width}_l{args.layers}"
+    objective = PRMObjective(policy, tokenizer, cfg.prm, train, value=value)
+    out = run_dir / "checkpoints" / name
     logger = MetricsLogger(out.with_name(out.name + ".logs"), wandb_cfg={"mode": "disabled"})
-    info = objective.fit(records, logger=logger, out_dir=out, stage=f"probe_{args.labels}")
+    info = objective.fit(records, logger=logger, out_dir=out, stage=name)
     print(f"{out}: {info}")
 
 
