@@ -739,26 +739,12 @@ def deepspeed_section(ctx, sec: Section) -> None:
         raise AssertionError(f"logged values differ from the torch engine's: {', '.join(failed)}")
 
 
-def ds_records(n: int = 12) -> list[dict]:
-    out = []
-    for i in range(n):
-        a, b = i % 7 + 1, 3 * i % 11
-        steps = [f"{a}+{b}={a + b}\n", f"#### {a + b}"] if i % 3 else [f"#### {a + b + i % 2}"]
-        out.append({"id": f"r{i}", "task": "t", "problem_id": f"p{i // 2}", "prompt": f"{a} +{b}\n",
-                    "steps": steps, "reward": [1.0, 0.0, 0.5, -0.25][i % 4]})
-    return out
-
-
-class ListLogger:
-    def __init__(self):
-        self.rows = []
-
-    def log(self, stage, step, values):
-        self.rows.append({"stage": stage, "step": step, **values})
-
-
 def fit_oreo(device, engine, micro_batch: int) -> list[dict]:
-    """Three OREO steps (batches of 4, exact KL) of a tiny model through the training loop."""
+    """Three OREO steps (batches of 4, exact KL) of a tiny model through the training loop, on the records of
+    tests/dist_train.py (the distributed tests' own check)."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from dist_train import ListLogger, records
+
     from oreo.models import load_policy
 
     policy, tok = load_policy("tiny", tiny=dict(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64),
@@ -766,11 +752,10 @@ def fit_oreo(device, engine, micro_batch: int) -> list[dict]:
     train = TrainConfig(epochs=1.0, batch_size=4, micro_batch_size=micro_batch, lr=3e-3, value_lr=3e-3,
                         warmup_ratio=0.0, log_every=1, seed=0)
     policy.to(device)
-    # on the device already: the objective's default value model would leave its fresh head on the CPU
     value = ValueModel.from_policy(policy).to(device)
     trainer = OREOObjective(policy, tok, OREOConfig(kl_type="exact", beta=0.1, max_len=64), train, value=value)
     logger = ListLogger()
-    trainer.fit(ds_records(), engine=engine, logger=logger)
+    trainer.fit(records(), engine=engine, logger=logger)
     return logger.rows
 
 

@@ -118,7 +118,7 @@ def _tail_start(f, size: int) -> int:
     return 0
 
 
-def _parses(data: bytes) -> bool:
+def parses_json(data: str | bytes) -> bool:
     try:
         json.loads(data)
         return True
@@ -138,7 +138,7 @@ def append_lines(path: Path):
             start = _tail_start(f, size)
             if start < size:
                 f.seek(start)
-                if _parses(f.read()):
+                if parses_json(f.read()):
                     f.write(b"\n")
                 else:
                     f.truncate(start)

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
+from oreo.checkpoint import parses_json, progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -69,7 +69,7 @@ class Run:
         self._forgotten: set[tuple[str, str | None]] = set()   # run.json entries recompute removed
         self.task = make_task(cfg.task)
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
-        self.import_file()   # bad data fails now, before any stage, whatever `stages` says
+        self.imported = self.import_file()   # bad data fails now, before any stage, whatever `stages` says
         self.results = self._read_results()
         redo = self.to_recompute(list(cfg.recompute))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run
@@ -254,7 +254,7 @@ class Run:
         if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
-                    records, report = self.import_file(id_prefix=f"r{round}-")
+                    records, report = (self.imported if round == 0 else self.import_file(id_prefix=f"r{round}-"))
                     self.buffer.append(records, round=round)
                     self.results.setdefault("stages", {})[f"collect_{round}"] = {
                         "imported": str(c.from_file), "records": len(records),
@@ -430,7 +430,7 @@ class Run:
         except (OSError, UnicodeDecodeError) as e:
             lines, found = None, f"unreadable ({type(e).__name__})"
         if lines is not None:
-            whole = sum(_parses(line) for line in lines)
+            whole = sum(parses_json(line) for line in lines)
             if whole == len(lines) == expected:
                 return True
             found = f"{whole} of {expected} rows" + (f" and {len(lines) - whole} damaged" if whole < len(lines) else "")
@@ -474,13 +474,6 @@ class Run:
             print(f"results: {self.dir / 'metrics.json'}")
         barrier()
         return self.results
-
-
-def _parses(line: str) -> bool:
-    try:
-        return isinstance(json.loads(line), dict)
-    except ValueError:
-        return False
 
 
 def merge_results(on_disk: dict, mine: dict, forgotten: set) -> dict:

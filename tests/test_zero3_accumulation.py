@@ -14,34 +14,20 @@ op is compiled (the first DeepSpeed start on a machine, about a minute).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-
-SCRIPT = Path(__file__).with_name("dist_train.py")
-ROOT = SCRIPT.parents[1]
-PARAM_TOL = 1e-5      # max |Δ| over every parameter (float32 training, weights of order 1)
-METRIC_RTOL = 1e-5    # logged losses, gradient norms, learning rates
-STEPS = [("oreo", s) for s in (1, 2, 3)] + [("sft", s) for s in (1, 2, 3)]
-
-pytestmark = pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None,
-                                reason="deepspeed is not installed: the ZeRO engine cannot be tested")
+from test_distributed import METRIC_RTOL, PARAM_TOL, ROOT, SCRIPT, STEPS, _env, _max_diff, pytestmark  # noqa: F401
 
 
 def _run(out: Path, *args: str) -> Path:
-    env = dict(os.environ)
+    env = _env()
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):  # one process, its own world
         env.pop(key, None)
-    env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", WANDB_MODE="disabled", TOKENIZERS_PARALLELISM="false",
-               OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")])))
-    if not torch.cuda.is_available():
-        env["DS_ACCELERATOR"] = "cpu"
     proc = subprocess.run([sys.executable, str(SCRIPT), str(out), *args, "--checks"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{' '.join(args)} failed (exit {proc.returncode}):\n{proc.stdout}\n{proc.stderr}"
@@ -51,11 +37,6 @@ def _run(out: Path, *args: str) -> Path:
 @pytest.fixture(scope="module")
 def torch_run(tmp_path_factory):
     return _run(tmp_path_factory.mktemp("torch"), "--engine", "torch")
-
-
-def _max_diff(a: dict, b: dict) -> float:
-    assert a.keys() == b.keys()
-    return max((a[k] - b[k]).abs().max().item() for k in a)
 
 
 # ZeRO-3 is the case that was wrong; ZeRO-2 checks that the fix leaves the other stages' accumulation alone
