@@ -44,7 +44,7 @@ def check_cpl(cfg: RunConfig) -> None:
     """CPL needs a plan format and the AlphaZero-style search; fail before any training otherwise."""
     if getattr(cfg.task, "format", "") != "plan" and task_kind(cfg.task.name) != "agent":
         raise ConfigError("task.format", f"CPL searches over plan steps: give a task in a plan format "
-                                         f"(task.format=plan; arithmetic, gsm8k or math) or an agent task "
+                                         f"(task.format=plan; arithmetic, countdown, gsm8k or math) or an agent task "
                                          f"(household, alfworld: a turn is a plan step), not {cfg.task.name}")
     if cfg.mcts.style != "alphazero" or cfg.mcts.selection != "puct":
         raise ConfigError("mcts.style", "CPL's plan search is mcts.style=alphazero with mcts.selection=puct "

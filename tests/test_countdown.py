@@ -13,14 +13,18 @@ from oreo.tasks.countdown import (
     CountdownConfig,
     CountdownTask,
     format_number,
+    from_plan_format,
     judge,
     legal_moves,
     load_game24,
     make_puzzle,
     parse_number,
+    plan_step_kind,
+    random_steps,
     reachable,
     split_steps,
     teacher_steps,
+    to_plan_format,
     value_star,
 )
 
@@ -150,6 +154,40 @@ def test_the_teacher_plays_legal_moves_and_its_solve_rate_is_a_setting():
     assert sum(greedy) < sum(half) < len(puzzles)    # the heuristic alone fails more often
     records = task.sft_records(0)
     assert len(records) == 200 and all(r.reward == float(r.correct) for r in records)
+
+
+def test_random_rollouts_solve_exactly_from_the_states_the_oracle_calls_alive():
+    """Uniform legal moves give every move a chance: from a dead state no rollout solves, from an alive one
+    some do (the random-play value design relies on this)."""
+    rng = random.Random(0)
+    for numbers, target in (((13, 10, 9, 4), 24), ((1, 1, 1, 1), 24), ((2, 3, 5, 7), 1)):
+        p = make_puzzle("p", numbers, target)
+        wins = 0
+        for _ in range(400):
+            steps = random_steps(p, rng)
+            j = judge(p, "".join(steps))
+            assert j.legal_steps == 3 and not steps[-1].endswith("\n")
+            wins += j.correct
+        assert (wins > 0) == bool(value_star(p, [])), numbers
+
+
+def test_the_plan_format_names_the_moves_then_solves_in_one_line():
+    steps = ["13-9=4; 4 4 10\n", "10-4=6; 4 6\n", "4*6=24; 24"]
+    plan = to_plan_format(steps)
+    assert plan == ["Plan 13-9\n", "Plan 10-4\n", "Plan 4*6\n", "13-9=4; 4 4 10 | 10-4=6; 4 6 | 4*6=24; 24"]
+    assert from_plan_format("".join(plan)) == "".join(steps)
+    assert judge(P, "".join(plan)).correct
+    assert not judge(P, "Plan 13-9\n13-9=4; 4 4 10 | 10-4=6; 4 6 | 4*6=25; 24").correct      # a slip in execution
+    assert [plan_step_kind(x) for x in plan] == ["plan", "plan", "plan", "solution"]
+    assert plan_step_kind("Plan 13-9") == "invalid" and plan_step_kind("13-9\n") == "invalid"
+    assert plan_step_kind("Plan (1/2)*4\n") == "plan"
+    task = CountdownTask(CountdownConfig(n_train=30, n_validation=0, n_test=0, n_game24=0, format="plan"))
+    assert task.plan_format and not CountdownTask(CountdownConfig(n_train=1, n_validation=0, n_test=0,
+                                                                  n_game24=0)).plan_format
+    records = task.sft_records(0)
+    assert all(r.steps[0].startswith("Plan ") and len(r.steps) == 4 for r in records)
+    assert all(task.grade(task.problems("train")[i], "".join(r.steps))[1] == r.correct for i, r in enumerate(records))
+    assert any(r.correct for r in records)
 
 
 def test_the_splits_are_disjoint_deterministic_and_hold_no_target_24():

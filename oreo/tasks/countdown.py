@@ -23,6 +23,18 @@ The teacher (SFT data) is imperfect in a systematic way: at each step it plays, 
 whose result is closest to the target, a plausible heuristic that often leads into a dead end. Greedy imitation
 inherits the heuristic; only the outcome says where it fails.
 
+With ``format=plan`` (CPL's plan-then-solve) a response first names its moves, one plan step per line, then
+solves in one line, the step lines joined by `` | ``::
+
+    4 9 10 13 -> 24
+    Plan 13-9
+    Plan 10-4
+    Plan 4*6
+    13-9=4; 4 4 10 | 10-4=6; 4 6 | 4*6=24; 24
+
+A plan step is the choice of a move (which two numbers, which operation), the decision whose consequence shows
+later; the solution line is its execution, graded exactly as the step format.
+
 Splits: ``train``, ``validation`` (all tuning happens there) and ``test`` hold distinct solvable (numbers, target)
 pairs with targets in ``[min_target, max_target]`` except 24; ``game24`` holds the 100 puzzles Tree of Thoughts
 evaluates (ranks 901-1000 of its ``24.csv``, shipped in ``oreo/tasks/data/``), so no split the model is trained or
@@ -42,9 +54,10 @@ from pathlib import Path
 from oreo.config import ConfigError, at_least, between, one_of, validate
 from oreo.trajectory import Trajectory
 
-__all__ = ["CountdownConfig", "CountdownTask", "Judgement", "Move", "Puzzle", "format_number", "judge",
-           "legal_moves", "load_game24", "make_splits", "parse_number", "reachable", "reachable_values",
-           "split_steps", "state_after", "teacher_steps", "value_star"]
+__all__ = ["CountdownConfig", "CountdownTask", "Judgement", "Move", "Puzzle", "format_number", "from_plan_format",
+           "judge", "legal_moves", "load_game24", "make_splits", "parse_number", "plan_step_kind", "random_steps",
+           "reachable", "reachable_values", "split_steps", "state_after", "teacher_steps", "to_plan_format",
+           "value_star"]
 
 SPLITS = ("train", "validation", "test", "game24")
 OPS = "+-*/"
@@ -53,6 +66,9 @@ GAME24_FILE = Path(__file__).with_name("data") / "game24_tot.csv"
 _NUM = r"(?:\d+|\(\d+/\d+\))"
 _STEP_RE = re.compile(rf"({_NUM})([+\-*/])({_NUM})=({_NUM}); ({_NUM}(?: {_NUM})*)\n?")
 _PROMPT_RE = re.compile(r"(\d+(?: \d+)*) -> (\d+)\n")
+PLAN_PREFIX = "Plan "
+SOLUTION_SEP = " | "
+_PLAN_RE = re.compile(rf"{PLAN_PREFIX}{_NUM}[+\-*/]{_NUM}\n")
 
 
 @dataclass(frozen=True)
@@ -161,6 +177,38 @@ def split_steps(response: str) -> list[str]:
     return [p + "\n" for p in parts[:-1]] + ([parts[-1]] if parts[-1] else [])
 
 
+def to_plan_format(steps: list[str]) -> list[str]:
+    """A step-format solution as a plan-format one: a ``"Plan A op B\n"`` line per step, then the step lines
+    joined into one solution line."""
+    plans = []
+    for line in steps:
+        m = _STEP_RE.fullmatch(line)
+        if m is None:
+            raise ValueError(f"not a step line: {line!r}")
+        plans.append(f"{PLAN_PREFIX}{m.group(1)}{m.group(2)}{m.group(3)}\n")
+    return plans + [SOLUTION_SEP.join(line.rstrip("\n") for line in steps)]
+
+
+def from_plan_format(response: str) -> str:
+    """A plan-format response's solution as a step-format response (its plan lines dropped), so that the step
+    grader reads it; a step-format response comes back unchanged."""
+    lines = split_steps(response)
+    if not lines or not lines[0].startswith(PLAN_PREFIX):
+        return response
+    solution = "".join(line for line in lines if not line.startswith(PLAN_PREFIX))
+    return "\n".join(solution.split(SOLUTION_SEP))
+
+
+def plan_step_kind(step: str) -> str:
+    """``"plan"`` (``"Plan 13-9\n"``), ``"solution"`` (a last line, without a newline, that is not a plan) or
+    ``"invalid"`` (a format failure)."""
+    if _PLAN_RE.fullmatch(step):
+        return "plan"
+    if step.strip() and "\n" not in step and not step.startswith(PLAN_PREFIX):
+        return "solution"
+    return "invalid"
+
+
 @dataclass(frozen=True)
 class Judgement:
     """What the grader found: the last number (as written) if the response got that far, whether it solved the
@@ -204,7 +252,9 @@ def _read_step(line: str, state: tuple[Fraction, ...], k: int) -> tuple[tuple[Fr
 
 def judge(puzzle: Puzzle, response: str) -> Judgement:
     """Grade ``response``: solved when every step is legal, exactly three steps are taken (each line after the
-    previous one, the last without a newline) and the one number left is the target."""
+    previous one, the last without a newline) and the one number left is the target. A plan-format response is
+    judged by its solution line."""
+    response = from_plan_format(response)
     state = tuple(Fraction(n) for n in puzzle.numbers)
     states, answer = [], None
     lines = split_steps(response)
@@ -270,6 +320,18 @@ def teacher_steps(puzzle: Puzzle, rng: random.Random, solve_rate: float) -> list
     return steps
 
 
+def random_steps(puzzle: Puzzle, rng: random.Random) -> list[str]:
+    """A rollout of uniformly random legal moves: a policy that knows the rules, not the oracle. Every move
+    has a chance, so the share of such rollouts from a state that solve the puzzle is 0 exactly when the
+    target is unreachable from it."""
+    state, steps = tuple(Fraction(n) for n in puzzle.numbers), []
+    while len(state) > 1:
+        move = rng.choice(legal_moves(state))
+        steps.append(move.line(last=len(move.left) == 1))
+        state = move.left
+    return steps
+
+
 # ----------------------------------------------------------------------------- splits
 @dataclass
 class CountdownConfig:
@@ -284,6 +346,8 @@ class CountdownConfig:
     # the teacher's chance, at each step, to play a move that keeps the target reachable (else: closest to target)
     teacher_solve_rate: float = between(0.0, 1.0, 0.5)
     n_game24: int = between(0, 100, 100)           # of the 100 Game of 24 puzzles, the first K (by rank)
+    # the response format: steps (one line per move) or plan (CPL's plan-then-solve: the moves named, then solved)
+    format: str = one_of(("steps", "plan"), "steps")
 
     def __post_init__(self) -> None:
         validate(self)
@@ -360,12 +424,23 @@ class CountdownTask:
     def split_steps(self, response: str) -> list[str]:
         return split_steps(response)
 
+    @property
+    def plan_format(self) -> bool:
+        """Responses are plans then a solution (``format=plan``): tree searches grow by plan steps."""
+        return self.cfg.format == "plan"
+
+    def step_kind(self, step: str) -> str:
+        """A plan-format edge's kind (``plan_step_kind``); read only when ``plan_format`` is on."""
+        return plan_step_kind(step)
+
     def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The teacher's solutions of the train split (reward: whether it solved the puzzle)."""
         rng, records = random.Random(rng_seed), []
         for puzzle in self.splits["train"]:
             for _ in range(n_per_problem):
                 steps = teacher_steps(puzzle, rng, self.cfg.teacher_solve_rate)
+                if self.plan_format:
+                    steps = to_plan_format(steps)
                 answer, correct = self.grade(puzzle, "".join(steps))
                 records.append(Trajectory(id=f"teacher-{len(records)}", task=self.name, problem_id=puzzle.id,
                                           prompt=puzzle.prompt, steps=steps, reward=float(correct),
