@@ -1,9 +1,12 @@
 """Why does the learned value miss V*: too little signal in the outcomes, or a model that cannot compute it?
 
-    python experiments/countdown_value_probe.py RUN_DIR --labels vstar|outcome [--epochs 2]
+    python experiments/countdown_value_probe.py RUN_DIR --labels vstar|outcome [--epochs 2] \
+        [--states random --per-puzzle 4 --puzzles 20000]
 
 Trains a value model (the run's value architecture, started from its SFT policy, as the ``prm`` stage does) by MSE
-on every step prefix of the run's collected trajectories, with one of two labels per step:
+on every step prefix of trajectories: the run's collection (``--states collection``), or rollouts of uniformly
+random legal moves, ``--per-puzzle`` on each of the first ``--puzzles`` training puzzles (``--states random``: as
+many states as wanted, at no generation cost). One of two labels per step:
 
 - ``outcome``: the trajectory's reward at every step, the Monte Carlo return that outcome-trained values (OREO's,
   a PRM from outcomes) learn from;
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import random
 import sys
 from pathlib import Path
 
@@ -29,7 +33,22 @@ from oreo.models import load_policy  # noqa: E402
 from oreo.run_config import read_run_config  # noqa: E402
 from oreo.runtime import new_value_model  # noqa: E402
 from oreo.tasks import make_task  # noqa: E402
+from oreo.tasks.countdown import random_steps  # noqa: E402
 from oreo.trainers.prm import PRMObjective  # noqa: E402
+from oreo.trajectory import Trajectory  # noqa: E402
+
+
+def random_play(task, per_puzzle: int, puzzles: int, seed: int = 0) -> list[Trajectory]:
+    """``per_puzzle`` rollouts of uniformly random legal moves on each of the first ``puzzles`` train puzzles."""
+    rng, records = random.Random(seed), []
+    for puzzle in task.problems("train")[:puzzles]:
+        for _ in range(per_puzzle):
+            steps = random_steps(puzzle, rng)
+            answer, correct = task.grade(puzzle, "".join(steps))
+            records.append(Trajectory(id=f"random-{len(records)}", task=task.name, problem_id=puzzle.id,
+                                      prompt=puzzle.prompt, steps=steps, reward=float(correct), correct=correct,
+                                      answer=answer))
+    return records
 
 
 def labelled(records, task, labels: str) -> list[dict]:
@@ -55,14 +74,22 @@ def main() -> None:
     ap.add_argument("--width", type=int, default=None,
                     help="a fresh tiny backbone this wide (and --layers deep) instead of a copy of the SFT policy")
     ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--states", choices=["collection", "random"], default="collection")
+    ap.add_argument("--per-puzzle", type=int, default=4, help="--states random: rollouts per puzzle")
+    ap.add_argument("--puzzles", type=int, default=None, help="--states random: the first N train puzzles (all)")
     args = ap.parse_args()
     run_dir = Path(args.run_dir)
     cfg = read_run_config(run_dir)
     task = make_task(cfg.task)
-    records = labelled(Buffer(run_dir / "buffer").load(), task, args.labels)
+    trajectories = (Buffer(run_dir / "buffer").load() if args.states == "collection" else
+                    random_play(task, args.per_puzzle, args.puzzles or len(task.problems("train"))))
+    records = labelled(trajectories, task, args.labels)
+    print(f"{len(records)} trajectories, {sum(len(r['steps']) for r in records)} labelled states, "
+          f"{sum(r['correct'] for r in records)} solved", flush=True)
     policy, tokenizer = load_policy(str(run_dir / "checkpoints" / "sft"), dtype=cfg.model.dtype)
     train = dataclasses.replace(cfg.prm.train, epochs=args.epochs, lr=args.lr)
-    value, name = None, f"probe_{args.labels}"
+    value, name = None, f"probe_{args.labels}" + ("" if args.states == "collection" else
+                                                   f"_random{args.per_puzzle}x{args.puzzles or 'all'}")
     if args.width:   # a fresh backbone of its own: model.value.name_or_path=tiny with these sizes
         tiny = dataclasses.replace(cfg.model.tiny, hidden_size=args.width, num_layers=args.layers,
                                    num_heads=max(1, args.width // 32), intermediate_size=3 * args.width)

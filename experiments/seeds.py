@@ -11,6 +11,10 @@ is reused), reads each run's ``metrics.json`` (method → split → accuracy) an
   ``kto`` where they ran) as the mean of the per-seed differences, its percentile bootstrap 95% interval
   (10,000 resamples of the seeds) and whether the interval excludes 0.
 
+``--variant NAME METHOD KEY=VALUE...`` adds a row NAME: METHOD trained again with those settings on a branch of
+each seed's run (its SFT model and collection; ``experiments/tune.py``'s ``branch``), so the variant is paired with
+the others on the same seed (for example ``--variant oreo_step oreo oreo.granularity=step``).
+
 Writes ``experiments/results/NAME.md`` and ``NAME.json``, with the command, the commit, the machine and the
 package versions. The seed changes the problems, the teacher's data and every initialisation, so a paired
 difference holds all of them fixed.
@@ -29,11 +33,16 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "experiments"))
 
 from oreo.stats import mean_std, paired  # noqa: E402
 
 
-def run_seed(module: str, seed: int, run_dir: Path, overrides: list[str]) -> float:
+def run_seed(module: str, seed: int, run_dir: Path, overrides: list[str], variants: list[list[str]] = ()
+             ) -> tuple[float, dict]:
+    """Run one seed (then its variants); the wall time and its results (method → split → accuracy)."""
+    from tune import branch
+
     start = time.perf_counter()
     log = run_dir.with_name(f"{run_dir.name}.log")
     run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -42,7 +51,12 @@ def run_seed(module: str, seed: int, run_dir: Path, overrides: list[str]) -> flo
                               cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     if proc.returncode != 0:
         raise SystemExit(f"seed {seed} failed (status {proc.returncode}): see {log}")
-    return time.perf_counter() - start
+    results = json.loads((run_dir / "metrics.json").read_text())
+    for name, method, *settings in variants:
+        metrics = branch(run_dir, run_dir.with_name(f"{run_dir.name}-{name}"), method, [*overrides, *settings],
+                         seed=seed, module=module)
+        results[name] = metrics[method]
+    return time.perf_counter() - start, results
 
 
 def points(x: float) -> str:
@@ -117,15 +131,19 @@ def main() -> None:
     parser.add_argument("--pairs", nargs="*", default=None, help="A-B pairs (default: every method - sft, oreo - "
                                                                   "rft, dpo, kto)")
     parser.add_argument("--results", default=str(ROOT / "experiments" / "results"))
+    parser.add_argument("--variant", nargs="+", action="append", default=[], metavar="NAME METHOD KEY=VALUE",
+                        help="a row NAME: METHOD trained again with KEY=VALUE settings on each seed's run")
     parser.add_argument("overrides", nargs="*", help="key=value overrides for every run")
     args = parser.parse_args()
+    if any(len(v) < 2 for v in args.variant):
+        raise SystemExit("--variant NAME METHOD [KEY=VALUE ...]")
     pairs = [tuple(p.split("-", 1)) for p in args.pairs] if args.pairs else None
 
     run_dirs = {s: (ROOT / args.out / str(s)).resolve() for s in args.seeds}
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
-        times = dict(zip(args.seeds, pool.map(lambda s: run_seed(args.module, s, run_dirs[s], args.overrides),
-                                              args.seeds)))
-    results = {s: json.loads((run_dirs[s] / "metrics.json").read_text()) for s in args.seeds}
+        done = dict(zip(args.seeds, pool.map(lambda s: run_seed(args.module, s, run_dirs[s], args.overrides,
+                                                                 args.variant), args.seeds)))
+    times, results = {s: t for s, (t, _) in done.items()}, {s: r for s, (_, r) in done.items()}
     command = " ".join(["python experiments/seeds.py", *sys.argv[1:]])
     header = [f"# {args.name}", "", f"`{command}`", "",
               f"Measured {date.today().isoformat()} at commit {commit()} on {machine()}; {versions()}. Wall time "

@@ -58,3 +58,33 @@ def test_the_seeds_runner_reports_paired_differences_and_reuses_runs(tmp_path):
     assert "| oreo − sft | test | +10.0 | [+10.0, +10.0] | oreo > sft |" in text
     assert "| oreo − rft | test | +0.0 |" in text and "tie" in text and "commit" in text
     assert (tmp_path / "runs" / "0" / "calls").read_text() == "2"
+
+
+def test_a_variant_is_trained_on_each_seeds_run_and_paired_with_the_others(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "fakes")}
+    cmd = [sys.executable, "experiments/seeds.py", "--seeds", "0", "1", "--out", str(tmp_path / "runs"),
+           "--name", "fake", "--module", "fake_run", "--results", str(tmp_path),
+           "--variant", "oreo_b", "oreo", "oreo.beta=0.05", "--pairs", "oreo_b-oreo"]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    data = json.loads((tmp_path / "fake.json").read_text())
+    assert data["accuracy"]["oreo_b"]["test"] == pytest.approx([55, 56])
+    assert [p["diffs"] for p in data["paired"] if p["split"] == "test"] == [pytest.approx([5, 5])]
+    branch = tmp_path / "runs" / "0-oreo_b"
+    assert (branch / "branch.done").exists() and (branch / "checkpoints" / "sft").is_dir()
+    assert not (branch / "calls").exists() or (branch / "calls").read_text() == "1"
+
+
+def test_the_tuner_chooses_on_validation_and_refuses_the_test_split(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests" / "fakes")}
+    base = tmp_path / "base"
+    subprocess.run([sys.executable, "-m", "fake_run", f"run_dir={base}"], env=env, check=True)
+    cmd = [sys.executable, "experiments/tune.py", "--base", str(base), "--method", "oreo", "--grid",
+           "oreo.beta=0.01,0.1,0.05", "--out", str(tmp_path / "tune"), "--name", "tuned", "--module", "fake_run",
+           "--results", str(tmp_path)]
+    subprocess.run(cmd, cwd=ROOT, env=env, check=True, capture_output=True)
+    data = json.loads((tmp_path / "tuned.json").read_text())
+    assert data["chosen"] == ["oreo.beta=0.1"] and data["split"] == "validation"
+    assert [p["accuracy"] for p in data["points"]] == pytest.approx([31, 40, 35])
+    assert "oreo.beta=0.1 (chosen)" in (tmp_path / "tuned.md").read_text()
+    refused = subprocess.run([*cmd, "--split", "test"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert refused.returncode != 0 and "never on the test split" in refused.stderr
