@@ -3,6 +3,8 @@ PYTHON ?= python
 TORCH_VERSION ?= 2.13.0
 ROUNDS ?= 3
 RUN_DIR ?= runs/demo
+ITERATE_DIR ?= runs/iterate
+ARGS ?=
 STAMP := .make/installed
 ALFWORLD := .make/alfworld
 LINT := .make/ruff
@@ -28,7 +30,7 @@ demo: install
 	$(PYTHON) -m oreo.train run_dir=$(RUN_DIR)
 
 iterate: install
-	$(PYTHON) -m oreo.iterate iterate.rounds=$(ROUNDS) run_dir=runs/iterate
+	$(PYTHON) -m oreo.iterate iterate.rounds=$(ROUNDS) run_dir=$(ITERATE_DIR) $(ARGS)
 
 # ALFWorld's text engine, for its tests (and task=alfworld): jericho and fast-downward build from source (~1-2 min)
 $(ALFWORLD): $(STAMP)
