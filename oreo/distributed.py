@@ -87,6 +87,15 @@ def barrier() -> None:
         dist.barrier()
 
 
+def broadcast_from_rank0(obj):
+    """Rank 0's ``obj`` (picklable) on every rank; ``obj`` in one process. A collective."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def all_gather_objects(obj) -> list:
     """``[obj of rank 0, obj of rank 1, ...]`` (picklable objects); ``[obj]`` in one process."""
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:

@@ -71,15 +71,15 @@ def run_iterations(cfg: RunConfig) -> list[dict]:
 
 
 def report_rounds(run, rows: list[dict], splits: list[str], name: str) -> list[dict]:
-    """Record the per-round ``rows`` in run.json, close the logger, print the table and plot it to
-    ``plots/NAME.png``."""
+    """Record the per-round ``rows`` in run.json, print the table, plot it to ``plots/NAME.png``
+    and close the run."""
     run.results["rounds"] = rows
     run._write_results()
-    run.logger.close()
     if run.main:
         plot = plot_rounds(rows, splits, run.dir / "plots" / f"{name}.png")
         print(format_rounds(rows, splits))
         print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
+    run.close()
     return rows
 
 

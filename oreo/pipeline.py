@@ -17,7 +17,7 @@ import torch
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import parses_json, progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
-from oreo.distributed import barrier, init_distributed, rank_world
+from oreo.distributed import barrier, broadcast_from_rank0, init_distributed, rank_world
 from oreo.encode import Encoder
 from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import add_lora
@@ -27,6 +27,7 @@ from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
+from oreo.run_lock import RunDirLock, lock_run_dir
 from oreo.runtime import (
     build_sampler,
     check_value_backbone,
@@ -70,6 +71,7 @@ class Run:
         self.task = make_task(cfg.task)
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.imported = self.import_file()   # bad data fails now, before any stage, whatever `stages` says
+        self._lock = self._hold_directory()   # before run.json is read for this run, and anything written
         self.results = self._read_results()
         redo = self.to_recompute(list(cfg.recompute))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run
@@ -90,6 +92,27 @@ class Run:
         self.buffer = Buffer(self.dir / "buffer")
         self.logger = MetricsLogger(self.dir, wandb_cfg=as_dict(cfg.wandb),
                                     config=self.plain, enabled=self.main)
+
+    def _hold_directory(self) -> RunDirLock | None:
+        """Rank 0 locks the run directory for the whole job (``oreo.run_lock``); the other ranks take its
+        verdict, so when another run holds the directory every rank fails with the same error, none waits at a
+        barrier for a rank that has failed."""
+        lock, error = None, None
+        if self.main:
+            try:
+                lock = lock_run_dir(self.dir)
+            except Exception as e:
+                error = e
+        error = broadcast_from_rank0(error)
+        if error is not None:
+            raise error
+        return lock
+
+    def close(self) -> None:
+        """The run is done: close the logger and let go of the run directory."""
+        self.logger.close()
+        if self._lock is not None:
+            self._lock.release()
 
     # ------------------------------------------------------------------ helpers
     def checkpoint(self, name: str) -> Path:
@@ -468,7 +491,7 @@ class Run:
             if out is not None and METHODS[name].policy:
                 self.evaluate(name, out)
         self._write_results()
-        self.logger.close()
+        self.close()
         if self.main:
             print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
             print(f"results: {self.dir / 'metrics.json'}")
