@@ -20,9 +20,10 @@ equivalence stand between a copy and a reward.
 **Pairs.** ``tests/data/grader_pairs.jsonl`` holds (gold, answer, expected verdict, optional
 problem) pairs; the accuracy is the share graded as expected.
 
-``--ref REV`` loads ``oreo/tasks/grading.py`` as it was at git revision REV (``git show``) into a
-temporary file and grades with it: the old grader is measured without changing the checkout. A grader
-that has no ``problem`` parameter is called without it.
+``--ref REV`` loads the grader as it was at git revision REV (``git show``: the package
+``oreo/tasks/grading/``, or the module ``oreo/tasks/grading.py`` before it was split) into a temporary
+folder and grades with it: the old grader is measured without changing the checkout. A grader that has
+no ``problem`` parameter is called without it.
 """
 from __future__ import annotations
 
@@ -44,6 +45,10 @@ PAIRS = ROOT / "tests" / "data" / "grader_pairs.jsonl"
 ASKS_RE = re.compile(r"\b(compute|evaluate|simplify|what is)\b", re.IGNORECASE)
 
 
+def git(*args: str) -> str:
+    return subprocess.run(["git", *args], cwd=ROOT, check=True, capture_output=True, text=True).stdout
+
+
 def load_grading(ref: str | None):
     """The grading module of this checkout, or of git revision ``ref``."""
     if ref is None:
@@ -51,12 +56,18 @@ def load_grading(ref: str | None):
         from oreo.tasks import grading
 
         return grading
-    source = subprocess.run(["git", "show", f"{ref}:oreo/tasks/grading.py"], cwd=ROOT, check=True,
-                            capture_output=True, text=True).stdout
     folder = Path(tempfile.mkdtemp(prefix="grading-"))
-    path = folder / "grading_at_ref.py"
-    path.write_text(source, encoding="utf-8")
-    spec = importlib.util.spec_from_file_location("grading_at_ref", path)
+    files = git("ls-tree", "--name-only", ref, "oreo/tasks/grading/").split()
+    if files:  # the package: its modules import each other relatively, so it loads under another name
+        package = folder / "grading_at_ref"
+        package.mkdir()
+        for name in files:
+            (package / Path(name).name).write_text(git("show", f"{ref}:{name}"), encoding="utf-8")
+        path, locations = package / "__init__.py", [str(package)]
+    else:  # one module, before the split
+        path, locations = folder / "grading_at_ref.py", None
+        path.write_text(git("show", f"{ref}:oreo/tasks/grading.py"), encoding="utf-8")
+    spec = importlib.util.spec_from_file_location("grading_at_ref", path, submodule_search_locations=locations)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -280,7 +291,7 @@ def pair_accuracy(grade, pairs, threads: int):
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--ref", help="grade with oreo/tasks/grading.py of this git revision")
+    parser.add_argument("--ref", help="grade with the grader (oreo/tasks/grading) of this git revision")
     parser.add_argument("--no-problem", action="store_true", help="do not pass the problem text")
     parser.add_argument("--data", type=Path, default=DATA)
     parser.add_argument("--pairs", type=Path, default=PAIRS)
