@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from oreo.tasks import grading
 from oreo.tasks.grading import (
     KILL_GRACE,
+    equivalence,
     extract_boxed,
     extract_gsm8k_answer,
     grade_gsm8k,
@@ -22,6 +22,9 @@ from oreo.tasks.grading import (
     math_equal,
     math_gold,
     normalize_math_answer,
+    notation,
+    rewrites,
+    sandbox,
 )
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -211,7 +214,7 @@ def test_math500_golds_equal_symbolically(math500):
     # The fast path accepts them all; math-verify must too, on its own.
     start = time.perf_counter()
     wrong = [r["unique_id"] for r in math500
-             if not grading._symbolic_equal(r["answer"], extract_boxed(r["solution"]), 10.0)]
+             if not equivalence._symbolic_equal(r["answer"], extract_boxed(r["solution"]), 10.0)]
     print(f"MATH500, symbolic check alone: {500 - len(wrong)}/500 in {time.perf_counter() - start:.1f}s")
     assert wrong == []
 
@@ -344,7 +347,7 @@ def test_fast_path_needs_no_worker(monkeypatch):
     def fail(*args):
         raise AssertionError("symbolic check called")
 
-    monkeypatch.setattr(grading, "_symbolic_equal", fail)
+    monkeypatch.setattr(equivalence, "_symbolic_equal", fail)
     assert grade_math(boxed(r"\dfrac{1}{2}\text{ cm}"), r"\frac12")[1]
     assert grade_math(boxed("x = 7"), "7")[1]
 
@@ -424,7 +427,7 @@ def test_math500_copied_expressions_grade_wrong(math500):
             spans.update(re.findall(r"\\d?binom\{[^{}]*\}\{[^{}]*\}|\d+!|\\log_\{?\d+\}?\s*\{?\d+\}?"
                                     r"|\\d?frac\{[^{}]*\}\{[^{}]*\}", expr))
         for span in spans:
-            if span.count("{") != span.count("}") or grading._same_as_written(span, gold):
+            if span.count("{") != span.count("}") or notation._same_as_written(span, gold):
                 continue
             if grade_math(boxed(span), gold, problem=problem)[1]:
                 accepted.append((record["unique_id"], gold, span))
@@ -675,11 +678,11 @@ def test_a_decimal_equals_a_gold_only_if_exactly_equal(gold, answer, correct):
 
 
 def test_decimals_reach_math_verify_as_exact_fractions():
-    assert grading._exact_decimals("0.3333333") == r"{\frac{3333333}{10000000}}"
-    assert grading._exact_decimals(r"-.5x+1.25") == r"-{\frac{5}{10}}x+{\frac{125}{100}}"
-    assert grading._exact_decimals("1,234.5") == r"{\frac{12345}{10}}"
-    assert grading._exact_decimals("(1,234.5)") == "(1,234.5)"  # digit, comma: math-verify decides
-    assert grading._exact_decimals("12") == "12"
+    assert rewrites._exact_decimals("0.3333333") == r"{\frac{3333333}{10000000}}"
+    assert rewrites._exact_decimals(r"-.5x+1.25") == r"-{\frac{5}{10}}x+{\frac{125}{100}}"
+    assert rewrites._exact_decimals("1,234.5") == r"{\frac{12345}{10}}"
+    assert rewrites._exact_decimals("(1,234.5)") == "(1,234.5)"  # digit, comma: math-verify decides
+    assert rewrites._exact_decimals("12") == "12"
 
 
 @pytest.mark.parametrize("gold, answer, correct", [
@@ -705,12 +708,12 @@ def test_expression_extraction_is_off():
     # math-verify's expression extraction would read "5" out of this broken LaTeX with SymPy's
     # parse_expr (which evaluates Python); with LaTeX extraction only it is no answer.
     assert grade_math(boxed(r"5 \begin"), "5") == (r"5 \begin", False)
-    assert grading._verify(r"\boxed{5}", r"\boxed{5 \begin}") is False
-    assert grading._verify(r"\boxed{\frac{1}{2}}", r"\boxed{0.5}") is True
+    assert sandbox._verify(r"\boxed{5}", r"\boxed{5 \begin}") is False
+    assert sandbox._verify(r"\boxed{\frac{1}{2}}", r"\boxed{0.5}") is True
     import math_verify.parser
 
     # Even if reached, the parser refuses.
-    assert math_verify.parser.parse_expr is grading._refuse_expression
+    assert math_verify.parser.parse_expr is sandbox._refuse_expression
     with pytest.raises(ValueError):
         math_verify.parser.parse_expr_cached("__import__('os').getpid()")
 
@@ -739,18 +742,18 @@ def test_pathological_answer_times_out_wrong(answer, caplog):
 
 def test_stuck_worker_is_killed_and_replaced(caplog):
     # The worker's own timer is set far out here, so only the parent's kill can stop it.
-    request = {"gold": grading._verify_input("7"), "answer": grading._verify_input("9^{9^{9^{9}}}"),
+    request = {"gold": rewrites._verify_input("7"), "answer": rewrites._verify_input("9^{9^{9^{9}}}"),
                "timeout": 600}
     start = time.perf_counter()
-    reply = grading._pool().ask(request, 0.5)
+    reply = sandbox._pool().ask(request, 0.5)
     assert "worker killed" in reply["error"]
     assert time.perf_counter() - start < 0.5 + KILL_GRACE + 1.0
     assert grade_math(boxed("0.5"), r"\frac12") == ("0.5", True)
 
 
 def test_worker_that_cannot_start_grades_wrong(monkeypatch, caplog):
-    monkeypatch.setattr(grading, "_BOOT", "raise SystemExit(3)")
-    monkeypatch.setattr(grading, "_POOL", None)
+    monkeypatch.setattr(sandbox, "_BOOT", "raise SystemExit(3)")
+    monkeypatch.setattr(sandbox, "_POOL", None)
     with caplog.at_level(logging.WARNING, logger="oreo.grading"):
         assert grade_math(boxed("0.5"), r"\frac12") == ("0.5", False)
     assert any("did not start" in r.getMessage() for r in caplog.records)

@@ -87,10 +87,6 @@ on its own (``experiments/grader_gaming.py --ref``).
 
 from __future__ import annotations
 
-import sys
-import types
-
-from . import equivalence, notation, rewrites, sandbox
 from .boxed import extract_boxed, math_gold
 from .equivalence import DEFAULT_TIMEOUT, grade_math, math_equal
 from .gsm8k import GSM8K_ANSWER_PREFIX as GSM8K_ANSWER_PREFIX
@@ -111,37 +107,3 @@ __all__ = [
     "math_gold",
     "normalize_math_answer",
 ]
-
-# Private names that tests read, and set with monkeypatch, on the package: each is read from, and set
-# in, the module that defines it, which is where the code reads it (``_POOL`` changes as the pool starts).
-_PRIVATE = {
-    "_same_as_written": notation,
-    "_exact_decimals": rewrites,
-    "_verify_input": rewrites,
-    "_symbolic_equal": equivalence,
-    "_refuse_expression": sandbox,
-    "_verify": sandbox,
-    "_pool": sandbox,
-    "_BOOT": sandbox,
-    "_POOL": sandbox,
-}
-
-
-def __getattr__(name: str):
-    if name in _PRIVATE:
-        return getattr(_PRIVATE[name], name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-class _Package(types.ModuleType):
-    """This package: setting a name of ``_PRIVATE`` sets it in its module
-    (``monkeypatch.setattr(grading, "_BOOT", ...)`` changes what the sandbox's workers run)."""
-
-    def __setattr__(self, name: str, value) -> None:
-        if name in _PRIVATE:
-            setattr(_PRIVATE[name], name, value)
-        else:
-            super().__setattr__(name, value)
-
-
-sys.modules[__name__].__class__ = _Package
