@@ -21,8 +21,9 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from oreo.checkpoint import append_lines, weights_stamp, whole_lines
+from oreo.checkpoint import weights_stamp
 from oreo.distributed import all_gather_objects, barrier, rank_world
+from oreo.partial_files import append_lines, whole_lines
 from oreo.progress import progress
 from oreo.run_config import CONF_DIR, RunConfig, as_dict, run_config
 from oreo.search.strategies import majority_index

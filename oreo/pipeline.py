@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import parses_json, progress_dir, verify_manifest, weights_stamp
+from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, broadcast_from_rank0, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -23,6 +23,7 @@ from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import add_lora
 from oreo.metrics import MetricsLogger
 from oreo.models import ValueModel, enable_gradient_checkpointing
+from oreo.partial_files import parses_json
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
