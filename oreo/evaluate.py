@@ -13,7 +13,6 @@ saved policy (and value) with a search strategy on ``evaluate.splits`` and write
 from __future__ import annotations
 
 import json
-import os
 import time
 from math import comb
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from oreo.atomic_write import write_atomically
 from oreo.checkpoint import weights_stamp
 from oreo.distributed import all_gather_objects, barrier, rank_world
 from oreo.partial_files import append_lines, whole_lines
@@ -286,9 +286,7 @@ def search_run(cfg: RunConfig) -> dict:
         metrics["fingerprint"] = fingerprint
         if rank_world()[0] == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = metrics_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(metrics, indent=2))
-            os.replace(tmp, metrics_path)
+            write_atomically(metrics_path, json.dumps(metrics, indent=2))
     close_sampler(sampler)
     if rank_world()[0] == 0:
         for split in cfg.evaluate.splits:
@@ -365,9 +363,7 @@ def main(cfg: DictConfig) -> None:
 def _write_rows(path: str | Path, rows: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill never leaves half a file
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
+from oreo.atomic_write import write_atomically
 from oreo.buffer import Buffer, import_reference_jsonl
 from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
@@ -178,9 +178,7 @@ class Run:
                 on_disk = {}
             self.results = merge_results(on_disk, self.results, self._forgotten)
             for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
-                tmp = self.dir / f"{name}.tmp"
-                tmp.write_text(json.dumps(content, indent=2))
-                os.replace(tmp, self.dir / name)
+                write_atomically(self.dir / name, json.dumps(content, indent=2))
 
     def done(self, path: Path) -> bool:
         """Whether the stage output ``path`` is there to reuse; one whose files were cut or changed since the
