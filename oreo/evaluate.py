@@ -246,7 +246,7 @@ def search_run(cfg: RunConfig) -> dict:
     scorer = None
     if cfg.value == "policy":   # the policy's own step likelihood (oreo.search.value.StepLikelihoodScorer)
         check_likelihood_scoring(cfg, sampler, task)
-        scorer = StepLikelihoodScorer(sampler.model, Encoder(sampler.tokenizer, max_len=10**9),
+        scorer = StepLikelihoodScorer(sampler.model, Encoder.unbounded(sampler.tokenizer),
                                       batch_size=search.value_batch_size)
         value_dir = "policy"
     elif cfg.value == "verifier":   # a logistic readout of the policy's step log-probs (oreo.search.verifier)
@@ -254,7 +254,7 @@ def search_run(cfg: RunConfig) -> dict:
         value_dir = Path(cfg.run_dir) / "checkpoints" / "verifier"
     elif value_dir is not None:
         value = load_value_model(value_dir, dtype=cfg.model.dtype, policy=getattr(sampler, "model", None))
-        scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
+        scorer = ValueScorer(value.to(device), Encoder.unbounded(sampler.tokenizer),
                              batch_size=search.value_batch_size)
     elif search.strategy in NEEDS_VALUE:
         raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/; "
@@ -316,7 +316,7 @@ def verifier_scorer(cfg: RunConfig, policy_dir: Path, sampler, task):
 
     check_likelihood_scoring(cfg, sampler, task)
     folder = Path(cfg.run_dir) / "checkpoints" / "verifier"
-    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    encoder = Encoder.unbounded(sampler.tokenizer)
     name = f"{policy_dir} @ {weights_stamp(policy_dir)}"
     verifier = LikelihoodVerifier.load(folder) if (folder / VERIFIER_FILE).exists() else None
     if verifier is None or verifier.policy != name or not cfg.resume:

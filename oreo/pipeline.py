@@ -321,7 +321,7 @@ class Run:
             sampler = self.sampler(policy_dir, self.cfg.collect)
             value = (load_value_model(value_dir, dtype=self.cfg.model.dtype) if value_dir is not None else
                      new_value_model(self.cfg, self.load(policy_dir)[0]))
-            encoder = Encoder(sampler.tokenizer, max_len=10**9)
+            encoder = Encoder.unbounded(sampler.tokenizer)
             scorer = ValueScorer(value.to(self.device).eval(), encoder)
             prior = None
             if self.cfg.mcts.selection == "puct" and not self.agent:
