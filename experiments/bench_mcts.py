@@ -43,7 +43,7 @@ def main() -> None:
     task = make_task(cfg.task)
     policy, tok = load_policy(str(run / "checkpoints" / "sft"), dtype=cfg.model.dtype)
     value = ValueModel.from_pretrained(run / "checkpoints" / "oreo" / "value", dtype=cfg.model.dtype)
-    scorer = ValueScorer(value, Encoder(tok, max_len=10**9), batch_size=512)
+    scorer = ValueScorer(value, Encoder.unbounded(tok), batch_size=512)
     problems = task.problems("test")[:args.problems]
     searches = {"mcts": SearchConfig(strategy="mcts", mcts=MCTSConfig(iterations=args.iterations, branch=3)),
                 "beam": SearchConfig(strategy="beam", width=3)}
@@ -51,7 +51,7 @@ def main() -> None:
     for r in range(args.repeats):
         for name, search in searches.items():
             for share in (True, False):
-                sampler = HFSampler(policy, tok, Encoder(tok, max_len=10**9), batch_size=512,
+                sampler = HFSampler(policy, tok, Encoder.unbounded(tok), batch_size=512,
                                     max_new_tokens=cfg.evaluate.max_new_tokens, share_prefix=share)
                 start = time.perf_counter()
                 choices = Searcher(search, task, sampler, scorer).solve(problems, seed=r)

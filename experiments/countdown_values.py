@@ -99,7 +99,7 @@ def main() -> None:
     puzzles = task.problems(args.split)[:args.puzzles]
     ckpt = run_dir / "checkpoints"
     sampler = build_sampler(cfg, ckpt / "sft", cfg.evaluate, pick_device("auto"))
-    sft, encoder = sampler.model, Encoder(sampler.tokenizer, max_len=10**9)
+    sft, encoder = sampler.model, Encoder.unbounded(sampler.tokenizer)
     torch.manual_seed(args.seed)
     outs = sampler.generate([p.prompt for p in puzzles], n=args.n, temperature=args.temperature, seed=args.seed)
 

@@ -66,7 +66,7 @@ def main() -> None:
     info = prm.fit(rows)
     print(f"PRM: {len(rows)} target paths, {info['steps']} steps", flush=True)
     problems = task.problems("test")[:args.problems]
-    sampler = HFSampler(policy, tok, Encoder(tok, max_len=10**9), batch_size=512,
+    sampler = HFSampler(policy, tok, Encoder.unbounded(tok), batch_size=512,
                         max_new_tokens=cfg.evaluate.max_new_tokens)
     outs = sampler.generate([p.prompt for p in problems], n=args.n, temperature=1.0, seed=cfg.seed + 17)
     items = [(i, c) for i, cs in enumerate(outs) for c in cs]
@@ -93,7 +93,7 @@ def main() -> None:
               f"| pass@{args.n} (oracle) | {100 * pass_n:.1f} | |"]
     results = {"single": single, "majority": majority, "pass": pass_n}
     for name, model in scorers.items():
-        values = ValueScorer(model, Encoder(tok, max_len=10**9), batch_size=256)(contexts)
+        values = ValueScorer(model, Encoder.unbounded(tok), batch_size=256)(contexts)
         best = defaultdict(lambda: (float("-inf"), False))
         for (i, c), v, (_, ok) in zip(items, values, graded):
             if c.finished and v > best[i][0]:

@@ -79,7 +79,7 @@ def main() -> None:
     problems = task.problems(args.split)[:args.limit]
     policy_dir = ckpt / "policy" if args.policy == "oreo" else run_dir / "checkpoints" / "sft"
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
-    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    encoder = Encoder.unbounded(sampler.tokenizer)
     if args.value == "policy":
         scorer = StepLikelihoodScorer(sampler.model, encoder)
     elif args.value == "verifier":

@@ -140,7 +140,7 @@ def main() -> None:
     torch.manual_seed(cfg.seed)
     task = make_task(cfg.task)
     sft, tok = load_policy(str(run / "checkpoints" / "sft"), dtype=cfg.model.dtype)
-    encoder = Encoder(tok, max_len=10**9)
+    encoder = Encoder.unbounded(tok)
 
     # 1. the samples
     problems = task.problems("test")[:args.problems]

@@ -62,7 +62,7 @@ def main() -> None:
     device = pick_device("auto")
     policy_dir = run_dir / "checkpoints" / ("oreo/policy" if args.policy == "oreo" else "sft")
     sampler = build_sampler(cfg, policy_dir, cfg.evaluate, device)
-    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    encoder = Encoder.unbounded(sampler.tokenizer)
     scorers = {"OREO value": ValueScorer(load_value_model(run_dir / "checkpoints" / "oreo" / "value",
                                                           dtype=cfg.model.dtype).to(device), encoder),
                "likelihood verifier": verifier_scorer(cfg, policy_dir, sampler, task)}

@@ -33,6 +33,7 @@ from typing import Callable, Iterable
 import datasets
 from datasets import Dataset, Features, List, Value
 
+from oreo.atomic_write import atomic_file
 from oreo.trajectory import FIELDS, RecordError, Trajectory  # noqa: F401 (FIELDS, RecordError: re-exported)
 
 __all__ = ["Buffer", "FEATURES", "RecordError", "Trajectory", "import_jsonl", "import_reference_jsonl", "json_lines"]
@@ -226,14 +227,10 @@ class Buffer:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         records = self.load(rounds)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-        try:
+        with atomic_file(path, path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")) as tmp:
             with open(tmp, "w", encoding="utf-8") as f:
                 for record in records:
                     f.write(json.dumps(record.to_dict(), ensure_ascii=False) + "\n")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
         return len(records)
 
 

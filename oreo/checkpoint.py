@@ -1,5 +1,6 @@
-"""Trainer state next to the Hugging Face weights, and the in-stage checkpoints that let a killed
-training stage resume exactly where it stopped.
+"""Checkpoints: trainer state next to the Hugging Face weights, and the in-stage checkpoints that let a
+killed training stage resume exactly where it stopped; saved whole (atomic folders with a manifest) and
+loaded without trusting them.
 
 A stage writing its result to ``OUT`` keeps its latest in-stage checkpoint at ``OUT.progress/``
 (engine states with the weights, step, RNG), replaced atomically every ``save_every`` optimizer steps
@@ -12,11 +13,9 @@ Loading trusts nothing in the run directory: every ``.pt`` file is read with
 object is refused before anything in it runs), and a damaged or refused file fails with a
 ``CheckpointError`` that names it and says what to do.
 
-SIGTERM: the first one asks the loop to save at its next optimizer step and exit (status 143). If no
-optimizer step reads that request within the grace period (``sigterm_grace``, default
-``OREO_SIGTERM_GRACE_S`` or 30 s: a stuck loop), or a second SIGTERM arrives (a second or more after the
-first: closer ones are copies of the same request), the process exits at once
-with status 143, without saving, and says which in-stage checkpoint a rerun resumes from.
+What a SIGTERM does to a running stage (save at the next optimizer step, or exit at once when the loop
+is stuck) is in ``oreo.signals``; the JSON-lines progress files of collection and evaluation are in
+``oreo.partial_files``.
 """
 from __future__ import annotations
 
@@ -27,24 +26,15 @@ import math
 import os
 import random
 import re
-import select
 import shutil
 import signal
-import sys
-import threading
-import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
+from oreo.signals import SigtermWatchdog, Terminated, hard_exit, sigterm_grace_from_env
 
-SIGTERM_GRACE_ENV = "OREO_SIGTERM_GRACE_S"
-DEFAULT_SIGTERM_GRACE_S = 30.0
-# A SIGTERM this soon after the first is the same request: a launcher (torchrun, srun) forwarding the
-# scheduler's signal to a worker that got it too, as a member of the process group.
-SIGTERM_REPEAT_S = 1.0
 RESTART_HINT = "delete {dir} to restart the stage from its start"
 # Written last into every atomically saved folder: each file's size (and, for a finished stage's output,
 # its SHA-256), so a rerun that relies on the folder finds a file cut or changed since, before loading it.
@@ -99,78 +89,6 @@ def safe_load(file: str | Path, *, map_location=None, safe_globals=()):
         return torch.load(file, map_location=map_location, weights_only=True)
     except Exception as e:  # every failure is reported the same way, with the file
         raise _load_failure(file, e) from e
-
-
-# ---------------------------------------------------------------- append-only progress files
-# Collection and search evaluation append one JSON line per finished unit of work and flush it, so a
-# kill leaves whole lines and at most one cut line, the last, which is skipped (its unit is redone) and
-# dropped before the next append. Any other line that is not JSON is damage, and an error.
-def _tail_start(f, size: int) -> int:
-    """The offset just after the last newline of the open binary file ``f`` (0 if none)."""
-    pos = size
-    while pos > 0:
-        n = min(1 << 16, pos)
-        pos -= n
-        f.seek(pos)
-        i = f.read(n).rfind(b"\n")
-        if i >= 0:
-            return pos + i + 1
-    return 0
-
-
-def parses_json(data: str | bytes) -> bool:
-    try:
-        json.loads(data)
-        return True
-    except ValueError:
-        return False
-
-
-@contextmanager
-def append_lines(path: Path):
-    """``path`` opened for appending JSON lines. A last line cut by a kill (no newline) is dropped
-    first (its unit of work is redone), or ended if it is whole JSON, so the file holds only whole
-    lines before the next one is appended."""
-    path = Path(path)
-    if path.exists() and path.stat().st_size:
-        with path.open("rb+") as f:
-            size = f.seek(0, 2)
-            start = _tail_start(f, size)
-            if start < size:
-                f.seek(start)
-                if parses_json(f.read()):
-                    f.write(b"\n")
-                else:
-                    f.truncate(start)
-    with path.open("a") as out:
-        yield out
-
-
-def whole_lines(path: Path) -> list:
-    """The JSON objects of ``path``'s lines; ``[]`` if there is no file. A last line without its
-    newline that is not JSON was cut by a kill and is skipped; any other line that is not JSON is
-    damage: ``CheckpointError`` naming the file and the line."""
-    path = Path(path)
-    if not path.exists():
-        return []
-    *lines, tail = path.read_bytes().split(b"\n")
-    items = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            items.append(json.loads(line))
-        except ValueError as e:
-            raise CheckpointError(
-                path, f"damaged: not JSON ({e}); only the last line can be cut by a kill",
-                "delete that line to redo only its work, or delete the file to redo all of its work",
-                line=number) from e
-    if tail.strip():
-        try:
-            items.append(json.loads(tail))
-        except ValueError:
-            pass  # cut by a kill: its unit of work is redone
-    return items
 
 
 def save_trainer_state(path: Path, engines: dict, step: int | None) -> None:
@@ -363,154 +281,6 @@ def progress_dir(out_dir: str | Path) -> Path:
     return out_dir.with_name(out_dir.name + ".progress")
 
 
-class Terminated(SystemExit):
-    """Raised after a SIGTERM once the in-stage checkpoint is saved; exits with status 143 (128+15)."""
-
-    def __init__(self, path: Path, step: int):
-        super().__init__(143)
-        self.path, self.step = path, step
-
-
-def sigterm_grace_from_env() -> float:
-    """Seconds a first SIGTERM waits for the training loop to act on it: ``OREO_SIGTERM_GRACE_S`` (a
-    number, ``inf`` to wait for ever), else 30."""
-    value = os.environ.get(SIGTERM_GRACE_ENV, "").strip()
-    if not value:
-        return DEFAULT_SIGTERM_GRACE_S
-    try:
-        grace = float(value)
-    except ValueError:
-        raise ValueError(f"{SIGTERM_GRACE_ENV}={value!r}: expected seconds (a number, or inf)") from None
-    if math.isnan(grace) or grace < 0:
-        raise ValueError(f"{SIGTERM_GRACE_ENV}={value!r}: expected seconds >= 0 (or inf)")
-    return grace
-
-
-def _hard_exit(message: str, status: int = 143) -> None:
-    """Write ``message`` to stderr and end the process now (no cleanup: the main thread may be stuck)."""
-    try:
-        os.write(2, message.encode(errors="replace") + b"\n")
-    except OSError:
-        pass
-
-    def flush():
-        for stream in (sys.stdout, sys.stderr):
-            try:
-                stream.flush()
-            except Exception:  # best effort
-                pass
-    flusher = threading.Thread(target=flush, daemon=True)  # may block on a lock the stuck thread holds
-    flusher.start()
-    flusher.join(1.0)
-    os._exit(status)
-
-
-_WATCHDOGS: list = []  # this process's active SIGTERM watchdogs, innermost last
-
-
-def _forget_watchdogs_in_child() -> None:
-    """After a fork (data-loader workers, multiprocessing): the child is not the stage's process; it
-    gets back the SIGTERM handling it had before the stage and does not signal the parent's watchdog."""
-    if not _WATCHDOGS:
-        return
-    outer = _WATCHDOGS[0]
-    try:
-        signal.set_wakeup_fd(-1)
-        signal.signal(signal.SIGTERM, outer.previous_handler)
-    except (ValueError, OSError, TypeError):
-        pass
-    for watchdog in _WATCHDOGS:
-        for fd in (watchdog.read_fd, watchdog.write_fd):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-    _WATCHDOGS.clear()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_forget_watchdogs_in_child)
-
-
-class _SigtermWatchdog:
-    """Counts SIGTERMs at the C level, through ``signal.set_wakeup_fd``, in a thread of its own: it sees
-    them even when the main thread is stuck and never runs the Python handler. It ends the process
-    (status 143) on a second SIGTERM (``SIGTERM_REPEAT_S`` or more after the first), or when the
-    owner's grace passes after the first one without the loop acknowledging it (``acknowledge()``: the
-    loop read the request and is saving); a periodic save running at that moment holds the deadline
-    until it ends, then the grace starts again."""
-
-    def __init__(self, owner: StageCheckpoints, previous_handler):
-        self.owner, self.previous_handler = owner, previous_handler
-        self.read_fd, self.write_fd = os.pipe()
-        os.set_blocking(self.write_fd, False)
-        try:
-            self.previous_wakeup_fd = signal.set_wakeup_fd(self.write_fd, warn_on_full_buffer=False)
-        except (ValueError, OSError):
-            os.close(self.read_fd)
-            os.close(self.write_fd)
-            raise
-        self.count, self.first = 0, 0.0
-        self.acknowledged = False
-        self.closing = False
-        _WATCHDOGS.append(self)
-        self.thread = threading.Thread(target=self._run, name="oreo-sigterm-watchdog", daemon=True)
-        self.thread.start()
-
-    def acknowledge(self) -> None:
-        self.acknowledged = True
-
-    def _run(self) -> None:
-        deadline, saving = None, False
-        while True:
-            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
-            try:
-                ready, _, _ = select.select([self.read_fd], [], [], timeout)
-                data = os.read(self.read_fd, 512) if ready else b""
-            except OSError:
-                return
-            if self.closing or (ready and not data):
-                return
-            for byte in data:
-                if byte != signal.SIGTERM:
-                    continue
-                if self.count and time.monotonic() - self.first < SIGTERM_REPEAT_S:
-                    continue  # the same request twice (the scheduler's and the launcher's copy)
-                self.count += 1
-                self.owner._terminate = True
-                if self.count >= 2:
-                    self.owner._exit_now("a second SIGTERM: exiting at once")
-                self.first = time.monotonic()
-                grace = self.owner.sigterm_grace
-                if not math.isinf(grace):
-                    deadline = time.monotonic() + grace
-                self.owner._announce(deadline is not None)
-            now = time.monotonic()
-            if self.acknowledged:
-                deadline = None
-            elif deadline is not None and now >= deadline:
-                if self.owner._saving_step is not None:  # a periodic save: the loop is alive; wait for it
-                    saving, deadline = True, now + 1.0
-                    continue
-                if saving:  # that save is done: the next step_done has a grace of its own to come
-                    saving, deadline = False, now + self.owner.sigterm_grace
-                    continue
-                self.owner._exit_now(f"SIGTERM not acted on within {self.owner.sigterm_grace:g} s "
-                                     f"(no optimizer step ended: is the loop stuck?): exiting without saving")
-
-    def close(self) -> None:
-        self.closing = True
-        try:
-            signal.set_wakeup_fd(self.previous_wakeup_fd)
-        except (ValueError, OSError):
-            pass
-        if self in _WATCHDOGS:
-            _WATCHDOGS.remove(self)
-        os.close(self.write_fd)  # wakes the thread: end of file
-        self.thread.join(5.0)
-        os.close(self.read_fd)
-
-
 class StageCheckpoints:
     """In-stage checkpoints of one training stage (see the module docstring).
 
@@ -553,7 +323,7 @@ class StageCheckpoints:
                 self._previous_handler = None
                 return self
             try:
-                self._watchdog = _SigtermWatchdog(self, self._previous_handler)
+                self._watchdog = SigtermWatchdog(self, self._previous_handler)
             except (ValueError, OSError):  # no wakeup fd: a second SIGTERM still exits (_on_sigterm)
                 self._watchdog = None
         return self
@@ -589,7 +359,7 @@ class StageCheckpoints:
     def _exit_now(self, why: str) -> None:
         """Exit with status 143 now, saying what was and was not saved."""
         rank = f"rank {self._rank}: " if rank_world()[1] > 1 else ""
-        _hard_exit(f"{rank}{self.stage}: {why}; {self._on_disk()}")
+        hard_exit(f"{rank}{self.stage}: {why}; {self._on_disk()}")
 
     def _on_disk(self) -> str:
         if self._finished:

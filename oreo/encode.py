@@ -70,6 +70,12 @@ class Encoder:
         if self.granularity not in GRANULARITIES:
             raise ValueError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
 
+    @classmethod
+    def unbounded(cls, tokenizer) -> Encoder:
+        """A token-granularity encoder whose ``encode`` drops no trajectory for its length (``max_len`` 10**9):
+        the one samplers, scorers and search use to lay out the contexts they continue or score."""
+        return cls(tokenizer, max_len=10**9)
+
     def prompt_text(self, prompt) -> str:
         if isinstance(prompt, str):
             return prompt

@@ -13,7 +13,6 @@ saved policy (and value) with a search strategy on ``evaluate.splits`` and write
 from __future__ import annotations
 
 import json
-import os
 import time
 from math import comb
 from pathlib import Path
@@ -21,8 +20,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from oreo.checkpoint import append_lines, weights_stamp, whole_lines
+from oreo.atomic_write import write_atomically
+from oreo.checkpoint import weights_stamp
 from oreo.distributed import all_gather_objects, barrier, rank_world
+from oreo.partial_files import append_lines, whole_lines
 from oreo.progress import progress
 from oreo.run_config import CONF_DIR, RunConfig, as_dict, run_config
 from oreo.search.strategies import majority_index
@@ -245,7 +246,7 @@ def search_run(cfg: RunConfig) -> dict:
     scorer = None
     if cfg.value == "policy":   # the policy's own step likelihood (oreo.search.value.StepLikelihoodScorer)
         check_likelihood_scoring(cfg, sampler, task)
-        scorer = StepLikelihoodScorer(sampler.model, Encoder(sampler.tokenizer, max_len=10**9),
+        scorer = StepLikelihoodScorer(sampler.model, Encoder.unbounded(sampler.tokenizer),
                                       batch_size=search.value_batch_size)
         value_dir = "policy"
     elif cfg.value == "verifier":   # a logistic readout of the policy's step log-probs (oreo.search.verifier)
@@ -253,7 +254,7 @@ def search_run(cfg: RunConfig) -> dict:
         value_dir = Path(cfg.run_dir) / "checkpoints" / "verifier"
     elif value_dir is not None:
         value = load_value_model(value_dir, dtype=cfg.model.dtype, policy=getattr(sampler, "model", None))
-        scorer = ValueScorer(value.to(device), Encoder(sampler.tokenizer, max_len=10**9),
+        scorer = ValueScorer(value.to(device), Encoder.unbounded(sampler.tokenizer),
                              batch_size=search.value_batch_size)
     elif search.strategy in NEEDS_VALUE:
         raise ValueError(f"search.strategy={search.strategy} needs a value model, and {cfg.checkpoint} has no value/; "
@@ -285,9 +286,7 @@ def search_run(cfg: RunConfig) -> dict:
         metrics["fingerprint"] = fingerprint
         if rank_world()[0] == 0:
             out_dir.mkdir(parents=True, exist_ok=True)
-            tmp = metrics_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(metrics, indent=2))
-            os.replace(tmp, metrics_path)
+            write_atomically(metrics_path, json.dumps(metrics, indent=2))
     close_sampler(sampler)
     if rank_world()[0] == 0:
         for split in cfg.evaluate.splits:
@@ -317,7 +316,7 @@ def verifier_scorer(cfg: RunConfig, policy_dir: Path, sampler, task):
 
     check_likelihood_scoring(cfg, sampler, task)
     folder = Path(cfg.run_dir) / "checkpoints" / "verifier"
-    encoder = Encoder(sampler.tokenizer, max_len=10**9)
+    encoder = Encoder.unbounded(sampler.tokenizer)
     name = f"{policy_dir} @ {weights_stamp(policy_dir)}"
     verifier = LikelihoodVerifier.load(folder) if (folder / VERIFIER_FILE).exists() else None
     if verifier is None or verifier.policy != name or not cfg.resume:
@@ -364,9 +363,7 @@ def main(cfg: DictConfig) -> None:
 def _write_rows(path: str | Path, rows: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")  # written whole, then renamed: a kill never leaves half a file
-    tmp.write_text("".join(json.dumps(r, default=str) + "\n" for r in rows))
-    os.replace(tmp, path)
+    write_atomically(path, "".join(json.dumps(r, default=str) + "\n" for r in rows))
 
 
 if __name__ == "__main__":

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 import random
 import shutil
 from pathlib import Path
 
 import torch
 
+from oreo.atomic_write import write_atomically
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import parses_json, progress_dir, verify_manifest, weights_stamp
+from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, broadcast_from_rank0, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -23,6 +23,7 @@ from oreo.evaluate import evaluate_episodes, evaluate_greedy, evaluate_sampled
 from oreo.lora import add_lora
 from oreo.metrics import MetricsLogger
 from oreo.models import ValueModel, enable_gradient_checkpointing
+from oreo.partial_files import parses_json
 from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
@@ -177,9 +178,7 @@ class Run:
                 on_disk = {}
             self.results = merge_results(on_disk, self.results, self._forgotten)
             for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
-                tmp = self.dir / f"{name}.tmp"
-                tmp.write_text(json.dumps(content, indent=2))
-                os.replace(tmp, self.dir / name)
+                write_atomically(self.dir / name, json.dumps(content, indent=2))
 
     def done(self, path: Path) -> bool:
         """Whether the stage output ``path`` is there to reuse; one whose files were cut or changed since the
@@ -322,7 +321,7 @@ class Run:
             sampler = self.sampler(policy_dir, self.cfg.collect)
             value = (load_value_model(value_dir, dtype=self.cfg.model.dtype) if value_dir is not None else
                      new_value_model(self.cfg, self.load(policy_dir)[0]))
-            encoder = Encoder(sampler.tokenizer, max_len=10**9)
+            encoder = Encoder.unbounded(sampler.tokenizer)
             scorer = ValueScorer(value.to(self.device).eval(), encoder)
             prior = None
             if self.cfg.mcts.selection == "puct" and not self.agent:

@@ -80,12 +80,12 @@ def build_sampler(cfg: RunConfig, policy_dir: str | Path, section, device: torch
 
         path = resolve_model_path(str(policy_dir))
         tokenizer = AutoTokenizer.from_pretrained(path)
-        return VLLMSampler(path, tokenizer, Encoder(tokenizer, max_len=10**9),
+        return VLLMSampler(path, tokenizer, Encoder.unbounded(tokenizer),
                            batch_size=section.batch_size, max_new_tokens=section.max_new_tokens,
                            dtype=cfg.model.dtype, seed=cfg.seed,
                            gpu_memory_utilization=cfg.sampler.gpu_memory_utilization)
     model, tokenizer = load_model(cfg, policy_dir, device)
-    return HFSampler(model, tokenizer, Encoder(tokenizer, max_len=10**9), batch_size=section.batch_size,
+    return HFSampler(model, tokenizer, Encoder.unbounded(tokenizer), batch_size=section.batch_size,
                      max_new_tokens=section.max_new_tokens, share_prefix=cfg.sampler.share_prefix)
 
 

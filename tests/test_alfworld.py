@@ -172,7 +172,7 @@ def test_one_collection_round_with_a_tiny_model(data_dir, tmp_path):
     task = AlfworldTask(AlfworldConfig(data_dir=str(data_dir), max_steps=3, chat=False, limits={"train": 2}))
     model, tok = load_policy("tiny", tiny={"hidden_size": 32, "num_layers": 1, "num_heads": 2,
                                            "intermediate_size": 64, "max_position_embeddings": 4096})
-    sampler = HFSampler(model, tok, Encoder(tok, max_len=10**9), batch_size=8, max_new_tokens=12)
+    sampler = HFSampler(model, tok, Encoder.unbounded(tok), batch_size=8, max_new_tokens=12)
     buffer = Buffer(tmp_path / "buffer")
     info = collect(task, task.games("train"), sampler, buffer, n=2, temperature=1.0, seed=0)
     records = buffer.load()

@@ -12,8 +12,9 @@ import pytest
 import torch
 from torch import nn
 
-from oreo.checkpoint import StageCheckpoints, Terminated, load_trainer_state, save_trainer_state
+from oreo.checkpoint import StageCheckpoints, load_trainer_state, save_trainer_state
 from oreo.engine import OptimConfig, TorchEngine
+from oreo.signals import Terminated
 
 
 def trained_engine(seed: int) -> TorchEngine:

@@ -18,13 +18,12 @@ from torch import nn
 from oreo.checkpoint import (
     CheckpointError,
     StageCheckpoints,
-    append_lines,
     load_trainer_state,
     safe_load,
     save_trainer_state,
-    whole_lines,
 )
 from oreo.engine import OptimConfig, TorchEngine
+from oreo.partial_files import append_lines, whole_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 

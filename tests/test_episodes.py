@@ -214,7 +214,7 @@ def test_collect_writes_episodes_to_the_buffer_and_resumes(task, tmp_path):
 def test_a_tiny_model_collects_and_is_evaluated_on_episodes(task, tmp_path):
     model, tok = load_policy("tiny", tiny={"vocabulary": "household", "hidden_size": 32, "num_layers": 1,
                                            "num_heads": 2, "intermediate_size": 64, "max_position_embeddings": 2048})
-    sampler = HFSampler(model, tok, Encoder(tok, max_len=10**9), batch_size=64, max_new_tokens=8)
+    sampler = HFSampler(model, tok, Encoder.unbounded(tok), batch_size=64, max_new_tokens=8)
     buffer = Buffer(tmp_path / "buffer")
     info = collect(task, task.games("train")[:3], sampler, buffer, n=2, temperature=1.0, seed=0)
     assert info["records"] == 6 and info["tokens"] > 0

@@ -265,7 +265,7 @@ def test_step_logprobs_sum_each_steps_token_logprobs():
     torch.manual_seed(0)
     tok = tiny_tokenizer()
     model = tiny_causal_lm(len(tok), hidden_size=16, num_layers=1, num_heads=2, intermediate_size=32)
-    encoder = Encoder(tok, max_len=10**9)
+    encoder = Encoder.unbounded(tok)
     contexts = [Context("1 +2\n", ("1+2=3\n", "#### 3")), Context("4 -1 *2\n", ("4-1=3\n",)), Context("7\n", ())]
     got = step_logprobs(model, encoder, contexts, batch_size=2)
     for ctx, per_step in zip(contexts, got):

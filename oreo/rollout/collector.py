@@ -18,8 +18,8 @@ import time
 from pathlib import Path
 
 from oreo.buffer import Buffer
-from oreo.checkpoint import append_lines, whole_lines
 from oreo.distributed import all_reduce_scalars, barrier, rank_world
+from oreo.partial_files import append_lines, whole_lines
 from oreo.progress import progress
 from oreo.rollout.episodes import run_episodes, sampled_actions
 from oreo.trajectory import Trajectory

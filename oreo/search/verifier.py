@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from oreo.atomic_write import write_atomically
 from oreo.search.value import step_logprobs
 from oreo.types import Context
 
@@ -85,9 +86,7 @@ class LikelihoodVerifier:
     def save(self, folder: str | Path) -> None:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / (VERIFIER_FILE + ".tmp")
-        tmp.write_text(json.dumps({"features": list(FEATURES), **asdict(self)}, indent=2))
-        tmp.replace(folder / VERIFIER_FILE)
+        write_atomically(folder / VERIFIER_FILE, json.dumps({"features": list(FEATURES), **asdict(self)}, indent=2))
 
     @classmethod
     def load(cls, folder: str | Path) -> LikelihoodVerifier:

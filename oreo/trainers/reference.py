@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from oreo.atomic_write import atomic_file
 from oreo.batch import collate
 from oreo.checkpoint import weights_stamp
 from oreo.encode import Encoded
@@ -74,7 +75,6 @@ def reference_logprobs(ref_model, data: list[Encoded], pad_token_id: int, *, bat
     ref_model.train(was_training)
     if path is not None and world()[0] == 0:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file({str(i): t.contiguous() for i, t in enumerate(out)}, str(tmp))
-        tmp.replace(path)
+        with atomic_file(path) as tmp:
+            save_file({str(i): t.contiguous() for i, t in enumerate(out)}, str(tmp))
     return out
