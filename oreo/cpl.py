@@ -2,8 +2,8 @@
 
 The task answers in a plan format (``task.format=plan``: plan steps, then one solution), or is an agent task whose
 turns are the plan steps (``+experiment=cpl_household``: the game's end is the terminal child). The plan search is
-the shared MCTS with ``mcts.style=alphazero`` (PUCT over the policy's step priors, the value model's score of
-each selected leaf, terminal rewards ±1, running-mean backup), and every method is an objective of the one
+``oreo.search.mcts.PlanSearch``, ``mcts.style=alphazero`` (PUCT over the policy's step priors, the value model's
+score of each selected leaf, terminal rewards ±1, running-mean backup), and every method is an objective of the one
 training loop:
 
 - **Round 1.** With ``cpl.initial_sft`` (the embedded task): SFT on the teacher's plan-format solutions, and

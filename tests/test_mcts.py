@@ -534,3 +534,10 @@ def test_alphazero_over_turns_gives_step_apo_pairs_of_turns():
             r = objective.records[e.index]
             actions = tok.decode([t for t, a in zip(e.input_ids[1:], e.action_mask) if a])
             assert actions == r.steps[-1] + tok.eos_token and len(r.observations) == len(r.steps) - 1
+
+
+def test_the_style_picks_the_search():
+    from oreo.search.mcts import MCTSStar, PlanSearch, make_search
+
+    assert type(make_search(MCTSConfig(), Task(), None, None)) is MCTSStar
+    assert type(make_search(MCTSConfig(style="alphazero"), PlanTask(), None, None)) is PlanSearch

@@ -1,29 +1,20 @@
-"""MCTS* (ReST-MCTS*, spec §1.2) over reasoning steps, batched across problems.
+"""Tree search over reasoning steps, batched across problems: ReST-MCTS*'s MCTS* and CPL's plan search, two
+algorithms over the shared tree (``oreo.search.tree``).
 
-Each iteration, in every problem's tree at once:
+- ``MCTSStar`` (ReST-MCTS*, spec §1.2): UCT, every new child scored by the value model at once, visit-weighted
+  backup, value-guided rollouts, an end gate (evaluation). It builds the trees the process value model and the
+  policy of ``python -m oreo.rest_mcts`` learn from, and is ``search=mcts`` at test time.
+- ``PlanSearch`` (CPL, spec §2.2): PUCT over the policy's step priors, the selected leaf scored, terminal children
+  valued ±1, running-mean backup; no rollout, no end gate. It builds CPL's Step-APO pairs and value targets.
 
-1. **select** a leaf: from the root, the best child (UCT with the unvisited bonus, or PUCT) while the
-   node has children;
-2. **expand** it by ``branch`` sampled next steps (a step ends at the task's step separator; a sample
-   that ends with EOS is a finished solution: a terminal child, graded by the task's grader). All the
-   selected leaves of all problems are expanded in one sampler call;
-3. **score** every new child with the value model, in one call, clipped to [0, 1];
-4. optionally **roll out** greedily from the best new child for ``rollout_steps`` steps (``rollout_branch``
-   samples a step, the highest-valued kept, nothing added to the tree) and mix the rollout's best
-   value in: V ← (1 − α)·V + α·v_max;
-5. **back up**: one more visit on the path, each node's value the visit-weighted mean of its children's.
+What they share lives in ``TreeSearch``: one tree per problem, grown by the task's expansion (``StepExpansion``,
+``PlanExpansion``, ``TurnExpansion``), every problem's selected leaf of an iteration expanded in one sampler call
+(and, with a ``prior``, the new children's step priors read in one call), the value model's scores clipped to the
+search's range, and the tokens and completions each tree cost. ``make_search`` picks the class by
+``MCTSConfig.style`` (``mcts.style`` in the run's config: ``rest`` or ``alphazero``).
 
 A leaf that cannot be expanded (every sample cut by the token limit, or ``max_depth`` reached) becomes a
-dead end: terminal, with no grade. With ``end_gate`` set (evaluation), a problem's search stops at the
-first new node whose value reaches it, as in the reference's evaluation mode.
-
-``style=alphazero`` runs CPL's plan search (spec §2.2) on the same trees, sampler and batching instead: PUCT
-over the policy's step priors (``prior``: the mean token log-prob of a step, ``oreo.search.value.StepPrior``),
-terminal children never selected, the selected leaf scored by the value model in [-1, 1] before it is
-expanded, terminal children valued +1 (right) or -1 (wrong or invalid), and every value backed up as a
-running mean (Q = value_sum / N). Tasks in a plan format grow by ``PlanExpansion``: plan steps, then one
-solution as a terminal child. Agents grow by turns as in MCTS* (``TurnExpansion``), each turn a plan step: the
-game's end is the terminal child, +1 won and -1 lost.
+dead end: terminal, with no grade.
 
 The reference's three default sets disagree (spec §1.2.6); the defaults here are its data-generation set
 for GSM8K (``generate_both_samples_GSM.py``: 40 iterations, b = 3, c = 0.5, bonus 0.9, one rollout step,
@@ -44,26 +35,30 @@ from oreo.types import Context
 
 @dataclass
 class MCTSConfig:
-    iterations: int = at_least(1, 40)      # the budget: rounds of select-expand-score-rollout-backup per problem
+    """The ``mcts`` section: the search's settings. ``style`` picks the algorithm (``make_search``); the fields
+    marked "rest only" or "alphazero ignores" are read by MCTS* alone (``MCTSStar``), ``answer`` by test-time
+    search alone. The keys stay one flat section, as run directories record it."""
+    iterations: int = at_least(1, 40)      # the budget: rounds of select-expand-(score-rollout)-backup per problem
     branch: int = at_least(1, 3)           # b: sampled next steps per expansion
-    selection: str = one_of(("uct", "puct"), "uct")
+    selection: str = one_of(("uct", "puct"), "uct")   # CPL: puct (over the step priors)
     c: float = at_least(0.0, 0.5)          # exploration constant
-    unvisited_bonus: float = 0.9           # UCT: added to an unvisited child's value (the reference's finite "INF")
-    rollout_steps: int = at_least(0, 1)    # greedy value-guided rollout depth (0: none)
-    rollout_branch: int = at_least(1, 1)   # samples per rollout step
-    alpha: float = between(0.0, 1.0, 0.5)  # weight of the rollout's best value in the rolled node's value
+    unvisited_bonus: float = 0.9           # UCT only: added to an unvisited child's value (the reference's "INF")
+    # rest only (alphazero ignores them, as does MCTS* over agents' turns): greedy value-guided rollout depth (0:
+    # none), samples per rollout step, and the weight of the rollout's best value in the rolled node's value
+    rollout_steps: int = at_least(0, 1)
+    rollout_branch: int = at_least(1, 1)
+    alpha: float = between(0.0, 1.0, 0.5)
     temperature: float = at_least(0.0, 0.7)
     max_depth: int = at_least(1, 20)       # steps before a partial solution becomes a dead end
     step_max_tokens: int = at_least(1, 64)  # token limit of one step
-    end_gate: float | None = None          # stop a problem at the first node with V >= end_gate (None: whole budget)
-    # search=mcts, the answer (spec §1.2.5): best_value: the node that reached end_gate, else the highest-V node
-    # (unfinished: completed greedily); best_leaf: the highest-V finished solution; weighted_vote: the answer
-    # whose finished solutions' values sum highest
+    # rest only: stop a problem at the first node with V >= end_gate (None: whole budget)
+    end_gate: float | None = None
+    # search=mcts (test time, rest only), the answer (spec §1.2.5): best_value: the node that reached end_gate, else
+    # the highest-V node (unfinished: completed greedily); best_leaf: the highest-V finished solution;
+    # weighted_vote: the answer whose finished solutions' values sum highest
     answer: str = one_of(("best_value", "best_leaf", "weighted_vote"), "best_value")
-    # rest: MCTS* (ReST-MCTS*, spec §1.2; every new child scored at once, visit-weighted backup, rollouts);
-    # alphazero: CPL's plan search (spec §2.2; the selected leaf scored, its value and the terminal children's
-    # rewards, +1 right and -1 otherwise, backed up as running means; terminal children never selected; values in
-    # [-1, 1]; no rollout, no end gate)
+    # the algorithm: rest: MCTS* (``MCTSStar``: ReST-MCTS*, spec §1.2); alphazero: CPL's plan search
+    # (``PlanSearch``, spec §2.2)
     style: str = one_of(("rest", "alphazero"), "rest")
     root_branch: int | None = at_least(1, None)   # children of a root's first expansion (CPL: 5); null: branch
 
@@ -195,10 +190,15 @@ def expansion_for(task, max_depth: int):
     return (PlanExpansion if getattr(task, "plan_format", False) else StepExpansion)(task, max_depth)
 
 
-class MCTS:
-    """MCTS* with a ``task`` (step separators and grader, or games and their environment), a ``sampler`` and a
-    value ``scorer``. Agents' trees take no rollout (``rollout_steps`` is ignored): a rollout would have to play
-    its turns too."""
+class TreeSearch:
+    """What MCTS* and CPL's plan search share, over a ``task`` (step separators and grader, or games and their
+    environment), a ``sampler``, a value ``scorer`` and optionally a step ``prior`` (PUCT's): one tree per problem,
+    grown by the task's expansion; each iteration of the subclass's algorithm (``_iteration``) runs in every
+    problem's tree at once, every selected leaf expanded in one sampler call; the tokens and completions each tree
+    cost (``tokens``, ``samples``) and the search's ``stats``. ``cfg.style`` is not read here: ``make_search``
+    picks the subclass by it."""
+
+    value_range: tuple[float, float]   # where the value model's scores are clipped
 
     def __init__(self, cfg: MCTSConfig, task, sampler, scorer, prior=None):
         self.cfg, self.task, self.sampler, self.scorer, self.prior = cfg, task, sampler, scorer, prior
@@ -206,11 +206,10 @@ class MCTS:
         self.stats = SearchStats()
         self.tokens: dict[str, int] = {}      # tree id → tokens generated for it
         self.samples: dict[str, int] = {}     # tree id → completions generated for it
-        self.gated: dict[str, Node] = {}      # tree id → the first node whose value reached end_gate
 
     def search(self, problems: list, seed: int = 0, prefix: str = "") -> list[Tree]:
         """One tree per problem (its id: ``prefix`` + the problem's), searched for ``cfg.iterations``
-        iterations."""
+        iterations, or until the algorithm finishes every problem."""
         start = time.perf_counter()
         rng = random.Random(seed)
         trees = [Tree(f"{prefix}{pid}", pid, prompt, getattr(self.task, "name", ""))
@@ -223,77 +222,25 @@ class MCTS:
             active = [i for i, d in enumerate(done) if not d]
             if not active:
                 break
-            if self.cfg.style == "alphazero":
-                self._alphazero_iteration(problems, trees, active, done, rng, _seed(seed, it, 0))
-                continue
-            leaves = {i: self._select(trees[i], rng) for i in active}
-            todo = [i for i in active if not leaves[i].terminal]
-            new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in todo}, _seed(seed, it, 0))
-            for i in active:
-                gate = self.cfg.end_gate
-                passed = [k for k in new.get(i, []) if gate is not None and k.value >= gate]
-                if passed:
-                    self.gated[trees[i].id] = max(passed, key=lambda k: k.value)
-                    done[i] = True
-            if self.cfg.rollout_steps and isinstance(self.expansion, StepExpansion):
-                self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng,
-                              _seed(seed, it, 1))
-            for i in active:
-                backup(trees[i], leaves[i])
+            self._iteration(problems, trees, active, done, rng, seed, it)
         self.stats.wall_s += time.perf_counter() - start
         return trees
 
-    def _alphazero_iteration(self, problems, trees, active, done, rng, seed) -> None:
-        """One CPL iteration (spec §2.2) in every active tree: select a leaf by never entering a terminal child
-        or a node whose children are all terminal (a tree with nothing left to search is finished), score it with
-        the value, expand it (terminal children back up their reward at once) and back up its value."""
-        leaves = {}
-        for i in active:
-            leaf = self._select_open(trees[i], rng)
-            if leaf is None:
-                done[i] = True
-            else:
-                leaves[i] = leaf
-        keys = list(leaves)
-        values = self._scores([self.expansion.value_context(trees[i], leaves[i]) for i in keys])
-        new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in keys}, seed)
-        for i, v in zip(keys, values):
-            for child in new.get(i, []):
-                if child.terminal:
-                    backup_mean(trees[i], child, child.value)
-            backup_mean(trees[i], leaves[i], v)
+    def _iteration(self, problems: list, trees: list[Tree], active: list[int], done: list[bool],
+                   rng: random.Random, seed: int, it: int) -> None:
+        """Iteration ``it`` of the search seeded ``seed`` in the trees ``active`` lists; sets ``done[i]`` for a
+        problem whose search is over."""
+        raise NotImplementedError
 
-    def _select_open(self, tree: Tree, rng: random.Random) -> Node | None:
-        """AlphaZero-style selection: from the root, the best child among those with something left to search
-        (not terminal, and a leaf or with such a child of its own), down to a leaf; None if no such path is left.
-        A node whose children are all terminal is skipped, not marked terminal: it stays a valid plan step."""
-        memo: dict[str, bool] = {}
-
-        def searchable(node: Node) -> bool:
-            if node.id not in memo:
-                memo[node.id] = not node.terminal and (not node.children or
-                                                       any(searchable(k) for k in tree.children(node)))
-            return memo[node.id]
-
-        if not searchable(tree.root):
-            return None
-        node = tree.root
-        while node.children:
-            node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
-                                unvisited_bonus=self.cfg.unvisited_bonus, skip=lambda k: not searchable(k))
-        return node
-
-    def _select(self, tree: Tree, rng: random.Random) -> Node:
-        node = tree.root
-        while node.children:
-            node = select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
-                                unvisited_bonus=self.cfg.unvisited_bonus)
-        return node
+    def _best_child(self, tree: Tree, node: Node, rng: random.Random, skip=None) -> Node:
+        """``select_child`` under the configured rule, exploration constant and unvisited bonus."""
+        return select_child(tree, node, rng, rule=self.cfg.selection, c=self.cfg.c,
+                            unvisited_bonus=self.cfg.unvisited_bonus, skip=skip)
 
     def _expand(self, items: dict[int, tuple], seed: int) -> dict[int, list[Node]]:
         """Expand the leaf of each ``{i: (problem, tree, leaf)}`` in one sampler call (two when some roots take
-        ``root_branch`` children), give the new children their priors (with a ``prior``) and score them in one
-        value call (AlphaZero style: only terminal children, by their reward); returns them per ``i``."""
+        ``root_branch`` children) and give the new children their priors (with a ``prior``, in one call);
+        returns them per ``i``. Their values are the algorithm's to set."""
         if not items:
             return {}
         first = self.cfg.root_branch or self.cfg.branch   # a root's first expansion may take more children
@@ -310,39 +257,86 @@ class MCTS:
         new: dict[int, list[Node]] = {}
         for k, (problem, tree, leaf) in items.items():
             completions = outs[k]
+            self._spent(tree, sum(c.n_tokens for c in completions), len(completions))
             for c in completions:
-                self.stats.tokens += c.n_tokens
-                self.tokens[tree.id] += c.n_tokens
-                self.samples[tree.id] += 1
                 child = self.expansion.grow(problem, tree, leaf, c)
                 if child is not None:
                     self.stats.nodes += 1
                     new.setdefault(k, []).append(child)
             if not leaf.children:
                 leaf.terminal = True  # nothing usable came out: a dead end
-        flat = [(items[k][1], child) for k, kids in new.items() for child in kids]
+        flat = _new_nodes(items, new)
         if self.prior is not None and flat:
             for (_, child), p in zip(flat, self.prior([self.expansion.sample_context(t, n) for t, n in flat])):
                 child.prior = float(p)
-        if self.cfg.style == "alphazero":   # only terminal children get a value now: their reward, ±1
-            for _, child in flat:
-                child.value = 1.0 if child.terminal and child.reward else -1.0 if child.terminal else 0.0
-            return new
-        for (_, child), v in zip(flat, self._scores([self.expansion.value_context(t, n) for t, n in flat])):
-            child.value = v
         return new
 
+    def _spent(self, tree: Tree, n_tokens: int, n_samples: int) -> None:
+        """Count ``n_samples`` completions of ``n_tokens`` tokens in all generated for ``tree``."""
+        self.stats.tokens += n_tokens
+        self.tokens[tree.id] += n_tokens
+        self.samples[tree.id] += n_samples
+
     def _scores(self, contexts: list[Context]) -> list[float]:
-        """The value model's scores, clipped to [0, 1] as the reference does (AlphaZero style: to [-1, 1])."""
-        low = -1.0 if self.cfg.style == "alphazero" else 0.0
-        return [min(1.0, max(low, float(v))) for v in self.scorer(contexts)] if contexts else []
+        """The value model's scores, clipped to ``value_range``."""
+        low, high = self.value_range
+        return [min(high, max(low, float(v))) for v in self.scorer(contexts)] if contexts else []
+
+
+class MCTSStar(TreeSearch):
+    """MCTS* (ReST-MCTS*, spec §1.2). Each iteration, in every problem's tree at once:
+
+    1. **select** a leaf: from the root, the best child (UCT with the unvisited bonus, or PUCT) while the
+       node has children;
+    2. **expand** it by ``branch`` sampled next steps (a step ends at the task's step separator; a sample
+       that ends with EOS is a finished solution: a terminal child, graded by the task's grader). All the
+       selected leaves of all problems are expanded in one sampler call;
+    3. **score** every new child with the value model, in one call, clipped to [0, 1];
+    4. optionally **roll out** greedily from the best new child for ``rollout_steps`` steps (``rollout_branch``
+       samples a step, the highest-valued kept, nothing added to the tree) and mix the rollout's best
+       value in: V ← (1 − α)·V + α·v_max;
+    5. **back up**: one more visit on the path, each node's value the visit-weighted mean of its children's.
+
+    With ``end_gate`` set (evaluation), a problem's search stops at the first new node whose value reaches it
+    (``gated``), as in the reference's evaluation mode. Agents' trees take no rollout (``rollout_steps`` is
+    ignored): a rollout would have to play its turns too."""
+
+    value_range = (0.0, 1.0)   # as the reference clips
+
+    def __init__(self, cfg: MCTSConfig, task, sampler, scorer, prior=None):
+        super().__init__(cfg, task, sampler, scorer, prior)
+        self.gated: dict[str, Node] = {}      # tree id → the first node whose value reached end_gate
+
+    def _iteration(self, problems, trees, active, done, rng, seed, it) -> None:
+        leaves = {i: self._select(trees[i], rng) for i in active}
+        todo = [i for i in active if not leaves[i].terminal]
+        items = {i: (problems[i], trees[i], leaves[i]) for i in todo}
+        new = self._expand(items, _seed(seed, it, 0))
+        flat = _new_nodes(items, new)
+        for (_, child), v in zip(flat, self._scores([self.expansion.value_context(t, n) for t, n in flat])):
+            child.value = v
+        for i in active:
+            gate = self.cfg.end_gate
+            passed = [k for k in new.get(i, []) if gate is not None and k.value >= gate]
+            if passed:
+                self.gated[trees[i].id] = max(passed, key=lambda k: k.value)
+                done[i] = True
+        if self.cfg.rollout_steps and isinstance(self.expansion, StepExpansion):
+            self._rollout([(problems[i], trees[i], leaves[i]) for i in todo if new.get(i)], rng, _seed(seed, it, 1))
+        for i in active:
+            backup(trees[i], leaves[i])
+
+    def _select(self, tree: Tree, rng: random.Random) -> Node:
+        node = tree.root
+        while node.children:
+            node = self._best_child(tree, node, rng)
+        return node
 
     def _rollout(self, items: list, rng: random.Random, seed: int) -> None:
         """From the best new child of each expanded leaf, ``rollout_steps`` greedy value-guided steps."""
         starts = []
         for problem, tree, leaf in items:
-            node = select_child(tree, leaf, rng, rule=self.cfg.selection, c=self.cfg.c,
-                                unvisited_bonus=self.cfg.unvisited_bonus)
+            node = self._best_child(tree, leaf, rng)
             if not node.terminal:
                 starts.append((problem, tree, node, tuple(tree.steps(node))))
         best = {id(node): 0.0 for _, _, node, _ in starts}
@@ -355,10 +349,7 @@ class MCTS:
                                          seed=_seed(seed, r, 2), stop=self.task.step_stops,
                                          max_new_tokens=self.cfg.step_max_tokens)
             for (_, tree, _, _), cs in zip(current, outs):
-                n_tokens = sum(c.n_tokens for c in cs)
-                self.stats.tokens += n_tokens
-                self.tokens[tree.id] += n_tokens
-                self.samples[tree.id] += len(cs)
+                self._spent(tree, sum(c.n_tokens for c in cs), len(cs))
             scored = [(i, steps + (c.text,), c) for i, ((_, _, _, steps), cs) in enumerate(zip(current, outs))
                       for c in cs if not c.truncated]
             values = self._scores([Context(current[i][0].prompt, steps) for i, steps, _ in scored])
@@ -375,6 +366,76 @@ class MCTS:
             node.visits += 1
 
 
+class PlanSearch(TreeSearch):
+    """CPL's plan search (spec §2.2), AlphaZero style. Each iteration, in every problem's tree at once: **select**
+    a leaf by PUCT over the policy's step priors (``prior``: the mean token log-prob of a step,
+    ``oreo.search.value.StepPrior``), never entering a terminal child or a node with nothing left to search (a
+    tree with nothing left is finished); **score** it with the value model, clipped to [-1, 1]; **expand** it
+    (terminal children valued +1 right, -1 wrong or invalid, each backed up at once); **back up** its value.
+    Every backup is a running mean (Q = value_sum / N). No rollout (``rollout_steps`` is ignored) and no end gate.
+
+    Tasks in a plan format grow by ``PlanExpansion``: plan steps, then one solution as a terminal child. Agents
+    grow by turns as in MCTS* (``TurnExpansion``), each turn a plan step: the game's end is the terminal child,
+    +1 won and -1 lost."""
+
+    value_range = (-1.0, 1.0)
+
+    def _iteration(self, problems, trees, active, done, rng, seed, it) -> None:
+        leaves = {}
+        for i in active:
+            leaf = self._select(trees[i], rng)
+            if leaf is None:
+                done[i] = True
+            else:
+                leaves[i] = leaf
+        keys = list(leaves)
+        values = self._scores([self.expansion.value_context(trees[i], leaves[i]) for i in keys])
+        new = self._expand({i: (problems[i], trees[i], leaves[i]) for i in keys}, _seed(seed, it, 0))
+        for kids in new.values():   # only terminal children get a value now: their reward, ±1
+            for child in kids:
+                child.value = 1.0 if child.terminal and child.reward else -1.0 if child.terminal else 0.0
+        for i, v in zip(keys, values):
+            for child in new.get(i, []):
+                if child.terminal:
+                    backup_mean(trees[i], child, child.value)
+            backup_mean(trees[i], leaves[i], v)
+
+    def _select(self, tree: Tree, rng: random.Random) -> Node | None:
+        """From the root, the best child among those with something left to search (not terminal, and a leaf or
+        with such a child of its own), down to a leaf; None if no such path is left. A node whose children are
+        all terminal is skipped, not marked terminal: it stays a valid plan step."""
+        memo: dict[str, bool] = {}
+
+        def searchable(node: Node) -> bool:
+            if node.id not in memo:
+                memo[node.id] = not node.terminal and (not node.children or
+                                                       any(searchable(k) for k in tree.children(node)))
+            return memo[node.id]
+
+        if not searchable(tree.root):
+            return None
+        node = tree.root
+        while node.children:
+            node = self._best_child(tree, node, rng, skip=lambda k: not searchable(k))
+        return node
+
+
+SEARCHES = {"rest": MCTSStar, "alphazero": PlanSearch}   # mcts.style → the algorithm
+
+
+def make_search(cfg: MCTSConfig, task, sampler, scorer, prior=None) -> TreeSearch:
+    """The search ``cfg.style`` names: ``MCTSStar`` (rest) or ``PlanSearch`` (alphazero)."""
+    return SEARCHES[cfg.style](cfg, task, sampler, scorer, prior=prior)
+
+
+MCTS = make_search   # the name the tests and older callers use: ``MCTS(cfg, ...)`` is the search cfg.style names
+
+
+def _new_nodes(items: dict[int, tuple], new: dict[int, list[Node]]) -> list[tuple[Tree, Node]]:
+    """The ``(tree, child)`` of every child ``_expand`` added, in the order it added them."""
+    return [(items[k][1], child) for k, kids in new.items() for child in kids]
+
+
 def _seed(seed: int, step: int, phase: int) -> int:
     """A sampler seed per (search seed, iteration or rollout step, phase), kept small: samplers multiply it."""
     return (seed * 1_000_003 + step * 3 + phase) % 2**31
@@ -382,7 +443,7 @@ def _seed(seed: int, step: int, phase: int) -> int:
 
 def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, seed: int, round: int | None = None,
                   problems_per_chunk: int = 64, meta: dict | None = None, prior=None) -> dict:
-    """MCTS* (or, with ``cfg.style``, CPL's plan search; ``prior``: the step priors PUCT reads) on every
+    """The search ``cfg.style`` names (MCTS*, or CPL's plan search; ``prior``: the step priors PUCT reads) on every
     problem, its trees written as one buffer round (one row per root-to-leaf path).
 
     Resumable and shared out between ranks like sampling (``oreo.rollout.collector.collect_in_chunks``):
@@ -393,7 +454,7 @@ def collect_trees(task, problems, sampler, scorer, buffer, cfg: MCTSConfig, *, s
     stats = SearchStats()
 
     def produce(chunk, chunk_seed, bar):
-        mcts = MCTS(cfg, task, sampler, scorer, prior=prior)
+        mcts = make_search(cfg, task, sampler, scorer, prior=prior)
         trees = mcts.search(chunk, seed=chunk_seed, prefix=f"r{round_}-")
         for key in ("nodes", "tokens", "wall_s"):
             setattr(stats, key, getattr(stats, key) + getattr(mcts.stats, key))

@@ -1,8 +1,8 @@
 """CPL's datasets, read off plan-search trees (spec §2.5): Step-APO pairs, policy SFT paths, value targets.
 
 In a plan tree (``oreo.search.tree``) an edge is a plan step or, as a terminal child, the whole solution
-block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it: ``MCTS`` with
-``style=alphazero``), a solution's ``reward`` its grade (1 right, 0 wrong; its Q is then +1 or −1). A format
+block; a node's ``value`` is its MCTS Q (the mean of the values backed up through it: ``PlanSearch``,
+``mcts.style=alphazero``), a solution's ``reward`` its grade (1 right, 0 wrong; its Q is then +1 or −1). A format
 failure or a too-deep plan is a terminal node with no reward (an invalid child: never paired, never
 trained on). A solution is thus a graded terminal node, a plan step any other valid one.
 

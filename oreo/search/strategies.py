@@ -9,7 +9,7 @@ returns one ``Choice`` per problem (the chosen response, its value, the tokens s
 - ``beam``: step-level beam search (spec §6.2). B beams; every beam state gets B sampled next steps;
   finished candidates join an answer pool; the B highest-valued unfinished candidates form the next
   beam; at most S steps; the answer is the highest-valued finished candidate.
-- ``mcts``: MCTS* (``oreo.search.mcts``, ReST-MCTS*'s tree search) with the value model, answered by the
+- ``mcts``: MCTS* (``oreo.search.mcts.MCTSStar``, ReST-MCTS*'s tree search) with the value model, answered by the
   spec's §1.2.5 rules (``mcts.answer``): the node that reached ``mcts.end_gate``, else the highest-valued
   node, completed greedily by the policy when it is not a finished solution (the reference's separate
   summary call); or the highest-valued finished solution; or the value-weighted vote of the finished ones.
@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 
 from oreo.config import at_least, one_of, validate
-from oreo.search.mcts import MCTS, MCTSConfig
+from oreo.search.mcts import MCTSConfig, MCTSStar
 from oreo.search.tree import Node, Tree
 from oreo.types import Choice, Context
 
@@ -200,7 +200,7 @@ class Searcher:
         """MCTS* over all ``problems`` at once, each answered by ``mcts.answer`` (module docstring). The tokens
         of a problem are those of its tree's expansions and rollouts plus the completion of its answer."""
         check_test_time_style(self.cfg.mcts)
-        search = MCTS(self.cfg.mcts, self.task, self.sampler, self.scorer)
+        search = MCTSStar(self.cfg.mcts, self.task, self.sampler, self.scorer)
         trees = search.search(problems, seed=seed)
         rule = self.cfg.mcts.answer
         picks = []
@@ -246,7 +246,8 @@ def best_of_k_actions(sampler, scorer, contexts: list[Context], *, k: int, tempe
 
 
 def check_test_time_style(cfg) -> None:
-    """Test-time MCTS* ranks by the value model alone; CPL's style grades finished children (data only)."""
+    """Test-time MCTS* (``MCTSStar``) ranks by the value model alone; CPL's plan search (``PlanSearch``, style
+    alphazero) grades finished children (data only)."""
     if cfg.style != "rest":
         raise ValueError("search.mcts.style=alphazero values finished solutions by the grader (CPL's data "
                          "collection): at test time it would read the gold answer; use style=rest")
@@ -265,7 +266,7 @@ def plan_turns(cfg, task, sampler, scorer, games: list, *, seed: int = 0) -> lis
                          f"(an ended episode tells its outcome; there are no final answers to vote on)")
     from oreo.tasks.agent import parse_action
 
-    search = MCTS(cfg, task, sampler, scorer)
+    search = MCTSStar(cfg, task, sampler, scorer)
     trees = search.search(games, seed=seed)
     plans = []
     for tree in trees:
