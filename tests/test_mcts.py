@@ -536,8 +536,11 @@ def test_alphazero_over_turns_gives_step_apo_pairs_of_turns():
             assert actions == r.steps[-1] + tok.eos_token and len(r.observations) == len(r.steps) - 1
 
 
-def test_the_style_picks_the_search():
+def test_the_style_picks_the_search_and_alphazero_refuses_an_end_gate():
+    from oreo.config import ConfigError
     from oreo.search.mcts import MCTSStar, PlanSearch, make_search
 
     assert type(make_search(MCTSConfig(), Task(), None, None)) is MCTSStar
     assert type(make_search(MCTSConfig(style="alphazero"), PlanTask(), None, None)) is PlanSearch
+    with pytest.raises(ConfigError, match="end_gate"):
+        MCTSConfig(style="alphazero", end_gate=0.9)

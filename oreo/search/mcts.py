@@ -27,7 +27,7 @@ import random
 import time
 from dataclasses import dataclass
 
-from oreo.config import at_least, between, one_of, validate
+from oreo.config import ConfigError, at_least, between, one_of, validate
 from oreo.rollout.collector import collect_in_chunks
 from oreo.search.tree import Node, Tree, backup, backup_mean, select_child
 from oreo.types import Context
@@ -51,7 +51,7 @@ class MCTSConfig:
     temperature: float = at_least(0.0, 0.7)
     max_depth: int = at_least(1, 20)       # steps before a partial solution becomes a dead end
     step_max_tokens: int = at_least(1, 64)  # token limit of one step
-    # rest only: stop a problem at the first node with V >= end_gate (None: whole budget)
+    # rest only: stop a problem at the first node with V >= end_gate (None: whole budget); alphazero refuses one
     end_gate: float | None = None
     # search=mcts (test time, rest only), the answer (spec §1.2.5): best_value: the node that reached end_gate, else
     # the highest-V node (unfinished: completed greedily); best_leaf: the highest-V finished solution;
@@ -64,6 +64,12 @@ class MCTSConfig:
 
     def __post_init__(self):
         validate(self)
+        # rollouts are not refused the same way: rollout_steps defaults to 1, which every alphazero config that
+        # leaves it out carries (and alphazero has always ignored)
+        if self.style == "alphazero" and self.end_gate is not None:
+            raise ConfigError("end_gate", f"style=alphazero (CPL's plan search, for data collection) runs its whole "
+                                          f"budget and has no end gate, got {self.end_gate}: leave it null (the end "
+                                          f"gate is MCTS*'s, style=rest)")
 
 
 @dataclass
