@@ -25,6 +25,7 @@ from pathlib import Path
 from mistakes import summarise
 
 from oreo.run_config import read_run_config
+from oreo.stages import StageId
 
 # name → StepAPOConfig changes; "reference" is the paper's rule and loss (round 1's step_apo stage)
 VARIANTS = {
@@ -86,7 +87,7 @@ def ablate(run_dir: Path, variants: list[str], round_: int, iterations: int | No
         if "train" in changes:
             changes["train"] = dataclasses.replace(cfg.step_apo.train, **changes["train"])
         method_cfg = dataclasses.replace(cfg.step_apo, **changes)
-        policy = run.train_method("step_apo", sft_dir, rounds=[round_], stage=f"step_apo_round1_{name}{tag}",
+        policy = run.train_method(StageId("step_apo", 1, variant=f"{name}{tag}"), sft_dir, rounds=[round_],
                                   method_cfg=method_cfg)
         run.evaluate(f"{name}{tag}", policy or sft_dir)
         out[f"{name}{tag}"] = {"pairs": pair_counts(records, method_cfg)}

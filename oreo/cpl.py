@@ -37,6 +37,7 @@ from oreo.iterate import report_rounds
 from oreo.models import VALUE_HEAD_FILE
 from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
 from oreo.search.plan_data import sft_rows
+from oreo.stages import StageId
 from oreo.tasks import task_kind
 
 
@@ -70,7 +71,8 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
     base = Path(cfg.model.name_or_path)
     rows = []
 
-    def evaluate(round_: int, name: str, policy_dir: Path, **extra) -> Path:
+    def evaluate(round_: int, stage: StageId, policy_dir: Path, **extra) -> Path:
+        name = stage.name
         rows.append({"round": round_, "method": name, **extra, **run.evaluate(name, policy_dir)})
         if run.main:
             print(f"{name}: " + ", ".join(f"{s} {100 * rows[-1][s]:.1f}%" for s in splits), flush=True)
@@ -82,24 +84,25 @@ def run_cpl(cfg: RunConfig) -> list[dict]:
             teacher = run.task.sft_records(cfg.seed, cfg.sft.n_per_problem) if cfg.cpl.initial_sft else []
             return teacher + sft_rows(run.buffer.load([k]), max_paths=cfg.cpl.max_sft_paths, seed=cfg.seed)
         # fails (NotEnoughData) when the round's search found fewer right paths than one batch
-        return evaluate(k, f"sft_round{k}", run.train_method("sft", base, records_fn=records, stage=f"sft_round{k}"))
+        stage = StageId("sft", k)
+        return evaluate(k, stage, run.train_method(stage, base, records_fn=records))
 
-    sft_dir = evaluate(0, "sft", run.sft()) if cfg.cpl.initial_sft else None
+    sft_dir = evaluate(0, StageId("sft"), run.sft()) if cfg.cpl.initial_sft else None
     policy_dir, value_dir = sft_dir or base, Path(cfg.cpl.value) if cfg.cpl.value else None
     for k in range(1, cfg.cpl.rounds + 1):
         stats = run.collect_trees(policy_dir, value_dir, round=k, max_problems=cfg.cpl.max_problems)
         start = sft_dir if k == 1 and sft_dir is not None else round_sft(k)
         if k == 1 and cfg.cpl.baselines:
-            step_dpo = dataclasses.replace(cfg.step_apo, alpha=0.0)
-            out = run.train_method("step_apo", start, rounds=[k], stage="step_dpo_round1", method_cfg=step_dpo)
-            evaluate(k, "step_dpo_round1", out or start)
-            out = run.train_method("dpo", start, rounds=[k], stage="instance_dpo_round1",
-                                   keep=lambda r: r.meta.get("finished", False))
-            evaluate(k, "instance_dpo_round1", out or start)
-        policy_dir = run.train_method("step_apo", start, rounds=[k], stage=f"step_apo_round{k}") or start
-        evaluate(k, f"step_apo_round{k}", policy_dir, collect_accuracy=stats["frac_correct"])
+            step_dpo, instance_dpo = StageId("step_dpo", k), StageId("instance_dpo", k)
+            out = run.train_method(step_dpo, start, rounds=[k], method_cfg=dataclasses.replace(cfg.step_apo, alpha=0.0))
+            evaluate(k, step_dpo, out or start)
+            out = run.train_method(instance_dpo, start, rounds=[k], keep=lambda r: r.meta.get("finished", False))
+            evaluate(k, instance_dpo, out or start)
+        step_apo = StageId("step_apo", k)
+        policy_dir = run.train_method(step_apo, start, rounds=[k]) or start
+        evaluate(k, step_apo, policy_dir, collect_accuracy=stats["frac_correct"])
         if k < cfg.cpl.rounds:
-            value_dir = run.train_method("prm", start, rounds=[k], stage=f"value_round{k}") or value_dir
+            value_dir = run.train_method(StageId("value", k), start, rounds=[k]) or value_dir
     return report_rounds(run, rows, splits, "cpl")
 
 

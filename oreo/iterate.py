@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from oreo.distributed import rank_world
 from oreo.run_config import CONF_DIR, RunConfig, run_config, to_yaml
+from oreo.stages import StageId
 
 
 def plot_rounds(rows: list[dict], splits: list[str], path: Path) -> Path:
@@ -57,12 +58,12 @@ def run_iterations(cfg: RunConfig) -> list[dict]:
     policy_dir, value_dir = sft_dir, None
     for k in range(1, it.rounds + 1):
         stats = run.collect(policy_dir, round=k - 1)
-        name = f"oreo_round{k}"
         new_policy = run.oreo(policy_dir, ref_dir=sft_dir if it.reference == "sft" else policy_dir,
                               value_dir=value_dir, rounds=[k - 1] if it.data == "latest" else list(range(k)),
-                              name=name)
+                              round=k)
         value_dir = new_policy.parent / "value"
         policy_dir = new_policy
+        name = StageId("oreo", k).name
         rows.append({"round": k, "method": name, "collect_accuracy": stats["frac_correct"],
                      **run.evaluate(name, policy_dir)})
         if run.main:

@@ -40,7 +40,16 @@ from oreo.runtime import (
 )
 from oreo.search.mcts import collect_trees
 from oreo.search.value import StepPrior, ValueScorer, load_value_model
-from oreo.stages import StageSettingsChanged, dependents, differences, kind, settings_of
+from oreo.stages import (
+    StageId,
+    StageSettingsChanged,
+    dependents,
+    differences,
+    kind_of,
+    recorded_settings,
+    seed_offset,
+    stage_id,
+)
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
 from oreo.trainers.common import NotEnoughData, TrainConfig
@@ -190,43 +199,41 @@ class Run:
         return True
 
     # ------------------------------------------------------------------ what shaped each stage (oreo.stages)
-    def started(self, stage: str) -> bool:
+    def started(self, stage: StageId) -> bool:
         """Whether ``stage`` has outputs in the run directory, whole or partial."""
-        k = kind(stage)
-        if k == "collect":
-            number = int(stage.split("_")[1])
-            return (self.dir / "buffer" / f"round_{number:03d}").exists() or any(
-                (self.dir / "buffer").glob(f"round_{number:03d}.partial*.jsonl"))
-        if k == "evaluate":
+        if stage.kind == "collect":
+            return (self.dir / "buffer" / f"round_{stage.round:03d}").exists() or any(
+                (self.dir / "buffer").glob(f"round_{stage.round:03d}.partial*.jsonl"))
+        if stage.kind == "evaluate":
             return bool(self.results.get("accuracy")) or any((self.dir / "eval").glob("*.partial*.jsonl"))
-        out = self.checkpoint(stage)
+        out = self.checkpoint(stage.name)
         return out.exists() or progress_dir(out).exists()
 
     def check_settings(self, skip: set[str] = frozenset()) -> None:
-        """Every started stage (but those in ``skip``) must have been run with this config's settings
-        (else ``StageSettingsChanged``)."""
-        for stage, recorded in self.results.get("settings", {}).items():
-            if stage in skip:
+        """Every started stage (but those named in ``skip``) must have been run with this config's settings and
+        seed offset (else ``StageSettingsChanged``)."""
+        for name, recorded in self.results.get("settings", {}).items():
+            if name in skip:
                 continue
-            now = settings_of(self.plain, stage)
-            changes = differences(recorded, now)
+            stage = StageId.parse(name)
+            changes = differences(recorded, recorded_settings(self.plain, stage))
             if changes and self.started(stage):
                 raise StageSettingsChanged(stage, changes, self.dir)
 
-    def claim(self, stage: str) -> None:
-        """Before ``stage`` runs or its output is reused: record the settings that shape it."""
-        now = settings_of(self.plain, stage)
-        recorded = self.results.get("settings", {}).get(stage)
+    def claim(self, stage: StageId) -> None:
+        """Before ``stage`` runs or its output is reused: record the settings that shape it and its seed offset."""
+        now = recorded_settings(self.plain, stage)
+        recorded = self.results.get("settings", {}).get(stage.name)
         changes = differences(recorded, now) if recorded is not None else []
         if changes and self.started(stage):
             raise StageSettingsChanged(stage, changes, self.dir)
         if recorded != now:
-            self.results.setdefault("settings", {})[stage] = now
+            self.results.setdefault("settings", {})[stage.name] = now
             self._write_results()
 
     def _stages_present(self) -> list[str]:
         found = set(self.results.get("settings", {}))
-        found |= {f"collect_{r}" for r in Buffer(self.dir / "buffer").rounds()}
+        found |= {StageId("collect", r).name for r in Buffer(self.dir / "buffer").rounds()}
         if (self.dir / "checkpoints").is_dir():
             found |= {p.name.removesuffix(".progress") for p in (self.dir / "checkpoints").iterdir()
                       if not p.name.endswith((".tmp", ".old"))}
@@ -235,29 +242,29 @@ class Run:
     def to_recompute(self, names: list[str]) -> set[str]:
         """The stages ``recompute=names`` redoes: those named and every stage that depends on them."""
         present = self._stages_present()
-        for name in names:
-            if name not in present and name not in {kind(s) for s in present}:
+        kinds = {StageId.parse(s).kind for s in present}
+        for name in map(str, names):
+            if name not in present and not (name and StageId.parse(name).is_kind and name in kinds):
                 raise ConfigError("recompute", f"{name!r} is not a stage of {self.dir}; its stages: {present}")
-        return {s for name in names for s in dependents(name, present)}
+        return {s for name in names for s in dependents(str(name), present)}
 
-    def _forget(self, stage: str) -> None:
-        r = self.results
+    def _forget(self, name: str) -> None:
+        r, stage = self.results, StageId.parse(name)
         for key in ("settings", "stages", "skipped"):
-            r.get(key, {}).pop(stage, None)
-            self._forgotten.add((key, stage))
-        methods = list(r.get("accuracy", {})) if stage == "evaluate" else [stage]
-        if kind(stage) == "collect":
-            number = int(stage.split("_")[1])
-            shutil.rmtree(self.dir / "buffer" / f"round_{number:03d}", ignore_errors=True)
-            for partial in (self.dir / "buffer").glob(f"round_{number:03d}.partial*.jsonl"):
+            r.get(key, {}).pop(name, None)
+            self._forgotten.add((key, name))
+        methods = list(r.get("accuracy", {})) if stage.kind == "evaluate" else [name]
+        if stage.kind == "collect":
+            shutil.rmtree(self.dir / "buffer" / f"round_{stage.round:03d}", ignore_errors=True)
+            for partial in (self.dir / "buffer").glob(f"round_{stage.round:03d}.partial*.jsonl"):
                 partial.unlink()
-            if number == 0:
+            if stage.round == 0:
                 r.pop("buffer", None)
                 self._forgotten.add(("buffer", None))
             return
-        if stage != "evaluate":
+        if stage.kind != "evaluate":
             for suffix in ("", ".progress", ".tmp", ".old"):
-                shutil.rmtree(self.dir / "checkpoints" / f"{stage}{suffix}", ignore_errors=True)
+                shutil.rmtree(self.dir / "checkpoints" / f"{name}{suffix}", ignore_errors=True)
         for method in methods:
             for key in ("accuracy", "sampled", "episodes"):
                 r.get(key, {}).pop(method, None)
@@ -271,20 +278,20 @@ class Run:
 
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
-        c = self.cfg.collect
-        self.claim(f"collect_{round}")
+        c, stage = self.cfg.collect, StageId("collect", round)
+        self.claim(stage)
         if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
                     records, report = (self.imported if round == 0 else self.import_file(id_prefix=f"r{round}-"))
                     self.buffer.append(records, round=round)
-                    self.results.setdefault("stages", {})[f"collect_{round}"] = {
+                    self.results.setdefault("stages", {})[stage.name] = {
                         "imported": str(c.from_file), "records": len(records),
                         **{f"lines with {k}": v for k, v in report.items() if k != "lines"}}
                 barrier()
             return self.buffer.stats(rounds=[round])
         if not (self.cfg.resume and round in self.buffer.rounds()):
-            self.seed(2 + 100 * round)
+            self.seed(seed_offset(stage))
             sampler = self.sampler(policy_dir, c)
             problems = self.task.problems("train")[:c.max_problems]
             info = collect(self.task, problems, sampler, self.buffer,
@@ -292,7 +299,7 @@ class Run:
                            round=round, meta={"policy": str(policy_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
-            self.results.setdefault("stages", {})[f"collect_{round}"] = info
+            self.results.setdefault("stages", {})[stage.name] = info
         return self.buffer.stats(rounds=[round])
 
     def import_file(self, id_prefix: str = "r0-") -> tuple[list, dict] | None:
@@ -315,9 +322,10 @@ class Run:
         the value model in ``value_dir`` (None: a fresh head on the policy, as CPL's first round) on the first
         ``max_problems`` training problems (None: all; agents: games). PUCT selection reads the policy's step
         priors (``StepPrior``; agents' turns: uniform priors)."""
-        self.claim(f"collect_{round}")
+        stage = StageId("collect", round)
+        self.claim(stage)
         if not (self.cfg.resume and round in self.buffer.rounds()):
-            self.seed(2 + 100 * round)
+            self.seed(seed_offset(stage))
             sampler = self.sampler(policy_dir, self.cfg.collect)
             value = (load_value_model(value_dir, dtype=self.cfg.model.dtype) if value_dir is not None else
                      new_value_model(self.cfg, self.load(policy_dir)[0]))
@@ -336,7 +344,7 @@ class Run:
                                  meta={"policy": str(policy_dir), "value": str(value_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
-            self.results.setdefault("stages", {})[f"collect_{round}"] = info
+            self.results.setdefault("stages", {})[stage.name] = info
         return self.buffer.stats(rounds=[round])
 
     def records_for(self, name: str, rounds: list[int] | None = None, keep=None) -> list:
@@ -349,21 +357,25 @@ class Run:
         records = [r for r in records if r.correct] if data == "correct" else records
         return records if keep is None else [r for r in records if keep(r)]
 
-    def train_method(self, name: str, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
-                     rounds: list[int] | None = None, stage: str | None = None, keep=None, records_fn=None,
+    def train_method(self, stage: StageId | str, init_dir: Path, *, ref_dir: Path | None = None,
+                     value_dir: Path | None = None, rounds: list[int] | None = None, keep=None, records_fn=None,
                      method_cfg=None) -> Path | None:
-        """Method ``name`` (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the
-        buffer's ``rounds``, default all; or ``records(), if given``), anchored to the reference in ``ref_dir``
-        (default: ``init_dir``) if it uses one; OREO's value model warm-starts from ``value_dir`` if given;
-        ``keep(record)``, if given, selects among the records; ``method_cfg`` replaces the method's config
-        section. Returns the trained policy's folder, or ``None`` (and the reason in run.json) when there is
-        less than one batch of data."""
-        stage = stage or name
-        method, out = METHODS[name], self.checkpoint(stage)
+        """Stage ``stage`` (a name: the plain pipeline's stage of that method) trains its kind's method
+        (``oreo.trainers.METHODS``) from the policy in ``init_dir`` on its records (of the buffer's ``rounds``,
+        default all; or ``records_fn()``, if given), anchored to the reference in ``ref_dir`` (default:
+        ``init_dir``) if it uses one; OREO's value model warm-starts from ``value_dir`` if given; ``keep(record)``,
+        if given, selects among the records; ``method_cfg`` replaces the method's config section. Returns the
+        trained policy's folder, or ``None`` (and the reason in run.json) when there is less than one batch of
+        data."""
+        stage = stage_id(stage)
+        name = kind_of(stage).method
+        if name is None:
+            raise ValueError(f"stage {stage} trains no method")
+        method, out = METHODS[name], self.checkpoint(stage.name)
         self.claim(stage)
         if not self.done(out):
             records = records_fn() if records_fn is not None else self.records_for(name, rounds, keep)
-            self.seed(STAGES.index(name) + 1)
+            self.seed(seed_offset(stage))
             cfg = method_cfg or self.cfg.method(name)
             policy, tokenizer = self.load(init_dir)
             kwargs = {}
@@ -382,28 +394,29 @@ class Run:
             objective = method.objective(policy, tokenizer, cfg, **kwargs)
             try:
                 info = objective.fit(records, engine=self.cfg.engine, logger=self.logger, out_dir=out,
-                                     resume=self.cfg.resume, stage=stage)
+                                     resume=self.cfg.resume, stage=stage.name)
             except NotEnoughData as e:
                 if method.data == "teacher":
                     raise
                 reason = f"{len(records)} records ({method.data}) gave {e}"
-                print(f"{stage} skipped: {reason}", flush=True)
-                self.results.setdefault("skipped", {})[stage] = reason
+                print(f"{stage.name} skipped: {reason}", flush=True)
+                self.results.setdefault("skipped", {})[stage.name] = reason
                 return None
-            self.results.setdefault("stages", {})[stage] = info
+            self.results.setdefault("stages", {})[stage.name] = info
         return out / method.policy_dir if method.policy_dir else out
 
     def oreo(self, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
-             rounds: list[int] | None = None, name: str = "oreo") -> Path:
-        """OREO from the policy in ``init_dir`` against the reference in ``ref_dir`` (default: the same),
-        on the buffer's ``rounds`` (default: all); the value model warm-starts from ``value_dir`` if given."""
-        return self.train_method("oreo", init_dir, ref_dir=ref_dir, value_dir=value_dir, rounds=rounds, stage=name)
+             rounds: list[int] | None = None, round: int | None = None) -> Path:
+        """OREO (stage ``oreo``, or ``oreo_roundK`` of a driver's round ``round``) from the policy in ``init_dir``
+        against the reference in ``ref_dir`` (default: the same), on the buffer's ``rounds`` (default: all); the
+        value model warm-starts from ``value_dir`` if given."""
+        return self.train_method(StageId("oreo", round), init_dir, ref_dir=ref_dir, value_dir=value_dir, rounds=rounds)
 
     def evaluate(self, method: str, policy_dir: Path) -> dict:
         """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
         ``evaluate.sampled.n > 0``, pass@k and maj@k (``run.json``, "sampled"; agents: turns, tokens and
         success per goal kind, "episodes"); what a previous run already measured is kept."""
-        self.claim("evaluate")
+        self.claim(StageId("evaluate"))
         splits = list(self.cfg.evaluate.splits)
         have = {split: acc for split, acc in self.results.get("accuracy", {}).get(method, {}).items()
                 if self.eval_file_whole(method, split)}

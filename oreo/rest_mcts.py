@@ -23,6 +23,7 @@ from omegaconf import DictConfig
 from oreo.distributed import rank_world
 from oreo.iterate import report_rounds
 from oreo.run_config import CONF_DIR, RestConfig, RunConfig, run_config, to_yaml
+from oreo.stages import StageId
 from oreo.trajectory import Trajectory
 
 
@@ -42,17 +43,16 @@ def run_rest_mcts(cfg: RunConfig) -> list[dict]:
     sft_dir = run.sft()
     rows = [{"round": 0, "method": "sft", **run.evaluate("sft", sft_dir)}]
     run.collect(sft_dir, round=0)
-    value_dir = run.train_method("prm", sft_dir, rounds=[0], stage="prm_round0")
+    value_dir = run.train_method(StageId("prm", 0), sft_dir, rounds=[0])
     if value_dir is None:
         raise RuntimeError("the first collection gave the process value model no targets (no problem has a correct "
                            "sample): collect more samples (collect.n) or train the SFT model longer")
     policy_dir = sft_dir
     for k in range(1, cfg.rest.rounds + 1):
         stats = run.collect_trees(policy_dir, value_dir, round=k, max_problems=cfg.rest.max_problems)
-        policy_dir = run.train_method("rft", policy_dir, rounds=[k], stage=f"rft_round{k}",
+        policy_dir = run.train_method(StageId("rft", k), policy_dir, rounds=[k],
                                       keep=lambda r: trace_kept(r, cfg.rest)) or policy_dir
-        value_dir = run.train_method("prm", policy_dir, value_dir=value_dir, rounds=[k],
-                                     stage=f"prm_round{k}") or value_dir
+        value_dir = run.train_method(StageId("prm", k), policy_dir, value_dir=value_dir, rounds=[k]) or value_dir
         name = f"rest_round{k}"
         rows.append({"round": k, "method": name, "collect_accuracy": stats["frac_correct"],
                      **run.evaluate(name, policy_dir)})

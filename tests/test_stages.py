@@ -1,6 +1,7 @@
-"""A rerun never mixes settings silently: each stage records what shaped its output, a rerun with other
-settings for a started stage refuses naming the keys, recompute=[...] redoes a stage and what depends
-on it, resume=false never mixes runs, and imports get ids unique per round."""
+"""A rerun never mixes settings silently: each stage records what shaped its output and its seed offset, a rerun
+with other settings for a started stage refuses naming the keys, recompute=[...] redoes a stage and what depends
+on it, resume=false never mixes runs, and imports get ids unique per round. A stage is a StageId whose name is the
+one the run directory uses."""
 import json
 import os
 import subprocess
@@ -10,9 +11,21 @@ from pathlib import Path
 import pytest
 
 from oreo.buffer import Buffer
-from oreo.pipeline import Run
+from oreo.pipeline import STAGES, Run
 from oreo.run_config import compose
-from oreo.stages import StageSettingsChanged, dependents, differences, settings_of
+from oreo.stages import (
+    COMMON,
+    KINDS,
+    StageId,
+    StageSettingsChanged,
+    dependents,
+    differences,
+    recorded_settings,
+    seed_offset,
+    settings_of,
+    shaped_by,
+)
+from oreo.trainers import METHODS
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -63,6 +76,77 @@ def test_cpl_stages_are_shaped_by_the_sections_they_read():
     assert settings_of(cfg, "collect_1")["cpl.max_problems"] == 9
 
 
+# every name pattern a run directory holds: the pipeline's stages, collection rounds, iterate's, rest_mcts's and
+# CPL's rounds, CPL's stages named after what they train, experiments/cpl_pairs.py's variants
+NAMES = {
+    "sft": StageId("sft"), "collect": StageId("collect"), "rft": StageId("rft"), "oreo": StageId("oreo"),
+    "dpo": StageId("dpo"), "kto": StageId("kto"), "prm": StageId("prm"), "step_apo": StageId("step_apo"),
+    "evaluate": StageId("evaluate"),
+    "collect_0": StageId("collect", 0), "collect_2": StageId("collect", 2), "collect_12": StageId("collect", 12),
+    "oreo_round3": StageId("oreo", 3), "prm_round0": StageId("prm", 0), "rft_round1": StageId("rft", 1),
+    "sft_round2": StageId("sft", 2), "step_apo_round1": StageId("step_apo", 1),
+    "step_dpo_round1": StageId("step_dpo", 1), "instance_dpo_round1": StageId("instance_dpo", 1),
+    "value_round1": StageId("value", 1),
+    "step_apo_round1_node_any": StageId("step_apo", 1, "node_any"),
+    "step_apo_round1_step_dpo_r2": StageId("step_apo", 1, "step_dpo_r2"),
+    "step_apo_round1_node_any_beta0.1": StageId("step_apo", 1, "node_any_beta0.1"),
+}
+
+
+def test_a_stage_name_reads_back_as_the_same_stage():
+    for name, stage in NAMES.items():
+        assert StageId.parse(name) == stage and stage.name == name and str(stage) == name
+    # a name of no known pattern is a kind of its own, and reads back as itself too
+    for name in ("collect_round1", "collect_01", "oreo_round01", "x_round1_", "nonsense"):
+        assert StageId.parse(name) == StageId(name) and StageId(name).name == name
+    assert {StageId.parse("oreo_round1"), StageId("oreo", 1)} == {StageId("oreo", 1)}   # a value: equal, hashable
+
+
+@pytest.mark.parametrize("fields", [("oreo_round1",), ("collect_2",), ("a_round1", 2), ("oreo", None, "x"),
+                                    ("collect", 1, "x"), ("oreo", -1), ("oreo", "1"), ("oreo", 1, ""), ("",)])
+def test_a_stage_whose_name_would_not_read_back_is_refused(fields):
+    with pytest.raises(ValueError, match="reads back"):
+        StageId(*fields)
+
+
+def test_each_kind_declares_what_shapes_its_stages():
+    own = {name: shaped_by(name)[len(COMMON):] for name in NAMES}
+    trained = ("collect.balanced_k", "engine.bf16")
+    assert own["sft"] == own["sft_round2"] == ("sft",)
+    assert own["collect_0"] == ("collect", "sampler.backend")
+    assert own["collect_2"] == ("collect", "sampler.backend", "iterate", "mcts", "rest.max_problems",
+                                "cpl.max_problems")
+    assert own["oreo"] == ("oreo", *trained) and own["oreo_round3"] == ("oreo", *trained, "iterate")
+    assert own["prm"] == own["prm_round0"] == own["value_round1"] == ("prm", *trained)
+    assert own["step_apo_round1"] == own["step_dpo_round1"] == own["step_apo_round1_node_any"] == ("step_apo",
+                                                                                                    *trained)
+    assert own["instance_dpo_round1"] == ("dpo", *trained) and own["rft_round1"] == ("rft", *trained)
+    assert own["evaluate"] == ("evaluate.max_new_tokens", "evaluate.sampled", "sampler.backend")
+    assert {KINDS[name].method for name in METHODS} == set(METHODS)   # every method has its kind of stage
+
+
+def test_seed_offsets_are_declared_by_each_kind_as_they_were_numbered():
+    # the offsets each stage had when they came from its method's place in the pipeline's stages
+    assert {name: METHODS[name].seed for name in METHODS} == {s: STAGES.index(s) + 1 for s in STAGES if s != "collect"}
+    assert len({m.seed for m in METHODS.values()} | {seed_offset("collect_0")}) == len(METHODS) + 1
+    offsets = {name: seed_offset(stage) for name, stage in NAMES.items()}
+    assert offsets == {"sft": 1, "collect": 2, "rft": 3, "oreo": 4, "dpo": 5, "kto": 6, "prm": 7, "step_apo": 8,
+                       "evaluate": None, "collect_0": 2, "collect_2": 202, "collect_12": 1202, "oreo_round3": 4,
+                       "prm_round0": 7, "rft_round1": 3, "sft_round2": 1, "step_apo_round1": 8, "step_dpo_round1": 8,
+                       "instance_dpo_round1": 5, "value_round1": 7, "step_apo_round1_node_any": 8,
+                       "step_apo_round1_step_dpo_r2": 8, "step_apo_round1_node_any_beta0.1": 8}
+    cfg = {"seed": 3, "oreo": {"beta": 0.1}}
+    assert recorded_settings(cfg, "oreo_round2") == {**settings_of(cfg, "oreo_round2"), "seed_offset": 4}
+    assert recorded_settings(cfg, "evaluate") == settings_of(cfg, "evaluate")   # it seeds nothing itself
+
+
+def test_a_variant_is_redone_with_its_kind_and_not_with_its_round():
+    stages = ["step_apo_round1", "step_apo_round1_node_any", "step_dpo_round1", "step_apo_round2"]
+    assert dependents("step_apo", stages) == {"step_apo_round1", "step_apo_round1_node_any", "step_apo_round2"}
+    assert dependents("step_apo_round1", stages) == {"step_apo_round1"}
+    assert dependents(StageId("step_dpo"), stages) == {"step_dpo_round1"}
+
+
 @pytest.fixture(scope="module")
 def collected(tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("stages") / "run"
@@ -98,6 +182,30 @@ def test_recompute_redoes_the_stage_and_what_depends_on_it(collected, tmp_path):
     assert settings["collect_0"]["collect.n"] == 3
     bad = train(run_dir, "recompute=[nonsense]", check=False)
     assert bad.returncode != 0 and "recompute" in bad.stderr and "not a stage" in bad.stderr
+
+
+def test_a_run_json_without_seed_offsets_resumes_and_a_changed_offset_refuses(collected, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(collected, run_dir)
+    results = json.loads((run_dir / "run.json").read_text())
+    assert results["settings"]["sft"]["seed_offset"] == 1 and results["settings"]["collect_0"]["seed_offset"] == 2
+    assert "seed_offset" not in results["settings"]["evaluate"]
+    # a run.json written before the offsets were recorded: the run resumes, nothing is redone, the offsets are added
+    for settings in results["settings"].values():
+        settings.pop("seed_offset", None)
+    (run_dir / "run.json").write_text(json.dumps(results))
+    before = (run_dir / "metrics.jsonl").read_text()
+    train(run_dir, "stages=[sft,collect]")
+    assert (run_dir / "metrics.jsonl").read_text() == before
+    results = json.loads((run_dir / "run.json").read_text())
+    assert results["settings"]["sft"]["seed_offset"] == 1 and results["settings"]["collect_0"]["seed_offset"] == 2
+    results["settings"]["sft"]["seed_offset"] = 9   # as if SFT's offset had changed since it ran
+    (run_dir / "run.json").write_text(json.dumps(results))
+    with pytest.raises(StageSettingsChanged) as e:
+        compose_run(run_dir, "stages=[sft,collect]")
+    assert e.value.stage == "sft" and e.value.changes == ["seed_offset: 9 → 1"] and "recompute=[sft]" in str(e.value)
 
 
 def test_resume_false_on_an_earlier_run_refuses(collected):
