@@ -82,6 +82,15 @@ class Run:
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.imported = self.import_file()   # bad data fails now, before any stage, whatever `stages` says
         self._lock = self._hold_directory()   # before run.json is read for this run, and anything written
+        try:
+            self._open(cfg)
+        except BaseException:
+            if self._lock is not None:   # a refused run lets go of the directory at once, not at exit
+                self._lock.release()
+            raise
+
+    def _open(self, cfg: RunConfig) -> None:
+        """Read the run record, apply ``recompute``, check the settings and set the run up (the directory held)."""
         self.results = self._read_results()
         redo = self.to_recompute(list(cfg.recompute))
         self.check_settings(skip=redo)  # before config.yaml says anything about this run

@@ -131,3 +131,16 @@ def test_a_forked_child_cannot_release_its_parents_lock(tmp_path):
     assert json.loads((tmp_path / "run.lock").read_text())["pid"] == os.getpid()
     lock.release()
     assert not refused_elsewhere(tmp_path)
+
+
+def test_a_run_refused_for_changed_settings_lets_go_of_the_directory_at_once(tmp_path):
+    from oreo.stages import StageId, StageSettingsChanged
+
+    run_dir = tmp_path / "run"
+    run = compose_run(run_dir)
+    run.claim(StageId("sft"))
+    run.checkpoint("sft").mkdir(parents=True)   # sft started with the smoke settings
+    run.close()
+    with pytest.raises(StageSettingsChanged):
+        Run(compose([f"run_dir={run_dir}", "+experiment=smoke", "threads=1", "sft.train.lr=0.5"]))
+    assert not refused_elsewhere(run_dir)
