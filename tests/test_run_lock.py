@@ -141,6 +141,7 @@ def test_a_run_refused_for_changed_settings_lets_go_of_the_directory_at_once(tmp
     run.claim(StageId("sft"))
     run.checkpoint("sft").mkdir(parents=True)   # sft started with the smoke settings
     run.close()
-    with pytest.raises(StageSettingsChanged):
+    with pytest.raises(StageSettingsChanged) as refused:
         Run(compose([f"run_dir={run_dir}", "+experiment=smoke", "threads=1", "sft.train.lr=0.5"]))
-    assert not refused_elsewhere(run_dir)
+    assert not refused_elsewhere(run_dir)   # while the error (and the half-built Run its traceback holds) lives
+    assert "stage 'sft'" in str(refused.value)
