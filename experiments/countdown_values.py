@@ -16,6 +16,10 @@ Reports, per design:
 
 - the within-problem AUC of states: over pairs of states of the same puzzle with V* = 1 and V* = 0, how often
   the live one scores higher (ties half), averaged over puzzles that have both;
+- the same AUC against each kind of dead state alone: slips (a step is illegal: a wrong result, a number not left)
+  and dead ends (every step legal, the target out of reach), which ask different things of a value (checking the
+  arithmetic, or searching what is left), and against dead ends at each depth (live and dead states after the same
+  number of steps: 3, 2 or 1 number left);
 - the F1 of finding each response's first dead step (the first step after which the target is out of reach): a
   response's predicted first dead step is the first whose score is below a threshold; a hit when it is the true
   one. The threshold is the one that maximises F1 on this split unless ``--thresholds FILE`` gives the ones chosen
@@ -43,6 +47,7 @@ from oreo.run_config import read_run_config  # noqa: E402
 from oreo.runtime import build_sampler, pick_device  # noqa: E402
 from oreo.search.value import ValueScorer, load_value_model, step_logprobs  # noqa: E402
 from oreo.tasks import make_task  # noqa: E402
+from oreo.tasks.countdown import state_after  # noqa: E402
 from oreo.types import Context  # noqa: E402
 
 
@@ -54,6 +59,19 @@ def within_problem_auc(scores: list[float], alive: list[int], groups: list) -> t
     aucs = [sum((x > y) + 0.5 * (x == y) for x in live for y in dead) / (len(live) * len(dead))
             for live, dead in by.values() if live and dead]
     return (sum(aucs) / len(aucs) if aucs else None), len(aucs)
+
+
+def auc_by_kind(scores: list[float], alive: list[int], legal: list[bool], depth: list[int], groups: list) -> dict:
+    """Within-problem AUC of live states against slips only (dead after an illegal step), dead ends only (every
+    step legal, the target out of reach), and dead ends after step d against live states after step d."""
+    def auc(keep) -> float | None:
+        rows = [r for r in range(len(scores)) if keep(r)]
+        return within_problem_auc([scores[r] for r in rows], [alive[r] for r in rows], [groups[r] for r in rows])[0]
+
+    out = {"slips": auc(lambda r: alive[r] or not legal[r]), "dead ends": auc(lambda r: legal[r])}
+    for d in (1, 2, 3):
+        out[f"dead ends after step {d}"] = auc(lambda r, d=d: legal[r] and depth[r] == d)
+    return out
 
 
 def first_dead(flags: list[bool]) -> int | None:
@@ -103,13 +121,15 @@ def main() -> None:
     torch.manual_seed(args.seed)
     outs = sampler.generate([p.prompt for p in puzzles], n=args.n, temperature=args.temperature, seed=args.seed)
 
-    states, alive, groups, path_of = [], [], [], []   # one row per prefix after k >= 1 steps
+    states, alive, groups, path_of, legal, depth = [], [], [], [], [], []   # one row per prefix after k >= 1 steps
     for i, (p, completions) in enumerate(zip(puzzles, outs)):
         for j, c in enumerate(completions):
             steps = task.split_steps(c.text)
             for k in range(1, len(steps) + 1):
                 states.append(Context(p.prompt, tuple(steps[:k])))
                 alive.append(task.value_star(p, steps[:k]))
+                legal.append(state_after(p, steps[:k]) is not None)
+                depth.append(k)
                 groups.append(i)
                 path_of.append((i, j))
 
@@ -136,25 +156,33 @@ def main() -> None:
               "alive_share": sum(alive) / len(alive), "designs": {}, "thresholds": {}}
     for name, scores in designs.items():
         auc, n_groups = within_problem_auc(scores, alive, groups)
+        by_kind = auc_by_kind(scores, alive, legal, depth, groups)
         by_path = [([scores[r] for r in rows], [alive[r] for r in rows]) for rows in paths.values()]
         threshold = given.get(name)
         if threshold is None:
             threshold, f1 = best_threshold(by_path)
         else:
             f1 = dead_step_f1(by_path, threshold)
-        result["designs"][name] = {"auc": auc, "puzzles_with_both": n_groups, "dead_step_f1": f1}
+        result["designs"][name] = {"auc": auc, "puzzles_with_both": n_groups, "dead_step_f1": f1,
+                                   "auc_vs_slips": by_kind["slips"], "auc_vs_dead_ends": by_kind["dead ends"],
+                                   "auc_vs_dead_ends_by_step": [by_kind[f"dead ends after step {d}"]
+                                                                for d in (1, 2, 3)]}
         result["thresholds"][name] = threshold
     chosen = "given (" + args.thresholds + ")" if args.thresholds else f"chosen on this split ({args.split})"
     lines = [f"# Values against V* on countdown ({run_dir}, {args.split})", "",
              f"`python experiments/countdown_values.py {' '.join(sys.argv[1:])}`", "",
              f"{len(puzzles)} puzzles × {args.n} responses of the SFT policy at T={args.temperature}: "
-             f"{len(states)} states after a step, {100 * result['alive_share']:.1f}% of them alive (V* = 1). "
+             f"{len(states)} states after a step, {100 * result['alive_share']:.1f}% of them alive (V* = 1), "
+             f"{100 * legal.count(False) / len(legal):.1f}% after a slip. "
              f"Thresholds for the first dead step: {chosen}.", "",
-             "| value | within-problem AUC of states | puzzles with both | first-dead-step F1 | threshold |",
-             "|---|---|---|---|---|"]
+             "| value | within-problem AUC of states | against slips only | against dead ends only | dead ends after "
+             "step 1 / 2 / 3 | puzzles with both | first-dead-step F1 | threshold |",
+             "|---|---|---|---|---|---|---|---|"]
+    fmt = lambda x: "-" if x is None else f"{x:.3f}"  # noqa: E731
     for name, d in result["designs"].items():
-        auc = "-" if d["auc"] is None else f"{d['auc']:.3f}"
-        lines.append(f"| {name} | {auc} | {d['puzzles_with_both']} | {d['dead_step_f1']:.3f} | "
+        by_step = " / ".join(map(fmt, d["auc_vs_dead_ends_by_step"]))
+        lines.append(f"| {name} | {fmt(d['auc'])} | {fmt(d['auc_vs_slips'])} | {fmt(d['auc_vs_dead_ends'])} | "
+                     f"{by_step} | {d['puzzles_with_both']} | {d['dead_step_f1']:.3f} | "
                      f"{result['thresholds'][name]:.4g} |")
     out = Path(args.out or ROOT / "experiments" / "results" / f"countdown_values_{args.split}.md")
     out.write_text("\n".join(lines) + "\n")

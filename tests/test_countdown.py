@@ -257,6 +257,11 @@ def test_state_auc_and_first_dead_step_f1_by_hand():
     # puzzle 0: live 0.9, 0.5 against dead 0.4, 0.5 -> (1 + 1 + 1 + 0.5) / 4; puzzle 1 has no dead state: skipped
     auc, n = m.within_problem_auc([0.9, 0.5, 0.4, 0.5, 0.7], [1, 1, 0, 0, 1], [0, 0, 0, 0, 1])
     assert (auc, n) == (3.5 / 4, 1)
+    # live 0.9 (step 1), 0.6 (step 2); a slip 0.95 (step 1); dead ends 0.5 (step 1) and 0.7 (step 2)
+    by = m.auc_by_kind([0.9, 0.6, 0.95, 0.5, 0.7], [1, 1, 0, 0, 0], [True, True, False, True, True], [1, 2, 1, 1, 2],
+                       [0] * 5)
+    assert by["slips"] == 0.0 and by["dead ends"] == (1 + 1 + 1 + 0) / 4   # 0.9 > 0.5, 0.7; 0.6 > 0.5 only
+    assert [by[f"dead ends after step {d}"] for d in (1, 2, 3)] == [1.0, 0.0, None]
     paths = [([0.9, 0.2, 0.1], [1, 0, 0]),    # dies at step 2 (index 1), predicted there: a hit
              ([0.8, 0.7, 0.1], [1, 0, 0]),    # dies at index 1, predicted at 2: a miss and a false alarm
              ([0.9, 0.9, 0.9], [1, 1, 1]),    # never dies, never predicted: nothing
