@@ -25,32 +25,14 @@ class RunDir:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
+        self.run_json = self.path / "run.json"
+        self.metrics_json = self.path / "metrics.json"
+        self.config_yaml = self.path / "config.yaml"
+        self.buffer = self.path / "buffer"
+        self.checkpoints = self.path / "checkpoints"
+        self.cache = self.path / "cache"
 
     # ------------------------------------------------------------------ where things are
-    @property
-    def run_json(self) -> Path:
-        return self.path / "run.json"
-
-    @property
-    def metrics_json(self) -> Path:
-        return self.path / "metrics.json"
-
-    @property
-    def config_yaml(self) -> Path:
-        return self.path / "config.yaml"
-
-    @property
-    def buffer(self) -> Path:
-        return self.path / "buffer"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.path / "checkpoints"
-
-    @property
-    def cache(self) -> Path:
-        return self.path / "cache"
-
     def checkpoint(self, stage: str) -> Path:
         return self.checkpoints / stage
 
