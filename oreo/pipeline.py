@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
+from oreo.checkpoint import verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, broadcast_from_rank0, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -38,16 +38,8 @@ from oreo.runtime import (
 )
 from oreo.search.mcts import collect_trees
 from oreo.search.value import StepPrior, ValueScorer, load_value_model
-from oreo.stages import (
-    StageId,
-    StageSettingsChanged,
-    dependents,
-    differences,
-    kind_of,
-    recorded_settings,
-    seed_offset,
-    stage_id,
-)
+from oreo.settings_ledger import SettingsLedger
+from oreo.stages import StageId, kind_of, seed_offset, stage_id
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
 from oreo.trainers.common import NotEnoughData, TrainConfig
@@ -89,20 +81,20 @@ class Run:
 
     def _open(self, cfg: RunConfig) -> None:
         """Read the run record, apply ``recompute``, check the settings and set the run up (the directory held)."""
-        self.record = self._read_record()
-        redo = self.to_recompute(list(cfg.recompute))
-        self.check_settings(skip=redo)  # before config.yaml says anything about this run
+        self._read_record()
+        redo = self.ledger.to_recompute(list(cfg.recompute))
+        self.ledger.check(skip=redo)  # before config.yaml says anything about this run
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stage in sorted(redo):
-                self._forget(stage)
+                self.ledger.forget(stage)
                 print(f"recompute: removed the outputs of '{stage}'", flush=True)
             if redo:
                 self._write_record()
             self.files.write_config(to_yaml(cfg))
         barrier()
         if not self.main:
-            self.record = self._read_record()  # as rank 0 left it after recompute
+            self._read_record()  # as rank 0 left it after recompute
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
@@ -169,14 +161,16 @@ class Run:
         """A sampler for the policy in ``policy_dir`` (see ``build_sampler``); ``close_sampler`` it when done."""
         return build_sampler(self.cfg, policy_dir, section, self.device)
 
-    def _read_record(self) -> RunRecord:
-        return self.files.read_record() if self.cfg.resume else RunRecord()
+    def _read_record(self) -> None:
+        """The run's record (``run.json``, on resume) and the ledger of its stages' settings kept in it."""
+        self.record = self.files.read_record() if self.cfg.resume else RunRecord()
+        self.ledger = SettingsLedger(self.files, self.record, self.plain, save=self._write_record)
 
     def _write_record(self) -> None:
         """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details, merged
         with what another process wrote since (``RunDir.write_record``)."""
         if self.main:
-            self.record = self.files.write_record(self.record)
+            self.files.write_record(self.record)
 
     def record_rounds(self, rows: list[dict]) -> None:
         """Record a multi-round driver's per-round table in run.json ("rounds")."""
@@ -192,69 +186,6 @@ class Run:
                               f"(it redoes the stage and those trained on it), or delete {path}")
         return True
 
-    # ------------------------------------------------------------------ what shaped each stage (oreo.stages)
-    def started(self, stage: StageId) -> bool:
-        """Whether ``stage`` has outputs in the run directory, whole or partial."""
-        if stage.kind == "collect":
-            return self.files.buffer_round(stage.round).exists() or bool(self.files.buffer_round_partials(stage.round))
-        if stage.kind == "evaluate":
-            return bool(self.record.accuracy) or bool(self.files.eval_partials())
-        out = self.checkpoint(stage.name)
-        return out.exists() or progress_dir(out).exists()
-
-    def check_settings(self, skip: set[str] = frozenset()) -> None:
-        """Every started stage (but those named in ``skip``) must have been run with this config's settings and
-        seed offset (else ``StageSettingsChanged``)."""
-        for name, recorded in (self.record.settings or {}).items():
-            if name in skip:
-                continue
-            stage = StageId.parse(name)
-            changes = differences(recorded, recorded_settings(self.plain, stage))
-            if changes and self.started(stage):
-                raise StageSettingsChanged(stage, changes, self.dir)
-
-    def claim(self, stage: StageId) -> None:
-        """Before ``stage`` runs or its output is reused: record the settings that shape it and its seed offset."""
-        now = recorded_settings(self.plain, stage)
-        recorded = self.record.settings_of(stage.name)
-        changes = differences(recorded, now) if recorded is not None else []
-        if changes and self.started(stage):
-            raise StageSettingsChanged(stage, changes, self.dir)
-        if recorded != now:
-            self.record.record_settings(stage.name, now)
-            self._write_record()
-
-    def _stages_present(self) -> list[str]:
-        found = set(self.record.settings or {})
-        found |= {StageId("collect", r).name for r in Buffer(self.files.buffer).rounds()}
-        return sorted(found | self.files.checkpoint_names())
-
-    def to_recompute(self, names: list[str]) -> set[str]:
-        """The stages ``recompute=names`` redoes: those named and every stage that depends on them."""
-        present = self._stages_present()
-        kinds = {StageId.parse(s).kind for s in present}
-        for name in map(str, names):
-            if name not in present and not (name and StageId.parse(name).is_kind and name in kinds):
-                raise ConfigError("recompute", f"{name!r} is not a stage of {self.dir}; its stages: {present}")
-        return {s for name in names for s in dependents(str(name), present)}
-
-    def _forget(self, name: str) -> None:
-        record, stage = self.record, StageId.parse(name)
-        for section in ("settings", "stages", "skipped"):
-            record.forget(section, name)
-        methods = list(record.accuracy or {}) if stage.kind == "evaluate" else [name]
-        if stage.kind == "collect":
-            self.files.remove_buffer_round(stage.round)
-            if stage.round == 0:
-                record.forget("buffer")
-            return
-        if stage.kind != "evaluate":
-            self.files.remove_checkpoint(name)
-        for method in methods:
-            for section in ("accuracy", "sampled", "episodes"):
-                record.forget(section, method)
-            self.files.remove_evaluations(method)
-
     # ------------------------------------------------------------------ stages
     def sft(self) -> Path:
         return self.train_method("sft", Path(self.cfg.model.name_or_path))
@@ -262,7 +193,7 @@ class Run:
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
         c, stage = self.cfg.collect, StageId("collect", round)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
@@ -306,7 +237,7 @@ class Run:
         ``max_problems`` training problems (None: all; agents: games). PUCT selection reads the policy's step
         priors (``StepPrior``; agents' turns: uniform priors)."""
         stage = StageId("collect", round)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(seed_offset(stage))
             sampler = self.sampler(policy_dir, self.cfg.collect)
@@ -355,7 +286,7 @@ class Run:
         if name is None:
             raise ValueError(f"stage {stage} trains no method")
         method, out = METHODS[name], self.checkpoint(stage.name)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if not self.done(out):
             records = records_fn() if records_fn is not None else self.records_for(name, rounds, keep)
             self.seed(seed_offset(stage))
@@ -399,7 +330,7 @@ class Run:
         """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
         ``evaluate.sampled.n > 0``, pass@k and maj@k (``run.json``, "sampled"; agents: turns, tokens and
         success per goal kind, "episodes"); what a previous run already measured is kept."""
-        self.claim(StageId("evaluate"))
+        self.ledger.claim(StageId("evaluate"))
         splits = list(self.cfg.evaluate.splits)
         have = {split: acc for split, acc in (self.record.accuracy or {}).get(method, {}).items()
                 if self.eval_file_whole(method, split)}

@@ -74,22 +74,21 @@ class RunDir:
         """The record in ``run.json`` (an empty one where there is none); ``RunRecordError`` if it is damaged."""
         return RunRecord.read(self.run_json) if self.run_json.exists() else RunRecord()
 
-    def write_record(self, record: RunRecord) -> RunRecord:
-        """Write ``record`` to ``run.json`` and its accuracies to ``metrics.json``; returns what was written.
+    def write_record(self, record: RunRecord) -> None:
+        """Write ``record`` to ``run.json`` and its accuracies to ``metrics.json``.
 
-        What another process wrote to ``run.json`` since this one read it is merged in, never overwritten
-        (``RunRecord.merged_with``), under ``run.json.lock``: a process that loses a race cannot drop the record of a
-        stage that finished."""
+        What another process wrote to ``run.json`` since this one read it is merged in, never overwritten, under
+        ``run.json.lock`` (``RunRecord.absorb``: ``record`` then holds what was written): a process that loses a race
+        cannot drop the record of a stage that finished."""
         with open(self.path / "run.json.lock", "a") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             try:
                 on_disk = json.loads(self.run_json.read_text())
             except (OSError, ValueError):
                 on_disk = {}
-            merged = record.merged_with(on_disk if isinstance(on_disk, dict) else {})
-            write_atomically(self.run_json, merged.to_json())
-            write_atomically(self.metrics_json, merged.metrics_json())
-        return merged
+            record.absorb(on_disk if isinstance(on_disk, dict) else {})
+            write_atomically(self.run_json, record.to_json())
+            write_atomically(self.metrics_json, record.metrics_json())
 
     def write_config(self, text: str) -> None:
         self.config_yaml.write_text(text)

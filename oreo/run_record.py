@@ -93,13 +93,13 @@ class RunRecord:
         """``metrics.json``'s content: method → split → accuracy."""
         return json.dumps(self.accuracy or {}, indent=2)
 
-    def merged_with(self, on_disk: dict) -> RunRecord:
-        """This record with what ``on_disk`` (the file's content now) holds that this one lacks (``merge``); the
-        result remembers the same deliberate removals."""
+    def absorb(self, on_disk: dict) -> None:
+        """Take in what ``on_disk`` (the file's content now) holds that this record lacks (``merge``), keeping the
+        deliberate removals; the record object stays the same, so whoever holds it sees the merge."""
         merged = RunRecord.from_dict({k: v for k, v in merge(on_disk, self.to_dict(), self.forgotten).items()
                                       if k != "version"})
-        merged.forgotten = set(self.forgotten)
-        return merged
+        for name in (*SECTIONS, "extra"):
+            setattr(self, name, getattr(merged, name))
 
     # ------------------------------------------------------------------ recording
     def settings_of(self, stage: str) -> dict | None:

@@ -23,10 +23,9 @@ def test_a_file_without_a_version_reads_as_version_1_and_writes_back_the_same_pl
     (tmp_path / "run.json").write_text(json.dumps(UNVERSIONED))
     record = RunDir(tmp_path).read_record()
     assert record.version == 1 and record.accuracy == UNVERSIONED["accuracy"] and record.rounds == UNVERSIONED["rounds"]
-    written = RunDir(tmp_path).write_record(record)
+    RunDir(tmp_path).write_record(record)
     assert json.loads((tmp_path / "run.json").read_text()) == {"version": VERSION, **UNVERSIONED}
     assert (tmp_path / "metrics.json").read_text() == json.dumps(UNVERSIONED["accuracy"], indent=2)
-    assert written == record
 
 
 def test_keys_this_oreo_does_not_know_are_kept(tmp_path):
@@ -54,7 +53,8 @@ def test_a_write_keeps_another_writers_entries_but_not_those_removed_on_purpose(
     stale.forget("accuracy", "oreo")
     stale.forget("buffer")
     stale.record_accuracy("dpo", {"test": 0.75})
-    merged = files.write_record(stale)
+    files.write_record(stale)
+    merged = stale
     assert merged.accuracy == {"sft": UNVERSIONED["accuracy"]["sft"], "dpo": {"test": 0.75}}
     assert merged.buffer is None and merged.stages == UNVERSIONED["stages"]
     assert RunDir(tmp_path).read_record() == merged
