@@ -51,7 +51,8 @@ STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto", "prm", "step_apo")
 
 
 class Run:
-    """One run directory: config, metrics, buffer, checkpoints."""
+    """One run's stages, on its directory's files (``RunDir``), its record (``RunRecord``, ``run.json``) and the
+    ledger of its stages' settings (``SettingsLedger``)."""
 
     def __init__(self, cfg: RunConfig):
         self.plain = as_dict(cfg)  # what run.json's stage settings are read from
@@ -398,7 +399,8 @@ class Run:
                                           f"oreo.shared_backbone)")
         return value
 
-    def run(self) -> dict:
+    def run(self) -> RunRecord:
+        """The configured stages, each evaluated; returns the run's record."""
         stages = list(self.cfg.stages)
         unknown = set(stages) - set(STAGES)
         if unknown:
