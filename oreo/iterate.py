@@ -74,12 +74,11 @@ def run_iterations(cfg: RunConfig) -> list[dict]:
 def report_rounds(run, rows: list[dict], splits: list[str], name: str) -> list[dict]:
     """Record the per-round ``rows`` in run.json, print the table, plot it to ``plots/NAME.png``
     and close the run."""
-    run.results["rounds"] = rows
-    run._write_results()
+    run.record_rounds(rows)
     if run.main:
-        plot = plot_rounds(rows, splits, run.dir / "plots" / f"{name}.png")
+        plot = plot_rounds(rows, splits, run.files.plot(name))
         print(format_rounds(rows, splits))
-        print(f"plot: {plot}\nresults: {run.dir / 'metrics.json'} (per round: {run.dir / 'run.json'})")
+        print(f"plot: {plot}\nresults: {run.files.metrics_json} (per round: {run.files.run_json})")
     run.close()
     return rows
 

@@ -5,17 +5,13 @@ there (``resume=true``), so an interrupted run continues where it stopped.
 """
 from __future__ import annotations
 
-import fcntl
-import json
 import random
-import shutil
 from pathlib import Path
 
 import torch
 
-from oreo.atomic_write import write_atomically
 from oreo.buffer import Buffer, import_reference_jsonl
-from oreo.checkpoint import progress_dir, verify_manifest, weights_stamp
+from oreo.checkpoint import verify_manifest, weights_stamp
 from oreo.config import ConfigError
 from oreo.distributed import barrier, broadcast_from_rank0, init_distributed, rank_world
 from oreo.encode import Encoder
@@ -28,7 +24,9 @@ from oreo.rollout.collector import collect
 from oreo.rollout.episodes import sampled_actions
 from oreo.rollout.selection import balanced_selection
 from oreo.run_config import RunConfig, as_dict, check_inputs, to_yaml
-from oreo.run_lock import RunDirLock, lock_run_dir
+from oreo.run_dir import RunDir
+from oreo.run_lock import RunDirLock
+from oreo.run_record import RunRecord
 from oreo.runtime import (
     build_sampler,
     check_value_backbone,
@@ -40,16 +38,8 @@ from oreo.runtime import (
 )
 from oreo.search.mcts import collect_trees
 from oreo.search.value import StepPrior, ValueScorer, load_value_model
-from oreo.stages import (
-    StageId,
-    StageSettingsChanged,
-    dependents,
-    differences,
-    kind_of,
-    recorded_settings,
-    seed_offset,
-    stage_id,
-)
+from oreo.settings_ledger import SettingsLedger
+from oreo.stages import StageId, kind_of, seed_offset, stage_id
 from oreo.tasks import make_task
 from oreo.trainers import METHODS
 from oreo.trainers.common import NotEnoughData, TrainConfig
@@ -61,7 +51,8 @@ STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto", "prm", "step_apo")
 
 
 class Run:
-    """One run directory: config, metrics, buffer, checkpoints."""
+    """One run's stages, on its directory's files (``RunDir``), its record (``RunRecord``, ``run.json``) and the
+    ledger of its stages' settings (``SettingsLedger``)."""
 
     def __init__(self, cfg: RunConfig):
         self.plain = as_dict(cfg)  # what run.json's stage settings are read from
@@ -69,15 +60,15 @@ class Run:
         check_value_backbone(cfg)   # what would fail after hours of SFT fails now
         quiet_library_progress_bars()
         self.cfg = cfg
-        self.dir = Path(cfg.run_dir)
+        self.files = RunDir(cfg.run_dir)
+        self.dir = self.files.path
         # Under torchrun every rank runs this; rank 0 alone writes the run's files (run_dir must be
         # shared by all nodes), the others take their share of collection, evaluation and training.
         self.rank, self.world = init_distributed() if rank_world()[1] > 1 else (0, 1)
         self.main = self.rank == 0
-        if not cfg.resume and any((self.dir / name).exists() for name in ("run.json", "checkpoints", "buffer")):
+        if not cfg.resume and self.files.holds_a_run():
             raise FileExistsError(f"{self.dir} holds an earlier run, and resume=false would mix its outputs with "
                                   f"new ones: use a new run_dir, or delete {self.dir} first")
-        self._forgotten: set[tuple[str, str | None]] = set()   # run.json entries recompute removed
         self.task = make_task(cfg.task)
         self.agent = self.task.kind == "agent"  # multi-turn episodes in an environment
         self.imported = self.import_file()   # bad data fails now, before any stage, whatever `stages` says
@@ -91,24 +82,24 @@ class Run:
 
     def _open(self, cfg: RunConfig) -> None:
         """Read the run record, apply ``recompute``, check the settings and set the run up (the directory held)."""
-        self.results = self._read_results()
-        redo = self.to_recompute(list(cfg.recompute))
-        self.check_settings(skip=redo)  # before config.yaml says anything about this run
+        self._read_record()
+        redo = self.ledger.to_recompute(list(cfg.recompute))
+        self.ledger.check(skip=redo)  # before config.yaml says anything about this run
         if self.main:
             self.dir.mkdir(parents=True, exist_ok=True)
             for stage in sorted(redo):
-                self._forget(stage)
+                self.ledger.forget(stage)
                 print(f"recompute: removed the outputs of '{stage}'", flush=True)
             if redo:
-                self._write_results()
-            (self.dir / "config.yaml").write_text(to_yaml(cfg))
+                self._write_record()
+            self.files.write_config(to_yaml(cfg))
         barrier()
         if not self.main:
-            self.results = self._read_results()  # as rank 0 left it after recompute
+            self._read_record()  # as rank 0 left it after recompute
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.device = pick_device(cfg.device)
-        self.buffer = Buffer(self.dir / "buffer")
+        self.buffer = Buffer(self.files.buffer)
         self.logger = MetricsLogger(self.dir, wandb_cfg=as_dict(cfg.wandb),
                                     config=self.plain, enabled=self.main)
 
@@ -119,7 +110,7 @@ class Run:
         lock, error = None, None
         if self.main:
             try:
-                lock = lock_run_dir(self.dir)
+                lock = self.files.lock()
             except Exception as e:
                 error = e
         error = broadcast_from_rank0(error)
@@ -135,7 +126,7 @@ class Run:
 
     # ------------------------------------------------------------------ helpers
     def checkpoint(self, name: str) -> Path:
-        return self.dir / "checkpoints" / name
+        return self.files.checkpoint(name)
 
     def seed(self, offset: int = 0) -> None:
         seed = self.cfg.seed + offset
@@ -171,32 +162,21 @@ class Run:
         """A sampler for the policy in ``policy_dir`` (see ``build_sampler``); ``close_sampler`` it when done."""
         return build_sampler(self.cfg, policy_dir, section, self.device)
 
-    def _read_results(self) -> dict:
-        path = self.dir / "run.json"
-        if self.cfg.resume and path.exists():
-            try:
-                return json.loads(path.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise RuntimeError(f"{path}: damaged, cannot be read ({e}); delete it to measure the evaluations "
-                                   f"again (finished stages, their checkpoints and the buffer are kept)") from None
-        return {}
+    def _read_record(self) -> None:
+        """The run's record (``run.json``, on resume) and the ledger of its stages' settings kept in it."""
+        self.record = self.files.read_record() if self.cfg.resume else RunRecord()
+        self.ledger = SettingsLedger(self.files, self.record, self.plain, save=self._write_record)
 
-    def _write_results(self) -> None:
-        """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details.
+    def _write_record(self) -> None:
+        """``metrics.json``: method → split → accuracy; ``run.json``: that plus stage and buffer details, merged
+        with what another process wrote since (``RunDir.write_record``)."""
+        if self.main:
+            self.files.write_record(self.record)
 
-        What another process wrote to ``run.json`` since this one read it is merged in, never overwritten: a
-        process that loses a race cannot drop the record of a stage that finished (``merge_results``)."""
-        if not self.main:
-            return
-        with open(self.dir / "run.json.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            try:
-                on_disk = json.loads((self.dir / "run.json").read_text())
-            except (OSError, ValueError):
-                on_disk = {}
-            self.results = merge_results(on_disk, self.results, self._forgotten)
-            for name, content in (("run.json", self.results), ("metrics.json", self.results.get("accuracy", {}))):
-                write_atomically(self.dir / name, json.dumps(content, indent=2))
+    def record_rounds(self, rows: list[dict]) -> None:
+        """Record a multi-round driver's per-round table in run.json ("rounds")."""
+        self.record.rounds = rows
+        self._write_record()
 
     def done(self, path: Path) -> bool:
         """Whether the stage output ``path`` is there to reuse; one whose files were cut or changed since the
@@ -207,80 +187,6 @@ class Run:
                               f"(it redoes the stage and those trained on it), or delete {path}")
         return True
 
-    # ------------------------------------------------------------------ what shaped each stage (oreo.stages)
-    def started(self, stage: StageId) -> bool:
-        """Whether ``stage`` has outputs in the run directory, whole or partial."""
-        if stage.kind == "collect":
-            return (self.dir / "buffer" / f"round_{stage.round:03d}").exists() or any(
-                (self.dir / "buffer").glob(f"round_{stage.round:03d}.partial*.jsonl"))
-        if stage.kind == "evaluate":
-            return bool(self.results.get("accuracy")) or any((self.dir / "eval").glob("*.partial*.jsonl"))
-        out = self.checkpoint(stage.name)
-        return out.exists() or progress_dir(out).exists()
-
-    def check_settings(self, skip: set[str] = frozenset()) -> None:
-        """Every started stage (but those named in ``skip``) must have been run with this config's settings and
-        seed offset (else ``StageSettingsChanged``)."""
-        for name, recorded in self.results.get("settings", {}).items():
-            if name in skip:
-                continue
-            stage = StageId.parse(name)
-            changes = differences(recorded, recorded_settings(self.plain, stage))
-            if changes and self.started(stage):
-                raise StageSettingsChanged(stage, changes, self.dir)
-
-    def claim(self, stage: StageId) -> None:
-        """Before ``stage`` runs or its output is reused: record the settings that shape it and its seed offset."""
-        now = recorded_settings(self.plain, stage)
-        recorded = self.results.get("settings", {}).get(stage.name)
-        changes = differences(recorded, now) if recorded is not None else []
-        if changes and self.started(stage):
-            raise StageSettingsChanged(stage, changes, self.dir)
-        if recorded != now:
-            self.results.setdefault("settings", {})[stage.name] = now
-            self._write_results()
-
-    def _stages_present(self) -> list[str]:
-        found = set(self.results.get("settings", {}))
-        found |= {StageId("collect", r).name for r in Buffer(self.dir / "buffer").rounds()}
-        if (self.dir / "checkpoints").is_dir():
-            found |= {p.name.removesuffix(".progress") for p in (self.dir / "checkpoints").iterdir()
-                      if not p.name.endswith((".tmp", ".old"))}
-        return sorted(found)
-
-    def to_recompute(self, names: list[str]) -> set[str]:
-        """The stages ``recompute=names`` redoes: those named and every stage that depends on them."""
-        present = self._stages_present()
-        kinds = {StageId.parse(s).kind for s in present}
-        for name in map(str, names):
-            if name not in present and not (name and StageId.parse(name).is_kind and name in kinds):
-                raise ConfigError("recompute", f"{name!r} is not a stage of {self.dir}; its stages: {present}")
-        return {s for name in names for s in dependents(str(name), present)}
-
-    def _forget(self, name: str) -> None:
-        r, stage = self.results, StageId.parse(name)
-        for key in ("settings", "stages", "skipped"):
-            r.get(key, {}).pop(name, None)
-            self._forgotten.add((key, name))
-        methods = list(r.get("accuracy", {})) if stage.kind == "evaluate" else [name]
-        if stage.kind == "collect":
-            shutil.rmtree(self.dir / "buffer" / f"round_{stage.round:03d}", ignore_errors=True)
-            for partial in (self.dir / "buffer").glob(f"round_{stage.round:03d}.partial*.jsonl"):
-                partial.unlink()
-            if stage.round == 0:
-                r.pop("buffer", None)
-                self._forgotten.add(("buffer", None))
-            return
-        if stage.kind != "evaluate":
-            for suffix in ("", ".progress", ".tmp", ".old"):
-                shutil.rmtree(self.dir / "checkpoints" / f"{name}{suffix}", ignore_errors=True)
-        for method in methods:
-            for key in ("accuracy", "sampled", "episodes"):
-                r.get(key, {}).pop(method, None)
-                self._forgotten.add((key, method))
-            for path in (self.dir / "eval").glob(f"{method}-*.jsonl"):
-                path.unlink()
-
     # ------------------------------------------------------------------ stages
     def sft(self) -> Path:
         return self.train_method("sft", Path(self.cfg.model.name_or_path))
@@ -288,15 +194,15 @@ class Run:
     def collect(self, policy_dir: Path, round: int = 0) -> dict:
         """Collection round ``round`` with the policy in ``policy_dir``; returns that round's statistics."""
         c, stage = self.cfg.collect, StageId("collect", round)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if c.from_file:  # the reference's released data instead of sampling
             if round not in self.buffer.rounds():
                 if self.main:
                     records, report = (self.imported if round == 0 else self.import_file(id_prefix=f"r{round}-"))
                     self.buffer.append(records, round=round)
-                    self.results.setdefault("stages", {})[stage.name] = {
+                    self.record.record_stage(stage.name, {
                         "imported": str(c.from_file), "records": len(records),
-                        **{f"lines with {k}": v for k, v in report.items() if k != "lines"}}
+                        **{f"lines with {k}": v for k, v in report.items() if k != "lines"}})
                 barrier()
             return self.buffer.stats(rounds=[round])
         if not (self.cfg.resume and round in self.buffer.rounds()):
@@ -308,7 +214,7 @@ class Run:
                            round=round, meta={"policy": str(policy_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
-            self.results.setdefault("stages", {})[stage.name] = info
+            self.record.record_stage(stage.name, info)
         return self.buffer.stats(rounds=[round])
 
     def import_file(self, id_prefix: str = "r0-") -> tuple[list, dict] | None:
@@ -332,7 +238,7 @@ class Run:
         ``max_problems`` training problems (None: all; agents: games). PUCT selection reads the policy's step
         priors (``StepPrior``; agents' turns: uniform priors)."""
         stage = StageId("collect", round)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if not (self.cfg.resume and round in self.buffer.rounds()):
             self.seed(seed_offset(stage))
             sampler = self.sampler(policy_dir, self.cfg.collect)
@@ -353,7 +259,7 @@ class Run:
                                  meta={"policy": str(policy_dir), "value": str(value_dir)})
             close_sampler(sampler)
             self.logger.log("collect", round, info)
-            self.results.setdefault("stages", {})[stage.name] = info
+            self.record.record_stage(stage.name, info)
         return self.buffer.stats(rounds=[round])
 
     def records_for(self, name: str, rounds: list[int] | None = None, keep=None) -> list:
@@ -381,7 +287,7 @@ class Run:
         if name is None:
             raise ValueError(f"stage {stage} trains no method")
         method, out = METHODS[name], self.checkpoint(stage.name)
-        self.claim(stage)
+        self.ledger.claim(stage)
         if not self.done(out):
             records = records_fn() if records_fn is not None else self.records_for(name, rounds, keep)
             self.seed(seed_offset(stage))
@@ -390,7 +296,7 @@ class Run:
             kwargs = {}
             if method.reference:
                 ref_dir = ref_dir or init_dir
-                kwargs = {"reference": self.load(ref_dir)[0], "cache_dir": self.dir / "cache",
+                kwargs = {"reference": self.load(ref_dir)[0], "cache_dir": self.files.cache,
                           "ref_name": reference_name(ref_dir, self.cfg.model.dtype)}
             value, shared = None, getattr(cfg, "shared_backbone", False)
             if method.value:
@@ -409,9 +315,9 @@ class Run:
                     raise
                 reason = f"{len(records)} records ({method.data}) gave {e}"
                 print(f"{stage.name} skipped: {reason}", flush=True)
-                self.results.setdefault("skipped", {})[stage.name] = reason
+                self.record.record_skipped(stage.name, reason)
                 return None
-            self.results.setdefault("stages", {})[stage.name] = info
+            self.record.record_stage(stage.name, info)
         return out / method.policy_dir if method.policy_dir else out
 
     def oreo(self, init_dir: Path, *, ref_dir: Path | None = None, value_dir: Path | None = None,
@@ -425,13 +331,13 @@ class Run:
         """Greedy accuracy per split (agents: greedy success rate) in ``metrics.json`` and, with
         ``evaluate.sampled.n > 0``, pass@k and maj@k (``run.json``, "sampled"; agents: turns, tokens and
         success per goal kind, "episodes"); what a previous run already measured is kept."""
-        self.claim(StageId("evaluate"))
+        self.ledger.claim(StageId("evaluate"))
         splits = list(self.cfg.evaluate.splits)
-        have = {split: acc for split, acc in self.results.get("accuracy", {}).get(method, {}).items()
+        have = {split: acc for split, acc in (self.record.accuracy or {}).get(method, {}).items()
                 if self.eval_file_whole(method, split)}
         sampled_cfg = self.cfg.evaluate.sampled
         n_samples = sampled_cfg.n
-        have_sampled = self.results.get("sampled", {}).get(method, {})
+        have_sampled = (self.record.sampled or {}).get(method, {})
         todo = [s for s in splits if s not in have]
         todo_sampled = [s for s in splits if s not in have_sampled] if n_samples > 0 and not self.agent else []
         if not todo and not todo_sampled:
@@ -441,33 +347,33 @@ class Run:
         fingerprint = {"policy": str(policy_dir), "weights": weights_stamp(policy_dir), "seed": self.cfg.seed,
                        "max_new_tokens": self.cfg.evaluate.max_new_tokens}
         for split in todo:
-            out_path, desc = self.dir / "eval" / f"{method}-{split}.jsonl", f"evaluate {method}/{split}"
+            out_path, desc = self.files.eval_file(method, split), f"evaluate {method}/{split}"
             if self.agent:
                 r = evaluate_episodes(self.task, self.task.problems(split), sampled_actions(sampler, temperature=0.0),
                                       out_path=out_path, seed=self.cfg.seed, fingerprint=fingerprint,
                                       games_per_batch=self.cfg.evaluate.batch_size, desc=desc)
-                self.results.setdefault("episodes", {}).setdefault(method, {})[split] = r
+                self.record.record_episodes(method, split, r)
                 have[split] = r["success"]
             else:
                 have[split] = evaluate_greedy(self.task, self.task.problems(split), sampler, out_path=out_path,
                                               desc=desc)["accuracy"]
             self.logger.log("evaluate", 0, {f"{method}/{split}": have[split]})
-        self.results.setdefault("accuracy", {})[method] = have
+        self.record.record_accuracy(method, have)
         for split in todo_sampled:
             r = evaluate_sampled(self.task, self.task.problems(split), sampler, n=n_samples,
                                  temperature=sampled_cfg.temperature, ks=list(sampled_cfg.ks),
                                  seed=self.cfg.seed, desc=f"sample {method}/{split}",
-                                 out_path=self.dir / "eval" / f"{method}-{split}-samples.jsonl")
-            self.results.setdefault("sampled", {}).setdefault(method, {})[split] = r
+                                 out_path=self.files.eval_file(method, split, samples=True))
+            self.record.record_sampled(method, split, r)
             self.logger.log("evaluate", 0, {f"{method}/{split}/{k}": v for k, v in r.items()})
         close_sampler(sampler)
-        self._write_results()
+        self._write_record()
         return have
 
     def eval_file_whole(self, method: str, split: str) -> bool:
         """Whether ``eval/METHOD-SPLIT.jsonl`` holds one readable row per problem (game) of ``split``; if not,
         the evaluation is measured again rather than reported from what is left of it."""
-        path = self.dir / "eval" / f"{method}-{split}.jsonl"
+        path = self.files.eval_file(method, split)
         expected = len(self.task.problems(split))
         try:
             lines = [line for line in path.read_text().splitlines() if line.strip()]
@@ -493,7 +399,8 @@ class Run:
                                           f"oreo.shared_backbone)")
         return value
 
-    def run(self) -> dict:
+    def run(self) -> RunRecord:
+        """The configured stages, each evaluated; returns the run's record."""
         stages = list(self.cfg.stages)
         unknown = set(stages) - set(STAGES)
         if unknown:
@@ -503,39 +410,21 @@ class Run:
         sft_dir = self.sft() if "sft" in stages else Path(self.cfg.model.name_or_path)
         self.evaluate("sft", sft_dir)
         if "collect" in stages:
-            self.results["buffer"] = self.collect(sft_dir, round=0)
-            self._write_results()
+            self.record.buffer = self.collect(sft_dir, round=0)
+            self._write_record()
         for name in STAGES[2:]:  # the trained methods, each from the SFT model
             if name not in stages:
                 continue
             out = self.train_method(name, sft_dir, value_dir=self.value_init(name))
             if out is not None and METHODS[name].policy:
                 self.evaluate(name, out)
-        self._write_results()
+        self._write_record()
         self.close()
         if self.main:
-            print(format_table(self.results["accuracy"], list(self.cfg.evaluate.splits)))
-            print(f"results: {self.dir / 'metrics.json'}")
+            print(format_table(self.record.accuracy, list(self.cfg.evaluate.splits)))
+            print(f"results: {self.files.metrics_json}")
         barrier()
-        return self.results
-
-
-def merge_results(on_disk: dict, mine: dict, forgotten: set) -> dict:
-    """``run.json`` as ``mine`` says, keeping every entry of ``on_disk`` that ``mine`` lacks: top-level
-    sections that are dicts (stage → record, method → split → accuracy) merge entry by entry, ``mine`` winning
-    where both have one; ``forgotten`` lists ``(section, entry)`` pairs removed on purpose (``(section,
-    None)``: the whole section)."""
-    merged = dict(on_disk)
-    for key, value in mine.items():
-        old = on_disk.get(key)
-        merged[key] = {**old, **value} if isinstance(value, dict) and isinstance(old, dict) else value
-    for key, entry in forgotten:
-        if entry is None:
-            if key not in mine:
-                merged.pop(key, None)
-        elif isinstance(merged.get(key), dict) and entry not in mine.get(key, {}):
-            merged[key].pop(entry, None)
-    return merged
+        return self.record
 
 
 def format_table(accuracy: dict, splits: list[str]) -> str:

@@ -15,7 +15,7 @@ open descriptor for as long as the run holds the directory:
   that locks a directory it already holds (two ``Run`` objects on it, as tests do) shares the first
   lock, counted; the last release unlocks it. A child made by ``fork`` closes its copy of the descriptor
   (the parent keeps the lock) and never empties the file.
-- ``run.json.lock`` is a different lock: short merges of ``run.json`` (``Run._write_results``).
+- ``run.json.lock`` is a different lock: short merges of ``run.json`` (``oreo.run_dir.RunDir.write_record``).
 
 Where flock does not work (some network filesystems), the run goes on unlocked, with a warning.
 """

@@ -231,10 +231,10 @@ def test_the_pipeline_and_value_guided_beam_search_run_on_countdown(tmp_path):
 
     run_dir = tmp_path / "run"
     results = Run(compose([f"run_dir={run_dir}", "+experiment=countdown_smoke"])).run()
-    assert set(results["accuracy"]["sft"]) == {"test", "game24"}
+    assert set(results.accuracy["sft"]) == {"test", "game24"}
     rows = [json.loads(r) for r in (run_dir / "eval" / "sft-game24.jsonl").read_text().splitlines()]
     assert len(rows) == 8 and all(r["gold"] == 24 for r in rows)
-    assert results["buffer"]["n"] == 48 * 2
+    assert results.buffer["n"] == 48 * 2
     cfg = compose([f"run_dir={run_dir}", "+experiment=countdown_smoke", f"checkpoint={run_dir}/checkpoints/oreo",
                    "evaluate.splits=[game24]", "search=beam", "search.width=2", "search.max_steps=4"])
     metrics = search_run(cfg)

@@ -156,7 +156,7 @@ def test_a_cut_evaluation_file_is_measured_again(finished_sft, tmp_path, capsys)
     results = rerun(run_dir)
     assert f"{path}: 7 of {len(whole)} rows and 1 damaged; measuring sft on test again" in capsys.readouterr().out
     assert path.read_text().splitlines() == whole
-    assert results["accuracy"]["sft"]["test"] == sum(json.loads(r)["correct"] for r in whole) / len(whole)
+    assert results.accuracy["sft"]["test"] == sum(json.loads(r)["correct"] for r in whole) / len(whole)
 
 
 def test_a_whole_run_is_reused_without_remeasuring(finished_sft, tmp_path, capsys):

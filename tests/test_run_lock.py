@@ -138,7 +138,7 @@ def test_a_run_refused_for_changed_settings_lets_go_of_the_directory_at_once(tmp
 
     run_dir = tmp_path / "run"
     run = compose_run(run_dir)
-    run.claim(StageId("sft"))
+    run.ledger.claim(StageId("sft"))
     run.checkpoint("sft").mkdir(parents=True)   # sft started with the smoke settings
     run.close()
     with pytest.raises(StageSettingsChanged) as refused:

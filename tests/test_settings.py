@@ -8,8 +8,9 @@ from hydra.errors import ConfigCompositionException
 
 from oreo.buffer import RecordError
 from oreo.config import ConfigError
-from oreo.pipeline import Run, merge_results
+from oreo.pipeline import Run
 from oreo.run_config import compose
+from oreo.run_record import merge
 from oreo.trainers.common import TrainConfig
 from oreo.trainers.oreo import OREOConfig
 
@@ -113,7 +114,7 @@ def test_out_of_range_imported_rewards_are_refused_or_accepted_and_reported(tmp_
     run = run_with(tmp_path, f"collect.from_file={path}", "collect.accept_out_of_range_rewards=true",
                    "stages=[collect]")
     run.collect(Path("unused"))
-    assert run.results["stages"]["collect_0"]["lines with reward outside the task's range"] == [4]
+    assert run.record.stages["collect_0"]["lines with reward outside the task's range"] == [4]
     assert sorted(r.reward for r in run.buffer.load())[0] == -1e6
 
 
@@ -126,22 +127,22 @@ def test_agent_tasks_refuse_an_import_when_the_run_is_built(tmp_path):
 
 def test_a_process_that_loses_a_race_keeps_the_records_of_finished_stages(tmp_path):
     first, second = run_with(tmp_path), run_with(tmp_path)   # both read run.json before either wrote
-    first.results.setdefault("stages", {})["sft"] = {"steps": 3}
-    first.results.setdefault("accuracy", {})["sft"] = {"test": 0.5}
-    first._write_results()
-    second.results.setdefault("stages", {})["oreo"] = {"steps": 6}
-    second.results.setdefault("accuracy", {})["oreo"] = {"test": 0.7}
-    second._write_results()   # the stale writer
+    first.record.record_stage("sft", {"steps": 3})
+    first.record.record_accuracy("sft", {"test": 0.5})
+    first._write_record()
+    second.record.record_stage("oreo", {"steps": 6})
+    second.record.record_accuracy("oreo", {"test": 0.7})
+    second._write_record()   # the stale writer
     on_disk = json.loads((tmp_path / "run" / "run.json").read_text())
     assert on_disk["stages"] == {"sft": {"steps": 3}, "oreo": {"steps": 6}}
     assert on_disk["accuracy"] == {"sft": {"test": 0.5}, "oreo": {"test": 0.7}}
     assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == on_disk["accuracy"]
 
 
-def test_merge_results_keeps_what_the_disk_has_but_not_what_was_removed_on_purpose():
+def test_merge_keeps_what_the_disk_has_but_not_what_was_removed_on_purpose():
     disk = {"stages": {"sft": 1, "oreo": 2}, "accuracy": {"sft": {"test": 0.1}}, "buffer": {"n": 4}}
     mine = {"stages": {"sft": 9}, "accuracy": {}}
-    merged = merge_results(disk, mine, {("stages", "oreo"), ("buffer", None)})
+    merged = merge(disk, mine, {("stages", "oreo"), ("buffer", None)})
     assert merged == {"stages": {"sft": 9}, "accuracy": {"sft": {"test": 0.1}}}
 
 

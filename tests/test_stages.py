@@ -208,6 +208,21 @@ def test_a_run_json_without_seed_offsets_resumes_and_a_changed_offset_refuses(co
     assert e.value.stage == "sft" and e.value.changes == ["seed_offset: 9 → 1"] and "recompute=[sft]" in str(e.value)
 
 
+def test_a_run_json_without_a_version_resumes_and_keeps_keys_it_does_not_know(collected, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(collected, run_dir)
+    results = json.loads((run_dir / "run.json").read_text())
+    assert results.pop("version") == 1
+    # as oreo wrote it before run.json had a version, with a key another tool added
+    (run_dir / "run.json").write_text(json.dumps({**results, "notes": "by hand"}, indent=2))
+    before = {name: (run_dir / name).read_bytes() for name in ("metrics.jsonl", "metrics.json")}
+    train(run_dir, "stages=[sft,collect]")
+    assert {name: (run_dir / name).read_bytes() for name in before} == before   # nothing redone
+    assert json.loads((run_dir / "run.json").read_text()) == {"version": 1, **results, "notes": "by hand"}
+
+
 def test_resume_false_on_an_earlier_run_refuses(collected):
     with pytest.raises(FileExistsError, match="resume=false would mix"):
         compose_run(collected, "resume=false")
