@@ -5,8 +5,8 @@
 
 Each point of the grid (the product of the ``--grid`` lists) is a branch of ``--base``: a copy of its run
 record, SFT checkpoint, buffer and reference cache in ``OUT/METHOD/POINT``, where ``METHOD`` alone is
-trained again with the point's settings (``recompute=[METHOD]``) and evaluated greedily on ``--split``
-(never the test split). The SFT model's accuracy on that split is the reference line. Writes
+trained with the point's settings (again, with ``recompute=[METHOD]``, if the base trained it) and evaluated
+greedily on ``--split`` (never the test split). The SFT model's accuracy on that split is the reference line. Writes
 ``experiments/results/NAME.md`` and ``NAME.json``: the search space, each point's accuracy, the choice (the
 highest; ties to the earliest point) with the command, the commit, the machine and the package versions.
 ``branch`` is also how ``experiments/seeds.py --variants`` trains a variant on every seed's run.
@@ -49,7 +49,9 @@ def branch(base: Path, dst: Path, method: str, overrides: list[str], *, seed: in
             (tmp / k).parent.mkdir(parents=True, exist_ok=True)
             (shutil.copytree if (base / k).is_dir() else shutil.copy2)(base / k, tmp / k)
         tmp.rename(dst)
-    stage_overrides = [f"stages=[sft,collect,{method}]", f"recompute=[{method}]", f"run_dir={dst}"]
+    stage_overrides = [f"stages=[sft,collect,{method}]", f"run_dir={dst}"]
+    if method in json.loads((dst / "run.json").read_text()).get("settings", {}):
+        stage_overrides.append(f"recompute=[{method}]")   # the base trained it: train it again, not reuse it
     if seed is not None:
         stage_overrides.append(f"seed={seed}")
     if splits:

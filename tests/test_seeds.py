@@ -86,5 +86,9 @@ def test_the_tuner_chooses_on_validation_and_refuses_the_test_split(tmp_path):
     assert data["chosen"] == ["oreo.beta=0.1"] and data["split"] == "validation"
     assert [p["accuracy"] for p in data["points"]] == pytest.approx([31, 40, 35])
     assert "oreo.beta=0.1 (chosen)" in (tmp_path / "tuned.md").read_text()
+    # a method the base never trained is trained there, not recomputed
+    rft = [*cmd[:5], "rft", "--grid", "rft.train.epochs=1", *cmd[8:], "--name", "tuned_rft"]
+    subprocess.run(rft, cwd=ROOT, env=env, check=True, capture_output=True)
+    assert json.loads((tmp_path / "tuned_rft.json").read_text())["points"][0]["accuracy"] == pytest.approx(30)
     refused = subprocess.run([*cmd, "--split", "test"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert refused.returncode != 0 and "never on the test split" in refused.stderr

@@ -11,8 +11,13 @@ calls = run_dir / "calls"
 calls.write_text(str(int(calls.read_text()) + 1 if calls.exists() else 1))
 for folder in ("buffer", "cache", "checkpoints/sft"):
     (run_dir / folder).mkdir(parents=True, exist_ok=True)
-for name in ("run.json", "config.yaml"):
-    (run_dir / name).touch()
+(run_dir / "config.yaml").touch()
+record = run_dir / "run.json"
+if not record.exists():
+    record.write_text(json.dumps({"settings": {"sft": {}, "collect_0": {}, "oreo": {}}}))
+for stage in args.get("recompute", "[]").strip("[]").split(","):   # as the real run: only a stage it has
+    if stage and stage not in json.loads(record.read_text())["settings"]:
+        sys.exit(f"recompute: {stage!r} is not a stage of {run_dir}")
 bonus = float(args.get("oreo.beta", 0.0))
 splits = args.get("evaluate.splits", "[test,game24]").strip("[]").split(",")
 metrics = {"sft": {"test": 0.40 + 0.01 * seed, "game24": 0.1, "validation": 0.3},
