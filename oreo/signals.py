@@ -17,10 +17,19 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from oreo.checkpoint import StageCheckpoints
+
+class WatchedStage(Protocol):
+    """What the watchdog reads and calls on the stage it watches (``oreo.checkpoint.StageCheckpoints``); a
+    protocol, so that this module does not import the checkpoint module that imports it."""
+    sigterm_grace: float
+    _terminate: bool
+    _saving_step: int | None
+
+    def _announce(self, with_deadline: bool) -> None: ...
+
+    def _exit_now(self, why: str) -> None: ...
 
 SIGTERM_GRACE_ENV = "OREO_SIGTERM_GRACE_S"
 DEFAULT_SIGTERM_GRACE_S = 30.0
@@ -106,7 +115,7 @@ class SigtermWatchdog:
     loop read the request and is saving); a periodic save running at that moment holds the deadline
     until it ends, then the grace starts again."""
 
-    def __init__(self, owner: StageCheckpoints, previous_handler):
+    def __init__(self, owner: WatchedStage, previous_handler):
         self.owner, self.previous_handler = owner, previous_handler
         self.read_fd, self.write_fd = os.pipe()
         os.set_blocking(self.write_fd, False)
