@@ -48,6 +48,7 @@ __all__ = [
     "sft_loss",
     "sequence_logprob",
     "dpo_loss",
+    "simpo_loss",
     "kto_reference_point",
     "kto_loss",
 ]
@@ -311,7 +312,7 @@ def sft_loss(logprobs: Tensor, mask: Tensor) -> Tensor:
     return -total / mask.to(logprobs.dtype).sum().clamp(min=1)
 
 
-# ----------------------------------------------------------------------------- preferences (DPO, IPO, KTO)
+# ----------------------------------------------------------------------------- preferences (DPO, IPO, SimPO, KTO)
 
 
 def sequence_logprob(logprobs: Tensor, action_mask: Tensor) -> Tensor:
@@ -353,6 +354,31 @@ def dpo_loss(
     else:
         loss = (-(1 - label_smoothing) * torch.nn.functional.logsigmoid(beta * h)
                 - label_smoothing * torch.nn.functional.logsigmoid(-beta * h)).mean()
+    return loss, _pair_stats(chosen, rejected)
+
+
+def simpo_loss(
+    policy_chosen: Tensor,
+    policy_rejected: Tensor,
+    length_chosen: Tensor,
+    length_rejected: Tensor,
+    *,
+    beta: float,
+    gamma: float,
+) -> Tuple[Tensor, dict]:
+    """SimPO (Meng, Xia and Chen 2024): reference-free, length-normalised preference optimisation.
+
+    Sequence log-probabilities [B] each (``sequence_logprob``) and the responses' lengths in action
+    tokens [B] each (clamped to at least 1) → (scalar loss, diagnostics). With the implicit rewards
+    r_c = β·log π(y_c)/|y_c| and r_r = β·log π(y_r)/|y_r|:
+
+        mean_b  −log σ(r_c − r_r − γ)                          (γ: the target reward margin)
+
+    Equal average log-likelihoods give −log σ(−γ), log 2 for γ = 0. Diagnostics as ``dpo_loss``'s.
+    """
+    chosen = beta * _float(policy_chosen) / _float(length_chosen).clamp(min=1)
+    rejected = beta * _float(policy_rejected) / _float(length_rejected).clamp(min=1)
+    loss = -torch.nn.functional.logsigmoid(chosen - rejected - gamma).mean()
     return loss, _pair_stats(chosen, rejected)
 
 

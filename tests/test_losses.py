@@ -525,6 +525,39 @@ def test_ipo_loss_value_and_gradient_by_hand():
     torch.testing.assert_close(pr.grad, torch.tensor([0.0, 0.5]))
 
 
+def test_simpo_loss_value_gradient_and_diagnostics_by_hand():
+    # β = 2, γ = 1. Chosen: log π = (−4, −6) over (2, 3) tokens → r_c = 2·(−2, −2) = (−4, −4); rejected:
+    # log π = (−9, −4) over (3, 1) tokens → r_r = 2·(−3, −4) = (−6, −8). Logits r_c − r_r − γ = (1, 3):
+    # loss = (log(1 + e^−1) + log(1 + e^−3)) / 2 ≈ (0.31326 + 0.04859) / 2 ≈ 0.18093
+    pc = torch.tensor([-4.0, -6.0], requires_grad=True)
+    pr = torch.tensor([-9.0, -4.0], requires_grad=True)
+    loss, stats = losses.simpo_loss(pc, pr, torch.tensor([2, 3]), torch.tensor([3, 1]), beta=2.0, gamma=1.0)
+    expected = (math.log(1 + math.exp(-1)) + math.log(1 + math.exp(-3))) / 2
+    assert loss.item() == pytest.approx(expected, abs=1e-6)
+    assert loss.item() == pytest.approx(0.18093, abs=1e-5)
+    loss.backward()
+    # ∂/∂log π(y_c) = −σ(−z)·β/|y_c| / B: (−σ(−1)·2/2/2, −σ(−3)·(2/3)/2) = (−σ(−1)/2, −σ(−3)/3); ∂/∂log π(y_r)
+    # = +σ(−z)·β/|y_r| / B: (σ(−1)/3, σ(−3)). Descent raises the chosen log-prob and lowers the rejected one.
+    torch.testing.assert_close(pc.grad, torch.tensor([-_sigmoid(-1) / 2, -_sigmoid(-3) / 3]))
+    torch.testing.assert_close(pr.grad, torch.tensor([_sigmoid(-1) / 3, _sigmoid(-3)]))
+    assert (pc.grad < 0).all() and (pr.grad > 0).all()
+    assert stats["chosen_reward"].item() == pytest.approx(-4.0)
+    assert stats["rejected_reward"].item() == pytest.approx(-7.0)
+    assert stats["reward_margin"].item() == pytest.approx(3.0)
+    assert stats["reward_accuracy"].item() == 1.0
+
+
+def test_simpo_loss_normalises_by_length_and_is_log_sigmoid_of_the_margin_at_equal_rewards():
+    # the same average log-likelihood (−1.5 per token) over 2 and 4 tokens: equal rewards, loss −log σ(−γ)
+    loss, stats = losses.simpo_loss(torch.tensor([-3.0]), torch.tensor([-6.0]), torch.tensor([2]),
+                                    torch.tensor([4]), beta=2.5, gamma=1.25)
+    assert loss.item() == pytest.approx(-math.log(_sigmoid(-1.25)), abs=1e-6)
+    assert stats["reward_margin"].item() == 0.0
+    zero, _ = losses.simpo_loss(torch.tensor([-3.0]), torch.tensor([-6.0]), torch.tensor([2]), torch.tensor([4]),
+                                beta=2.5, gamma=0.0)
+    assert zero.item() == pytest.approx(math.log(2), abs=1e-7)
+
+
 def test_kto_reference_point_is_the_mean_log_ratio_clamped_at_zero():
     assert losses.kto_reference_point(torch.tensor([0.3, 0.6])).item() == pytest.approx(0.45)
     assert losses.kto_reference_point(torch.tensor([0.3, -0.5, 0.1])).item() == 0.0
