@@ -63,8 +63,10 @@ def preference_pairs(data: list[Encoded], records: list[Trajectory], max_per_pro
     return pairs
 
 
-class DPOObjective(ReferenceObjective):
-    name = "dpo"
+class PairedObjective:
+    """The examples of a pairwise objective (DPO, SimPO): ``preference_pairs`` of its trajectories, with the
+    chosen ones in a batch's rows [0, B) and the rejected ones in rows [B, 2B). Mixed in before the objective
+    it extends, whose ``cfg`` has ``max_pairs_per_prompt``."""
 
     def encode(self, records: list) -> list[Pair]:
         data = self.encode_trajectories(records, self.name)
@@ -72,13 +74,16 @@ class DPOObjective(ReferenceObjective):
         print(f"{self.name}: {len(pairs)} preference pairs from {len(data)} trajectories", flush=True)
         return pairs
 
+    def collate(self, pairs: list[Pair]) -> Batch:
+        return super().collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
+
+
+class DPOObjective(PairedObjective, ReferenceObjective):
+    name = "dpo"
+
     def prepare(self, device) -> None:
         super().prepare(device)
         self.reference = None  # the cached log-probs are all DPO reads: free the model's memory
-
-    def collate(self, pairs: list[Pair]) -> Batch:
-        """The chosen trajectories in rows [0, B), the rejected ones in rows [B, 2B)."""
-        return super().collate([p.chosen for p in pairs] + [p.rejected for p in pairs])
 
     def losses(self, batch: Batch) -> dict[str, Tensor]:
         policy = losses.sequence_logprob(self.action_logprobs(batch), batch.action_mask)

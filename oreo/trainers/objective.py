@@ -92,6 +92,15 @@ class PolicyObjective(Objective):
         save_model(unwrap(self.policy), folder)
         self.tokenizer.save_pretrained(folder)
 
+    def action_logprobs(self, batch: Batch) -> Tensor:
+        """log π(x_{t+1} | x_≤t) at action positions, 0 elsewhere: [B, L-1] (the vocabulary projection
+        runs on action rows only, ``self.chunk_size`` of them at a time)."""
+        hidden = hidden_states(self.policy, batch.input_ids, batch.attention_mask)[:, :-1]
+        am = batch.action_mask
+        rows = token_logprobs(gather_rows(hidden, am), unwrap(self.policy).get_output_embeddings(),
+                              gather_rows(batch.input_ids[:, 1:], am), chunk_size=self.chunk_size)
+        return scatter_rows(rows, am)
+
 
 class ReferenceObjective(PolicyObjective):
     """A policy objective anchored to a frozen reference whose log-probs of the data are cached
@@ -117,13 +126,4 @@ class ReferenceObjective(PolicyObjective):
     def collate(self, examples: list[Encoded]) -> Batch:
         return collate(examples, self.tokenizer.pad_token_id, self.train_cfg.padding_side,
                        ref_logprobs=[self.ref_logprobs[e.index] for e in examples])
-
-    def action_logprobs(self, batch: Batch) -> Tensor:
-        """log π(x_{t+1} | x_≤t) at action positions, 0 elsewhere: [B, L-1] (the vocabulary projection
-        runs on action rows only)."""
-        hidden = hidden_states(self.policy, batch.input_ids, batch.attention_mask)[:, :-1]
-        am = batch.action_mask
-        rows = token_logprobs(gather_rows(hidden, am), unwrap(self.policy).get_output_embeddings(),
-                              gather_rows(batch.input_ids[:, 1:], am), chunk_size=self.chunk_size)
-        return scatter_rows(rows, am)
 
