@@ -47,7 +47,7 @@ from oreo.trainers.reference import reference_name
 
 # what `stages` may name, in the order they run: the SFT model is trained, the buffer collected, then
 # each trained method starts from the SFT model on its data (oreo.trainers.METHODS) and is evaluated
-STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto", "prm", "step_apo")
+STAGES = ("sft", "collect", "rft", "oreo", "dpo", "kto", "prm", "step_apo", "simpo")
 
 
 class Run:

@@ -2,7 +2,7 @@
 
 Each section is a dataclass next to the code that reads it, holding every key's type, allowed range,
 default and documentation, once: ``engine``, ``sampler``, ``collect``, ``evaluate``, ``iterate``,
-``wandb`` and ``model`` in ``oreo/config.py``; ``sft``, ``rft``, ``oreo``, ``dpo`` and ``kto`` with their
+``wandb`` and ``model`` in ``oreo/config.py``; ``sft``, ``rft``, ``oreo``, ``dpo``, ``kto`` and ``simpo`` with their
 objectives in ``oreo/trainers/``; ``task`` in each task's module; ``search`` in
 ``oreo/search/strategies.py``. ``RunConfig`` puts them together.
 
@@ -48,6 +48,7 @@ from oreo.trainers.kto import KTOConfig
 from oreo.trainers.oreo import OREOConfig
 from oreo.trainers.prm import PRMConfig
 from oreo.trainers.sft import SFTConfig
+from oreo.trainers.simpo import SimPOConfig
 from oreo.trainers.step_apo import StepAPOConfig
 
 CONF_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "conf")
@@ -107,7 +108,8 @@ class RunConfig:
     resume: bool = True
     # stages to redo, with every stage that depends on them (e.g. [oreo], [collect])
     recompute: list = field(default_factory=list)
-    # which stages run, of sft, collect, rft, oreo, dpo, kto, prm (in that order); every trained policy is evaluated
+    # which stages run, of sft, collect, rft, oreo, dpo, kto, prm, step_apo, simpo (in that order); every trained
+    # policy is evaluated
     stages: list = field(default_factory=lambda: ["sft", "collect", "rft", "oreo"])
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
@@ -121,6 +123,7 @@ class RunConfig:
     kto: KTOConfig = field(default_factory=KTOConfig)
     prm: PRMConfig = field(default_factory=PRMConfig)   # a process value model (stages=[...,prm]; not evaluated)
     step_apo: StepAPOConfig = field(default_factory=StepAPOConfig)   # CPL's Step-APO on plan-search trees
+    simpo: SimPOConfig = field(default_factory=SimPOConfig)   # SimPO on DPO's pairs, reference-free
     cpl: CPLConfig = field(default_factory=CPLConfig)
     iterate: IterateConfig = field(default_factory=IterateConfig)
     mcts: MCTSConfig = field(default_factory=MCTSConfig)    # the tree search of python -m oreo.rest_mcts

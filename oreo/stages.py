@@ -124,6 +124,7 @@ KINDS = {
     "kto": trained("kto"),
     "prm": trained("prm"),
     "step_apo": trained("step_apo"),
+    "simpo": trained("simpo"),
     # CPL's stages named after what they train: Step-DPO (Step-APO with alpha 0), instance-DPO and the value model
     "step_dpo": trained("step_apo"),
     "instance_dpo": trained("dpo"),

@@ -1,7 +1,7 @@
 """Train a tiny model with one objective of the training loop and in-stage checkpoints; run by
 tests/test_resume.py::
 
-    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto|prm|step_apo [--pace 0.05]
+    python tests/resume_train.py OUT --objective oreo|sft|dpo|kto|prm|step_apo|simpo [--pace 0.05]
 
 Checkpoints every 2 optimizer steps (batch 4 = 2 micro-batches of 2), 12 steps in all. With ``--pace``
 it prints ``micro N`` (1-based) as micro-batch N starts and then sleeps, so the test can kill it at a
@@ -29,6 +29,7 @@ from oreo.trainers.kto import KTOConfig, KTOObjective  # noqa: E402
 from oreo.trainers.oreo import OREOConfig, OREOObjective  # noqa: E402
 from oreo.trainers.prm import PRMConfig, PRMObjective  # noqa: E402
 from oreo.trainers.sft import SFTConfig, SFTObjective  # noqa: E402
+from oreo.trainers.simpo import SimPOConfig, SimPOObjective  # noqa: E402
 from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective  # noqa: E402
 
 # every objective of the loop, each on data for 3 optimizer steps per epoch (DPO: 24 records make 12 pairs)
@@ -44,6 +45,7 @@ OBJECTIVES = {
     # 12 plan trees of one pair each
     "step_apo": (12, lambda policy, tok, cfg: StepAPOObjective(policy, tok, StepAPOConfig(max_len=64), cfg,
                                                                 reference=copy.deepcopy(policy))),
+    "simpo": (24, lambda policy, tok, cfg: SimPOObjective(policy, tok, SimPOConfig(max_len=64), cfg)),  # as DPO's
 }
 
 

@@ -159,6 +159,20 @@ def test_the_value_model_may_have_a_backbone_of_its_own(tmp_path):
     assert not (tmp_path / "bad" / "checkpoints" / "sft").exists()   # it failed before SFT
 
 
+def test_simpo_is_a_stage_on_dpos_pairs_without_a_reference(tmp_path):
+    data = reference_format_file(tmp_path / "offline.jsonl")
+    run_dir = tmp_path / "run"
+    run("oreo.train", f"run_dir={run_dir}", *TRIM, "stages=[sft,collect,simpo]", f"collect.from_file={data}")
+    accuracy = json.loads((run_dir / "metrics.json").read_text())
+    assert set(accuracy) == {"sft", "simpo"}   # trained and evaluated
+    details = json.loads((run_dir / "run.json").read_text())
+    assert details["stages"]["simpo"]["steps"] == 40 // 4  # DPO's 40 pairs, batches of 4
+    assert (run_dir / "checkpoints" / "simpo" / "config.json").exists()
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert {"loss", "reward_margin", "reward_accuracy", "chosen_reward"} <= set(
+        next(r for r in rows if r["stage"] == "simpo"))
+
+
 def test_dpo_and_kto_are_stages_on_the_same_buffer(tmp_path):
     data = reference_format_file(tmp_path / "offline.jsonl")
     run_dir = tmp_path / "run"

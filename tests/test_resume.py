@@ -68,7 +68,7 @@ def _assert_same(a: dict, b: dict) -> None:
             torch.testing.assert_close(b[model][name], value, rtol=0, atol=1e-6, msg=f"{model}.{name}")
 
 
-@pytest.mark.parametrize("trainer", ["oreo", "sft", "dpo", "kto", "prm", "step_apo"])
+@pytest.mark.parametrize("trainer", ["oreo", "sft", "dpo", "kto", "prm", "step_apo", "simpo"])
 def test_sigkill_mid_accumulation_then_resume_matches_an_uninterrupted_run(tmp_path, trainer, uninterrupted):
     proc = _kill_at_micro(tmp_path, trainer, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL

@@ -81,6 +81,7 @@ def test_cpl_stages_are_shaped_by_the_sections_they_read():
 NAMES = {
     "sft": StageId("sft"), "collect": StageId("collect"), "rft": StageId("rft"), "oreo": StageId("oreo"),
     "dpo": StageId("dpo"), "kto": StageId("kto"), "prm": StageId("prm"), "step_apo": StageId("step_apo"),
+    "simpo": StageId("simpo"),
     "evaluate": StageId("evaluate"),
     "collect_0": StageId("collect", 0), "collect_2": StageId("collect", 2), "collect_12": StageId("collect", 12),
     "oreo_round3": StageId("oreo", 3), "prm_round0": StageId("prm", 0), "rft_round1": StageId("rft", 1),
@@ -131,7 +132,8 @@ def test_seed_offsets_are_declared_by_each_kind_as_they_were_numbered():
     assert len({m.seed for m in METHODS.values()} | {seed_offset("collect_0")}) == len(METHODS) + 1
     offsets = {name: seed_offset(stage) for name, stage in NAMES.items()}
     assert offsets == {"sft": 1, "collect": 2, "rft": 3, "oreo": 4, "dpo": 5, "kto": 6, "prm": 7, "step_apo": 8,
-                       "evaluate": None, "collect_0": 2, "collect_2": 202, "collect_12": 1202, "oreo_round3": 4,
+                       "simpo": 9, "evaluate": None, "collect_0": 2, "collect_2": 202, "collect_12": 1202,
+                       "oreo_round3": 4,
                        "prm_round0": 7, "rft_round1": 3, "sft_round2": 1, "step_apo_round1": 8, "step_dpo_round1": 8,
                        "instance_dpo_round1": 5, "value_round1": 7, "step_apo_round1_node_any": 8,
                        "step_apo_round1_step_dpo_r2": 8, "step_apo_round1_node_any_beta0.1": 8}

@@ -13,6 +13,7 @@ from oreo.trainers.kto import KTOConfig, KTOObjective
 from oreo.trainers.oreo import OREOConfig, OREOObjective
 from oreo.trainers.prm import PRMConfig, PRMObjective
 from oreo.trainers.sft import SFTConfig, SFTObjective
+from oreo.trainers.simpo import SimPOConfig, SimPOObjective
 from oreo.trainers.step_apo import StepAPOConfig, StepAPOObjective
 
 
@@ -40,4 +41,6 @@ METHODS = {
     "prm": Method(PRMObjective, PRMConfig, "buffer", seed=7, value=True, policy=False),
     # CPL's Step-APO (alpha=0: Step-DPO) on the sibling plan steps of the buffer's plan-search trees
     "step_apo": Method(StepAPOObjective, StepAPOConfig, "buffer", seed=8, reference=True),
+    # SimPO: DPO's pairs, a length-normalised reward and a margin, no reference
+    "simpo": Method(SimPOObjective, SimPOConfig, "buffer", seed=9),
 }
