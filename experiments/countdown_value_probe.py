@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import random
 import sys
 from pathlib import Path
 
@@ -33,22 +32,7 @@ from oreo.models import load_policy  # noqa: E402
 from oreo.run_config import read_run_config  # noqa: E402
 from oreo.runtime import new_value_model  # noqa: E402
 from oreo.tasks import make_task  # noqa: E402
-from oreo.tasks.countdown import random_steps  # noqa: E402
 from oreo.trainers.prm import PRMObjective  # noqa: E402
-from oreo.trajectory import Trajectory  # noqa: E402
-
-
-def random_play(task, per_puzzle: int, puzzles: int, seed: int = 0) -> list[Trajectory]:
-    """``per_puzzle`` rollouts of uniformly random legal moves on each of the first ``puzzles`` train puzzles."""
-    rng, records = random.Random(seed), []
-    for puzzle in task.problems("train")[:puzzles]:
-        for _ in range(per_puzzle):
-            steps = random_steps(puzzle, rng)
-            answer, correct = task.grade(puzzle, "".join(steps))
-            records.append(Trajectory(id=f"random-{len(records)}", task=task.name, problem_id=puzzle.id,
-                                      prompt=puzzle.prompt, steps=steps, reward=float(correct), correct=correct,
-                                      answer=answer))
-    return records
 
 
 def labelled(records, task, labels: str) -> list[dict]:
@@ -82,7 +66,7 @@ def main() -> None:
     cfg = read_run_config(run_dir)
     task = make_task(cfg.task)
     trajectories = (Buffer(run_dir / "buffer").load() if args.states == "collection" else
-                    random_play(task, args.per_puzzle, args.puzzles or len(task.problems("train"))))
+                    task.random_records(0, args.per_puzzle, args.puzzles))
     records = labelled(trajectories, task, args.labels)
     print(f"{len(records)} trajectories, {sum(len(r['steps']) for r in records)} labelled states, "
           f"{sum(r['correct'] for r in records)} solved", flush=True)

@@ -154,6 +154,10 @@ def test_the_teacher_plays_legal_moves_and_its_solve_rate_is_a_setting():
     assert sum(greedy) < sum(half) < len(puzzles)    # the heuristic alone fails more often
     records = task.sft_records(0)
     assert len(records) == 200 and all(r.reward == float(r.correct) for r in records)
+    rollouts = task.random_records(0, 2, puzzles=50)
+    assert len(rollouts) == 100 and {r.meta["source"] for r in rollouts} == {"random"}
+    assert all(r.reward == float(judge(puzzles[int(i) // 2], "".join(r.steps)).correct)
+               for i, r in ((r.id.split("-")[1], r) for r in rollouts))
 
 
 def test_random_rollouts_solve_exactly_from_the_states_the_oracle_calls_alive():

@@ -435,14 +435,23 @@ class CountdownTask:
 
     def sft_records(self, rng_seed: int, n_per_problem: int = 1) -> list[Trajectory]:
         """The teacher's solutions of the train split (reward: whether it solved the puzzle)."""
+        render = to_plan_format if self.plan_format else list
+        return self._rollouts("teacher", lambda p, rng: render(teacher_steps(p, rng, self.cfg.teacher_solve_rate)),
+                              self.splits["train"], n_per_problem, rng_seed)
+
+    def random_records(self, rng_seed: int, n_per_problem: int = 1, puzzles: int | None = None) -> list[Trajectory]:
+        """Rollouts of uniformly random legal moves (``random_steps``) on the first ``puzzles`` train puzzles."""
+        return self._rollouts("random", random_steps, self.splits["train"][:puzzles], n_per_problem, rng_seed)
+
+    def _rollouts(self, source: str, play, puzzles: list[Puzzle], n_per_problem: int, rng_seed: int
+                  ) -> list[Trajectory]:
+        """``n_per_problem`` graded trajectories of ``play(puzzle, rng)`` per puzzle, ids ``SOURCE-K``."""
         rng, records = random.Random(rng_seed), []
-        for puzzle in self.splits["train"]:
+        for puzzle in puzzles:
             for _ in range(n_per_problem):
-                steps = teacher_steps(puzzle, rng, self.cfg.teacher_solve_rate)
-                if self.plan_format:
-                    steps = to_plan_format(steps)
+                steps = play(puzzle, rng)
                 answer, correct = self.grade(puzzle, "".join(steps))
-                records.append(Trajectory(id=f"teacher-{len(records)}", task=self.name, problem_id=puzzle.id,
+                records.append(Trajectory(id=f"{source}-{len(records)}", task=self.name, problem_id=puzzle.id,
                                           prompt=puzzle.prompt, steps=steps, reward=float(correct),
-                                          correct=correct, answer=answer, meta={"source": "teacher"}))
+                                          correct=correct, answer=answer, meta={"source": source}))
         return records
